@@ -1,0 +1,65 @@
+"""The interface every backend module implements, and the helpers they share.
+
+A torch-runtime backend module (floating, torch_ao, quanto, hqq, bnb) provides three functions:
+
+    quantize(model, recipe, plan, calibration) -> None
+        Replace the planned Linear layers of a float model in place.
+    export(model, recipe) -> (tensors, meta)
+        The state to save: plain tensors for safetensors and JSON-able metadata needed to
+        rebuild the quantized modules. Tensors of modules left float may be included or not;
+        `state_tensors` adds whatever is missing.
+    restore(model, tensors, meta, recipe, device) -> None
+        Given a skeleton built from the config on the meta device, whose float modules the
+        caller has already loaded, rebuild the quantized modules from `tensors` on `device`.
+        `meta["layers"]` names the quantized modules; their tensors are named
+        "<module>.<tensor>", so the caller can tell them from float ones.
+
+The ONNX backend (runtime "onnxruntime") instead provides `export_bundle(model, recipe,
+calibration, folder, progress)`; its bundles are run by `edgeq.engines.onnx_engine`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class Calibration:
+    """Real audio for static schemes: features per utterance and a way to run a model on them."""
+
+    features: Sequence[np.ndarray]
+    # run(model) decodes every utterance with `model` (encoder + greedy decoder with cache), so
+    # observers see the activations of real transcription, decoder included.
+    run: Callable[[torch.nn.Module], None]
+
+
+def state_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor],
+                  handled: Sequence[str] = ()) -> dict[str, torch.Tensor]:
+    """Complete `tensors` with the model's float parameters and buffers, one copy of each.
+
+    Modules named in `handled` were saved by the backend in its own form; their state-dict
+    entries (bitsandbytes' weight_format, HQQ's packed meta, ...) are left out.
+
+    Tied parameters (proj_out.weight and the token embedding) share storage; safetensors refuses
+    shared tensors and a bundle should hold a matrix once, so only the first name is kept and
+    the restore re-ties them.
+    """
+    out = dict(tensors)
+    seen = {t.data_ptr() for t in out.values() if t.device.type != "meta" and t.numel()}
+    prefixes = tuple(f"{h}." for h in handled)
+    for name, t in model.state_dict().items():
+        if name.startswith(prefixes):
+            continue
+        if name in out or not isinstance(t, torch.Tensor) or type(t) is not torch.Tensor:
+            continue
+        if t.numel() and t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        out[name] = t.detach().contiguous()
+    return out

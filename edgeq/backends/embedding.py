@@ -1,0 +1,76 @@
+"""The token embedding and the LM head stored once, as int8 rows.
+
+Whisper ties `proj_out.weight` to `model.decoder.embed_tokens.weight`: for whisper-small that
+matrix is 51865 x 768, 16% of all weights, and no quantization library here handles an
+embedding and a Linear that share one tensor. Stored as int8 with one float scale per row
+(per token), the embedding lookup dequantizes only the rows it gathers, and the LM head uses
+the same int8 matrix through torch's weight-only int8 matmul. One copy, a quarter of the bytes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per row: weight ~= qweight * scale[:, None]."""
+    w = weight.detach().float()
+    scale = w.abs().amax(dim=1).clamp(min=1e-8) / 127.0
+    qweight = torch.clamp(torch.round(w / scale[:, None]), -127, 127).to(torch.int8)
+    return qweight, scale
+
+
+class Int8Embedding(nn.Module):
+    def __init__(self, num_embeddings: int, dim: int, dtype: torch.dtype = torch.float32, device=None):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim, self.dtype = num_embeddings, dim, dtype
+        self.register_buffer("qweight", torch.empty(num_embeddings, dim, dtype=torch.int8, device=device))
+        self.register_buffer("scale", torch.empty(num_embeddings, dtype=torch.float32, device=device))
+
+    @classmethod
+    def from_float(cls, embedding: nn.Embedding, dtype: torch.dtype) -> "Int8Embedding":
+        module = cls(embedding.num_embeddings, embedding.embedding_dim, dtype)
+        qweight, scale = quantize_rows(embedding.weight)
+        module.qweight.copy_(qweight)
+        module.scale.copy_(scale)
+        return module
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = F.embedding(ids, self.qweight).to(self.dtype)
+        return rows * self.scale[ids].unsqueeze(-1).to(self.dtype)
+
+
+class Int8TiedHead(nn.Module):
+    """proj_out over an `Int8Embedding`'s matrix; holds no tensors of its own."""
+
+    def __init__(self, embedding: Int8Embedding):
+        super().__init__()
+        # A plain attribute, not a submodule: the state dict must hold the matrix once.
+        object.__setattr__(self, "embedding", embedding)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        emb = self.embedding
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        if flat.device.type == "cpu":
+            # Weight-only int8 GEMM: reads the int8 matrix directly (no float copy of it).
+            out = torch._weight_int8pack_mm(flat.to(emb.dtype), emb.qweight, emb.scale.to(emb.dtype))
+        else:
+            out = F.linear(flat.to(emb.dtype), emb.qweight.to(emb.dtype)) * emb.scale.to(emb.dtype)
+        return out.reshape(*hidden.shape[:-1], -1)
+
+
+def quantize_tied_embedding(model: nn.Module, dtype: torch.dtype) -> None:
+    """Replace the tied embedding + proj_out of a float model by one int8 matrix."""
+    embedding = Int8Embedding.from_float(model.model.decoder.embed_tokens, dtype)
+    model.model.decoder.embed_tokens = embedding
+    model.proj_out = Int8TiedHead(embedding)
+
+
+def int8_embedding_skeleton(model: nn.Module, dtype: torch.dtype, device: torch.device) -> None:
+    """The same structure, with empty buffers, to load a saved state into."""
+    old = model.model.decoder.embed_tokens
+    embedding = Int8Embedding(old.num_embeddings, old.embedding_dim, dtype, device=device)
+    model.model.decoder.embed_tokens = embedding
+    model.proj_out = Int8TiedHead(embedding)

@@ -1,0 +1,116 @@
+"""Views of bench summaries: a terminal table, `--compare` of saved results, and a plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edgeq.bench.summary import load_records, summarize
+from edgeq.errors import EdgeqError
+
+
+def load_summaries(paths: list[str | Path]) -> list[dict]:
+    """Summaries from .summary.json / summary.json files or raw .jsonl results files."""
+    out: list[dict] = []
+    for p in map(Path, paths):
+        if not p.is_file():
+            raise EdgeqError(f"{p}: no such results file")
+        if p.suffix == ".jsonl":
+            out.append(summarize(load_records(p)))
+            continue
+        try:
+            data = json.loads(p.read_text())
+        except json.JSONDecodeError as err:
+            raise EdgeqError(f"{p}: not a JSON summary ({err})") from None
+        items = data if isinstance(data, list) else [data]
+        if not all(isinstance(d, dict) and "system" in d for d in items):
+            raise EdgeqError(f"{p}: not an edgeq bench summary")
+        out.extend(items)
+    return out
+
+
+def _f(value, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def rows(summaries: list[dict]) -> list[dict]:
+    table = []
+    for s in summaries:
+        if "failed" in s:
+            table.append({"system": s["system"], "failed": s["failed"]})
+            continue
+        lat = s["latency"]
+        table.append({
+            "system": s["system"],
+            "recipe": s["system_info"].get("recipe"),
+            "size_mb": s.get("size_mb"),
+            "wer_pct": s["wer"]["wer_pct"],
+            "sdi": f"{s['wer']['substitutions']}/{s['wer']['deletions']}/{s['wer']['insertions']}",
+            "p50_s": lat["latency_s"]["p50"],
+            "p90_s": lat["latency_s"]["p90"],
+            "rtf": s["rtf"],
+            "encoder_p50_s": lat["encoder_s"]["p50"],
+            "ms_per_token": None if lat["per_token_s"]["p50"] is None else 1000 * lat["per_token_s"]["p50"],
+            "tokens_per_s": s.get("tokens_per_s"),
+            "load_s": s["load"]["seconds"],
+            "peak_rss_mb": s["memory"].get("peak_rss_os_mb") or s["memory"].get("peak_rss_sampled_mb"),
+            "utts": s["utterances"],
+            "errors": s["errors"],
+            "cpu": s["env"]["cpu"]["model"],
+            "threads": s["settings"].get("threads"),
+        })
+    return table
+
+
+def render_table(summaries: list[dict], title: str = "edgeq bench"):
+    from rich.table import Table
+
+    data = rows(summaries)
+    machines = {(r.get("cpu"), r.get("threads")) for r in data if "failed" not in r}
+    caption = "; ".join(f"{cpu}, {t or 'default'} threads" for cpu, t in machines)
+    table = Table(title=title, caption=caption)
+    cols = [("system", None), ("recipe", None), ("size MB", ".1f"), ("WER %", ".2f"), ("S/D/I", None),
+            ("p50 s", ".2f"), ("p90 s", ".2f"), ("RTF", ".3f"), ("enc p50 s", ".3f"), ("ms/token", ".1f"),
+            ("tok/s", ".1f"), ("load s", ".2f"), ("peak RSS MB", ".0f"), ("utts", None), ("errors", None)]
+    keys = ["system", "recipe", "size_mb", "wer_pct", "sdi", "p50_s", "p90_s", "rtf", "encoder_p50_s",
+            "ms_per_token", "tokens_per_s", "load_s", "peak_rss_mb", "utts", "errors"]
+    for name, _ in cols:
+        table.add_column(name, justify="left" if name in ("system", "recipe", "S/D/I") else "right")
+    for r in data:
+        if "failed" in r:
+            table.add_row(r["system"], f"[red]failed: {r['failed']}[/]", *[""] * (len(cols) - 2))
+            continue
+        table.add_row(*[
+            str(r[k]) if fmt is None else _f(r[k], fmt) for k, (_, fmt) in zip(keys, cols)
+        ])
+    return table
+
+
+def plot(summaries: list[dict], path: str | Path) -> Path:
+    """WER against bundle size, and RTF, one point per system (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise EdgeqError("plots need matplotlib: pip install 'edgeq[plot]'") from None
+    data = [r for r in rows(summaries) if "failed" not in r and r["wer_pct"] is not None]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 5))
+    for r in data:
+        a.scatter(r["size_mb"], r["wer_pct"])
+        a.annotate(r["system"], (r["size_mb"], r["wer_pct"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    a.set_xlabel("bundle size (MB)")
+    a.set_ylabel("WER (%)")
+    a.set_title("accuracy vs size")
+    a.grid(alpha=0.3)
+    names = [r["system"] for r in data]
+    b.barh(names, [r["rtf"] for r in data])
+    b.set_xlabel("real-time factor (lower is faster)")
+    b.set_title("speed")
+    b.invert_yaxis()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

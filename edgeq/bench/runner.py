@@ -1,0 +1,120 @@
+"""Running several systems one after the other, each in a fresh worker process."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeq.bench.summary import load_records, summarize
+from edgeq.errors import EdgeqError
+
+
+@dataclass(frozen=True)
+class System:
+    kind: str  # "bundle" or "model"
+    ref: str  # bundle folder, or checkpoint id/folder
+    name: str
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    dataset: str
+    out: Path
+    limit: int | None = None
+    device: str = "cpu"
+    threads: int | None = None
+    warmup: int = 1
+    resume: bool = False
+    force: bool = False
+    language: str | None = None
+    sampler: bool = True
+
+
+def make_systems(bundles: list[str], models: list[str]) -> list[System]:
+    systems, names = [], set()
+    for kind, refs in (("bundle", bundles), ("model", models)):
+        for ref in refs:
+            base = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(ref.rstrip("/")).name) or kind
+            name, n = base, 2
+            while name in names:
+                name, n = f"{base}-{n}", n + 1
+            names.add(name)
+            systems.append(System(kind, ref, name))
+    if not systems:
+        raise EdgeqError("nothing to measure: pass bundle folders and/or --model ID_OR_DIR")
+    return systems
+
+
+def _preflight(systems: list[System], settings: BenchSettings) -> None:
+    """Fail in one line before any process starts: bad dataset, bad bundle, results in the way."""
+    from edgeq.bundle import open_bundle
+    from edgeq.datasets import open_dataset
+
+    open_dataset(settings.dataset, limit=settings.limit)
+    for s in systems:
+        if s.kind == "bundle":
+            open_bundle(s.ref, verify_hashes=False)  # the worker checks hashes when it loads
+        results = settings.out / f"{s.name}.jsonl"
+        if results.exists() and not (settings.resume or settings.force):
+            raise EdgeqError(f"{results} exists: pass --resume to continue that run or --force to start over")
+
+
+def run_bench(systems: list[System], settings: BenchSettings,
+              progress: Callable[[str, int, int], None] | None = None) -> list[dict]:
+    _preflight(systems, settings)
+    settings.out.mkdir(parents=True, exist_ok=True)
+    summaries = []
+    for system in systems:
+        results = settings.out / f"{system.name}.jsonl"
+        if settings.force and not settings.resume and results.exists():
+            results.unlink()
+        job = {
+            "system": {"kind": system.kind, "ref": system.ref, "name": system.name},
+            "results": str(results), "dataset": settings.dataset, "limit": settings.limit,
+            "device": settings.device, "threads": settings.threads, "warmup": settings.warmup,
+            "resume": settings.resume, "language": settings.language, "sampler": settings.sampler,
+        }
+        fatal = _run_worker(job, system.name, progress)
+        if fatal:
+            summaries.append({"system": system.name, "failed": fatal})
+            continue
+        summary = summarize(load_records(results))
+        summary_path = settings.out / f"{system.name}.summary.json"
+        summary_path.write_text(json.dumps(summary, indent=1) + "\n")
+        summaries.append(summary)
+    (settings.out / "summary.json").write_text(json.dumps(summaries, indent=1) + "\n")
+    return summaries
+
+
+def _run_worker(job: dict, name: str, progress) -> str | None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgeq.bench.worker", json.dumps(job)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    fatal = None
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            try:
+                msg = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if "fatal" in msg:
+                fatal = msg["fatal"]
+            elif progress and "progress" in msg:
+                progress(name, msg["progress"], msg["total"])
+        stderr = proc.stderr.read() if proc.stderr else ""
+        rc = proc.wait()
+    except KeyboardInterrupt:
+        proc.kill()
+        proc.wait()
+        raise
+    if rc != 0 and not fatal:
+        tail = [l for l in stderr.strip().splitlines() if l.strip()]
+        fatal = f"worker exited with code {rc}: {tail[-1] if tail else 'no output'}"
+    return fatal

@@ -1,0 +1,180 @@
+"""One system measured in its own process: `python -m edgeq.bench.worker JOB_JSON`.
+
+It talks to the parent through stdout, one JSON object per line ({"progress": i, "total": n} or
+{"fatal": message}); results go straight to the results file, one line per utterance, flushed
+and fsynced as they are produced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from edgeq.errors import EdgeqError
+
+MB = 2**20
+
+
+def _say(**msg) -> None:
+    sys.stdout.write(json.dumps(msg) + "\n")
+    sys.stdout.flush()
+
+
+class ResultsFile:
+    def __init__(self, path: Path):
+        self.path = path
+        self._f = open(path, "a", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _load_system(system: dict, job: dict):
+    if system["kind"] == "bundle":
+        from edgeq.transcriber import load
+
+        t = load(system["ref"], device=job["device"], threads=job.get("threads"),
+                 language=job.get("language"), verify=True)
+        m = t.bundle.manifest
+        info = {
+            "kind": "bundle", "path": str(Path(system["ref"]).resolve()), "recipe": m["recipe"]["name"],
+            "backend": m["backend"], "runtime": m["runtime"], "manifest_sha256": t.bundle.manifest_sha256,
+            "source": m["source"]["model"], "size_mb": m["size"]["bundle_bytes"] / 1e6,
+            "weights_mb": m["size"]["weights_bytes"] / 1e6, "reduction_pct": m["size"].get("reduction_pct"),
+        }
+        return t, info
+    from edgeq.transcriber import load_checkpoint
+
+    t, size = load_checkpoint(system["ref"], device=job["device"], threads=job.get("threads"),
+                              language=job.get("language"))
+    return t, {"kind": "model", "id": system["ref"], "runtime": "torch", "recipe": "checkpoint-fp32",
+               "size_mb": size / 1e6, "weights_mb": size / 1e6}
+
+
+def _done_ids(path: Path, identity: dict) -> set[str]:
+    from edgeq.bench.summary import load_records
+
+    records = load_records(path)
+    runs = [r for r in records if r.get("type") == "run"]
+    if runs:
+        old = runs[-1]
+        for key in ("dataset", "limit", "device", "threads"):
+            if old["settings"].get(key) != identity["settings"].get(key):
+                raise EdgeqError(f"{path}: cannot resume, it was run with {key}={old['settings'].get(key)!r}")
+        if old["system_info"].get("manifest_sha256") != identity["system_info"].get("manifest_sha256"):
+            raise EdgeqError(f"{path}: cannot resume, it measured another bundle (manifest differs)")
+    return {r["id"] for r in records if r.get("type") in ("utterance", "error")}
+
+
+def run(job: dict) -> None:
+    from edgeq.audio import load_audio
+    from edgeq.bench.env import fingerprint, gpu_info
+    from edgeq.bench.memory import MemorySampler, os_peak_rss_bytes
+    from edgeq.datasets import open_dataset
+    from edgeq.errors import AudioError
+    from edgeq.wer import word_errors
+
+    results = Path(job["results"])
+    with MemorySampler(enabled=job.get("sampler", True)) as mem:
+        rss_before = mem.rss()
+        mem.window()
+        t0 = time.perf_counter()
+        transcriber, info = _load_system(job["system"], job)
+        load_s = time.perf_counter() - t0
+        load = {"seconds": load_s, "rss_before_mb": rss_before / MB, "rss_after_mb": mem.rss() / MB,
+                "peak_rss_mb": mem.window() / MB}
+        dataset = open_dataset(job["dataset"], limit=job.get("limit"))
+        settings = {k: job.get(k) for k in ("dataset", "limit", "device", "threads", "warmup", "language")}
+        settings["sampler"] = job.get("sampler", True)
+        header = {"type": "run", "system": job["system"]["name"], "system_info": info, "settings": settings,
+                  "load": load, "env": {**fingerprint(), "gpu": gpu_info()},
+                  "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "pid": os.getpid()}
+        done = _done_ids(results, header) if job.get("resume") and results.exists() else set()
+        out = ResultsFile(results)
+        out.write(header)
+        todo = [u for u in dataset.utterances if u.id not in done]
+        _warm_up(transcriber, todo or list(dataset.utterances), job.get("warmup", 1), load_audio)
+        mem.window()
+        for i, utt in enumerate(todo):
+            _say(progress=i, total=len(todo), id=utt.id)
+            try:
+                t_audio = time.perf_counter()
+                audio = load_audio(utt.audio)
+                audio_load_s = time.perf_counter() - t_audio
+                result = transcriber.transcribe(audio)
+            except AudioError as err:
+                out.write({"type": "error", "id": utt.id, "audio": str(utt.audio), "error": str(err)})
+                continue
+            t = result.timings
+            record = {
+                "type": "utterance", "id": utt.id, "audio": str(utt.audio), "audio_s": result.audio_s,
+                "reference": utt.reference, "hypothesis": result.text, "language": result.language,
+                "segments": result.segments, "truncated": result.truncated,
+                "audio_load_s": audio_load_s, "latency_s": t.total_s, "features_s": t.features_s,
+                "encoder_s": t.encoder_s, "decode_s": t.decode_s, "per_token_s": t.per_token_s,
+                "tokens": t.tokens, "decoder_steps": t.decoder_steps,
+                "tokens_per_s": t.tokens / t.decode_s if t.decode_s else None,
+                "rtf": t.total_s / result.audio_s if result.audio_s else None,
+                "peak_rss_mb": mem.window() / MB,
+            }
+            if utt.reference is None:
+                record["wer_error"] = "no reference"
+            else:
+                try:
+                    record.update(word_errors(utt.reference, result.text).to_dict())
+                except ValueError as err:
+                    record["wer_error"] = str(err)
+            out.write(record)
+        _say(progress=len(todo), total=len(todo))
+        end = {"type": "end", "remaining": 0, "peak_rss_sampled_mb": mem.peak / MB,
+               "peak_rss_os_mb": (os_peak_rss_bytes() or 0) / MB, "cuda_peak_allocated_mb": _cuda_peak()}
+        out.write(end)
+        out.close()
+
+
+def _warm_up(transcriber, utterances, n: int, load_audio) -> None:
+    """Run `n` transcriptions first (not recorded): lazy init, allocator and cache growth."""
+    from edgeq.errors import AudioError
+
+    for utt in utterances[: max(n, 0) * 3]:
+        if n <= 0:
+            return
+        try:
+            transcriber.transcribe(load_audio(utt.audio))
+            n -= 1
+        except AudioError:
+            continue
+
+
+def _cuda_peak() -> float | None:
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return None
+    return torch.cuda.max_memory_allocated() / MB
+
+
+def main(argv: list[str]) -> int:
+    job = json.loads(argv[1])
+    try:
+        run(job)
+    except EdgeqError as err:
+        _say(fatal=" ".join(str(err).split()))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    sys.exit(main(sys.argv))

@@ -1,0 +1,149 @@
+"""Speech datasets: what `edgeq bench` measures and what static recipes calibrate on.
+
+A dataset spec is one of:
+  * a LibriSpeech folder in the OpenSLR layout (`<split>/SPK/CHAPTER/*.flac` + `SPK-CHAPTER.trans.txt`),
+    at any depth below the folder given;
+  * a manifest file, TSV (header naming an audio column — file/path/audio — and a text column —
+    transcript/text/reference/sentence) or JSONL (objects with the same keys); audio paths are
+    relative to the manifest;
+  * a folder holding any mix of the two (e.g. ../shared/data/speech-dev: LibriSpeech + other/manifest.tsv);
+  * a folder of audio files without references (calibration and transcription only);
+  * `librispeech:test-clean` / `librispeech:test-other` (and dev-*): the official split in the
+    local cache (EDGEQ_DATA or ~/.cache/edgeq/LibriSpeech).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeq.errors import DatasetError
+
+AUDIO_SUFFIXES = (".flac", ".wav", ".mp3", ".ogg", ".opus")
+_AUDIO_KEYS = ("file", "path", "audio", "audio_path", "audio_filepath", "filename")
+_TEXT_KEYS = ("transcript", "text", "reference", "sentence", "transcription")
+LIBRISPEECH_SPLITS = ("test-clean", "test-other", "dev-clean", "dev-other")
+
+
+@dataclass(frozen=True)
+class Utterance:
+    id: str
+    audio: Path
+    reference: str | None
+
+
+@dataclass(frozen=True)
+class Dataset:
+    spec: str
+    utterances: tuple[Utterance, ...]
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    @property
+    def has_references(self) -> bool:
+        return all(u.reference is not None for u in self.utterances)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("EDGEQ_DATA", Path.home() / ".cache" / "edgeq"))
+
+
+def open_dataset(spec: str | Path, limit: int | None = None) -> Dataset:
+    text = str(spec)
+    if text.startswith("librispeech:"):
+        utts = _cached_librispeech(text.split(":", 1)[1])
+    else:
+        path = Path(text).expanduser()
+        if path.is_file():
+            utts = _manifest(path)
+        elif path.is_dir():
+            utts = _folder(path)
+        else:
+            raise DatasetError(
+                f"dataset not found: {text} (expected a LibriSpeech folder, a .tsv/.jsonl manifest, "
+                "a folder of audio files, or librispeech:test-clean)"
+            )
+    if not utts:
+        raise DatasetError(f"{text}: holds no audio files")
+    utts = sorted(utts, key=lambda u: u.id)
+    if limit is not None:
+        utts = utts[:limit]
+    return Dataset(text, tuple(utts))
+
+
+def _folder(root: Path) -> list[Utterance]:
+    utts: list[Utterance] = []
+    covered: set[Path] = set()
+    for trans in sorted(root.rglob("*.trans.txt")):
+        for utt in _librispeech_chapter(trans):
+            utts.append(utt)
+            covered.add(utt.audio.resolve())
+    for manifest in sorted(list(root.rglob("*.tsv")) + list(root.rglob("*.jsonl"))):
+        if manifest.name == "SOURCES.tsv":  # provenance tables are not manifests
+            continue
+        for utt in _manifest(manifest):
+            utts.append(utt)
+            covered.add(utt.audio.resolve())
+    if not utts:
+        for audio in sorted(root.rglob("*")):
+            if audio.suffix.lower() in AUDIO_SUFFIXES and audio.resolve() not in covered:
+                utts.append(Utterance(audio.relative_to(root).with_suffix("").as_posix(), audio, None))
+    return utts
+
+
+def _librispeech_chapter(trans: Path) -> list[Utterance]:
+    utts = []
+    for n, line in enumerate(trans.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        utt_id, _, text = line.strip().partition(" ")
+        audio = trans.parent / f"{utt_id}.flac"
+        if not text:
+            raise DatasetError(f"{trans}:{n}: no transcript after the utterance id")
+        utts.append(Utterance(utt_id, audio, text))
+    return utts
+
+
+def _manifest(path: Path) -> list[Utterance]:
+    if path.suffix == ".jsonl":
+        rows = []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise DatasetError(f"{path}:{n}: not valid JSON ({err})") from None
+    else:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f, delimiter="\t"))
+    if not rows:
+        return []
+    keys = set(rows[0])
+    audio_key = next((k for k in _AUDIO_KEYS if k in keys), None)
+    text_key = next((k for k in _TEXT_KEYS if k in keys), None)
+    if audio_key is None:
+        raise DatasetError(f"{path}: no audio column; name one of {', '.join(_AUDIO_KEYS)}")
+    utts = []
+    for row in rows:
+        audio = Path(str(row[audio_key]))
+        audio = audio if audio.is_absolute() else path.parent / audio
+        ref = row.get(text_key) if text_key else None
+        rel = audio.relative_to(path.parent) if not Path(str(row[audio_key])).is_absolute() else audio
+        utts.append(Utterance(Path(rel).with_suffix("").as_posix(), audio, ref))
+    return utts
+
+
+def _cached_librispeech(split: str) -> list[Utterance]:
+    if split not in LIBRISPEECH_SPLITS:
+        raise DatasetError(f"unknown LibriSpeech split {split!r}; choose one of {', '.join(LIBRISPEECH_SPLITS)}")
+    folder = cache_dir() / "LibriSpeech" / split
+    if folder.is_dir():
+        return _folder(folder)
+    raise DatasetError(
+        f"LibriSpeech {split} is not in {folder} and edgeq does not download it offline; "
+        f"pass a local copy with --dataset /path/to/LibriSpeech/{split} (layout SPK/CHAPTER/*.flac + *.trans.txt)"
+    )

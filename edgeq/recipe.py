@@ -1,0 +1,338 @@
+"""Recipes: a quantization plan as validated data.
+
+A recipe is a TOML file in `recipes/` (or any path a user passes). The schema below is the single
+source of truth for what a recipe may say; unknown keys and values outside the allowed sets are
+rejected with the file, the key and the allowed values named. Everything a backend needs to know
+comes from here, so a bundle's resolved recipe (stored in its manifest) is enough to rebuild it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edgeq.backends import BACKENDS
+from edgeq.errors import RecipeError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+Scheme = Literal["none", "weight-only", "dynamic", "static"]
+WeightFormat = Literal[
+    "float32", "float16", "bfloat16", "int8", "int4", "int3", "int2", "int1", "nf4", "fp4", "float8"
+]
+Granularity = Literal["per-tensor", "per-channel", "group"]
+Device = Literal["cpu", "cuda"]
+
+# Bits of storage per weight, used to state what a recipe promises before it is built.
+FORMAT_BITS = {
+    "float32": 32, "float16": 16, "bfloat16": 16, "float8": 8, "int8": 8,
+    "int4": 4, "nf4": 4, "fp4": 4, "int3": 3, "int2": 2, "int1": 1,
+}
+FLOAT_FORMATS = {"float32", "float16", "bfloat16"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WeightSpec(_Strict):
+    """How weights of quantized modules are stored."""
+
+    format: WeightFormat = Field(description="storage format of the weights")
+    granularity: Granularity = Field(
+        "per-channel", description="one scale per tensor, per output channel, or per group"
+    )
+    group_size: int | None = Field(
+        None, gt=0, description="weights per scale when granularity is 'group'"
+    )
+    double_quant: bool = Field(
+        False, description="quantize the quantization scales too (bitsandbytes 4-bit)"
+    )
+
+    @model_validator(mode="after")
+    def _group(self) -> "WeightSpec":
+        if self.granularity == "group" and self.group_size is None:
+            raise ValueError("granularity 'group' needs group_size")
+        if self.granularity != "group" and self.group_size is not None:
+            raise ValueError("group_size is only allowed with granularity 'group'")
+        return self
+
+    @property
+    def bits(self) -> int:
+        return FORMAT_BITS[self.format]
+
+
+class WeightOverride(_Strict):
+    """A per-module change of the weight spec; format 'float' keeps the module unquantized."""
+
+    format: Literal[WeightFormat, "float"]
+    granularity: Granularity | None = None
+    group_size: int | None = Field(None, gt=0)
+
+
+class ActivationSpec(_Strict):
+    """How Linear inputs are quantized: not at all, per call (dynamic) or from calibration (static)."""
+
+    format: Literal["float", "int8", "float8"] = "float"
+
+
+class ModuleSpec(_Strict):
+    """Which modules are quantized. Names are transformers' (`model.encoder.layers.0.fc1`)."""
+
+    encoder: bool = Field(True, description="quantize the encoder's Linear layers")
+    decoder: bool = Field(True, description="quantize the decoder's Linear layers")
+    include: list[str] = Field(["*"], description="fnmatch patterns a Linear must match")
+    exclude: list[str] = Field([], description="fnmatch patterns that keep a Linear float")
+    embeddings: Literal["float", "int8"] = Field(
+        "float",
+        description="the token embedding, tied to proj_out (the LM head): kept float or stored "
+        "once as int8 rows used by both",
+    )
+    overrides: dict[str, WeightOverride] = Field(
+        {}, description="fnmatch pattern -> weight spec for matching Linear layers"
+    )
+
+
+class CalibrationSpec(_Strict):
+    """Audio used to calibrate static activation scales."""
+
+    samples: int = Field(16, gt=0, description="number of utterances to run")
+    dataset: str | None = Field(
+        None, description="dataset spec (folder, manifest); `--calibration` overrides it"
+    )
+
+
+class TorchOptions(_Strict):
+    engine: Literal["auto", "x86", "fbgemm", "qnnpack"] = Field(
+        "auto", description="quantized engine; auto picks qnnpack on ARM, x86 elsewhere, at load"
+    )
+
+
+class QuantoOptions(_Strict):
+    pass
+
+
+class HqqOptions(_Strict):
+    axis: Literal[0, 1] = Field(1, description="axis along which groups are formed")
+
+
+class BnbOptions(_Strict):
+    threshold: float = Field(6.0, ge=0, description="LLM.int8() outlier threshold")
+
+
+class OnnxOptions(_Strict):
+    opset: int = Field(17, ge=14, le=23)
+    per_channel: bool = True
+    reduce_range: bool = False
+    accuracy_level: Literal[0, 1, 2, 3, 4] = Field(
+        4, description="MatMulNBits compute type (4 = int8 activations, 0 = unset)"
+    )
+
+
+class FloatOptions(_Strict):
+    pass
+
+
+OPTIONS: dict[str, type[_Strict]] = {
+    "float": FloatOptions,
+    "torch": TorchOptions,
+    "quanto": QuantoOptions,
+    "hqq": HqqOptions,
+    "bnb": BnbOptions,
+    "onnx": OnnxOptions,
+}
+
+
+class Recipe(_Strict):
+    """A post-training quantization plan for a Whisper checkpoint."""
+
+    name: str
+    description: str = ""
+    backend: Literal["float", "torch", "quanto", "hqq", "bnb", "onnx"]
+    scheme: Scheme
+    weights: WeightSpec
+    activations: ActivationSpec = ActivationSpec()
+    modules: ModuleSpec = ModuleSpec()
+    calibration: CalibrationSpec | None = None
+    dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", description="dtype of everything left unquantized, and of compute"
+    )
+    devices: list[Device] = Field(["cpu", "cuda"], min_length=1)
+    options: dict[str, Any] = Field({}, description="backend-specific settings")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Recipe":
+        spec = BACKENDS[self.backend]
+        if (self.scheme, self.weights.format) not in spec.supports:
+            ok = ", ".join(sorted(f"{s}/{f}" for s, f in spec.supports))
+            raise ValueError(
+                f"backend {self.backend!r} has no {self.scheme}/{self.weights.format}; it supports {ok}"
+            )
+        if self.scheme == "static" and self.calibration is None:
+            raise ValueError("scheme 'static' needs a [calibration] table")
+        if self.scheme == "static" and self.activations.format == "float":
+            raise ValueError("scheme 'static' needs activations.format int8 or float8")
+        if self.scheme in ("none", "weight-only") and self.activations.format != "float":
+            raise ValueError(f"scheme {self.scheme!r} keeps activations float")
+        OPTIONS[self.backend].model_validate(self.options)
+        return self
+
+    @property
+    def typed_options(self) -> Any:
+        return OPTIONS[self.backend].model_validate(self.options)
+
+    @property
+    def runtime(self) -> str:
+        return BACKENDS[self.backend].runtime
+
+    @property
+    def granularity_label(self) -> str:
+        w = self.weights
+        if w.format in FLOAT_FORMATS:
+            return "-"
+        return f"group {w.group_size}" if w.granularity == "group" else w.granularity
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def recipes_dir() -> Path:
+    """Shipped recipes: inside the wheel (edgeq/_data/recipes) or the source checkout (recipes/)."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "_data" / "recipes"
+    return packaged if packaged.is_dir() else here.parent / "recipes"
+
+
+def shipped_recipe_names() -> list[str]:
+    return sorted(p.stem for p in recipes_dir().glob("*.toml"))
+
+
+def _format_error(source: str, err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+    if e["type"] == "extra_forbidden":
+        parent = e["loc"][:-1]
+        allowed = _allowed_keys(parent)
+        hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
+        return f"{source}: unknown key {loc!r}{hint}"
+    if e["type"] == "missing":
+        return f"{source}: missing key {loc!r}"
+    if e["type"] == "literal_error":
+        return f"{source}: {loc}: {e['input']!r} is not allowed; expected {e['ctx']['expected']}"
+    msg = e["msg"].removeprefix("Value error, ")
+    return f"{source}: {loc}: {msg}" if e["loc"] else f"{source}: {msg}"
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    model: Any = Recipe
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = field.annotation
+        if getattr(model, "__origin__", None) is not None or not hasattr(model, "model_fields"):
+            # Optional[...] and unions: take the first pydantic model among the arguments.
+            args = getattr(model, "__args__", ())
+            model = next((a for a in args if hasattr(a, "model_fields")), None)
+            if model is None:
+                return []
+    return list(model.model_fields)
+
+
+def recipe_from_dict(data: dict[str, Any], source: str) -> Recipe:
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as err:
+        raise RecipeError(_format_error(source, err)) from None
+    try:
+        recipe.typed_options
+    except ValidationError as err:
+        raise RecipeError(_format_error(f"{source}: options", err)) from None
+    return recipe
+
+
+def load_recipe_file(path: str | Path) -> Recipe:
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise RecipeError(f"recipe file not found: {path}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise RecipeError(f"{path}: not valid TOML: {err}") from None
+    data.setdefault("name", path.stem)
+    return recipe_from_dict(data, str(path))
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """A shipped recipe by name, or a recipe file by path."""
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.suffix == ".toml" or path.is_file() or "/" in text:
+        return load_recipe_file(path)
+    shipped = recipes_dir() / f"{text}.toml"
+    if shipped.is_file():
+        return load_recipe_file(shipped)
+    names = shipped_recipe_names()
+    close = difflib.get_close_matches(text, names, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; run `edgeq recipes` for the list"
+    raise RecipeError(f"unknown recipe {text!r}{hint}")
+
+
+def list_recipes() -> list[Recipe]:
+    return [load_recipe_file(p) for p in sorted(recipes_dir().glob("*.toml"))]
+
+
+def recipe_to_toml(recipe: Recipe) -> str:
+    import tomli_w
+
+    data = recipe.to_dict()
+    # TOML has no null: drop unset optional values so the output loads back as the same recipe.
+    def strip(d: Any) -> Any:
+        if isinstance(d, dict):
+            return {k: strip(v) for k, v in d.items() if v is not None}
+        return d
+
+    return tomli_w.dumps(strip(data))
+
+
+def apply_overrides(recipe: Recipe, assignments: list[str] | tuple[str, ...]) -> Recipe:
+    """`key.path=value` changes (TOML values; bare words are strings), validated like a file.
+
+    The recipe's name records the change so two bundles that differ are never shown alike.
+    """
+    if not assignments:
+        return recipe
+    data = recipe.to_dict()
+    labels = []
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise RecipeError(f"--set {item!r}: expected KEY=VALUE, e.g. modules.embeddings=float")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise RecipeError(f"--set {item!r}: {part!r} is not a table")
+            node = child
+        node[parts[-1]] = value
+        labels.append(f"{key.strip()}={raw}")
+    data["name"] = f"{recipe.name}[{','.join(labels)}]"
+    return recipe_from_dict(data, f"recipe {recipe.name} with --set")

@@ -1,0 +1,153 @@
+"""Loading a bundle and transcribing audio with it: `edgeq.load(path).transcribe(audio)`."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeq.audio import SAMPLE_RATE, load_audio, split_long_audio, to_mono_16k
+from edgeq.bundle import CONFIG, GENERATION_CONFIG, TOKENIZER, Bundle, open_bundle
+from edgeq.decoding import DecodeSettings, Engine, GreedyDecoder
+from edgeq.errors import DeviceError
+from edgeq.features import log_mel_spectrogram
+from edgeq.tokenizer import WhisperTokenizer
+
+
+@dataclass
+class Timings:
+    features_s: float = 0.0
+    encoder_s: float = 0.0
+    decode_s: float = 0.0
+    total_s: float = 0.0
+    tokens: int = 0  # generated text tokens
+    decoder_steps: int = 0
+
+    @property
+    def per_token_s(self) -> float:
+        return self.decode_s / self.decoder_steps if self.decoder_steps else 0.0
+
+
+@dataclass
+class Transcription:
+    text: str
+    tokens: list[int]
+    language: str | None
+    audio_s: float
+    segments: int
+    truncated: bool  # a segment hit the token limit without end-of-text (often a loop)
+    timings: Timings = field(default_factory=Timings)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["timings"]["per_token_s"] = self.timings.per_token_s
+        return d
+
+
+class Transcriber:
+    """A loaded bundle: decodes audio with greedy search, one 30 s window at a time."""
+
+    def __init__(self, engine: Engine, tokenizer: WhisperTokenizer, settings: DecodeSettings,
+                 bundle: Bundle | None = None, n_mels: int = 80, device: str = "cpu"):
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self.bundle = bundle
+        self.n_mels = n_mels
+        self.device = device
+        self._decoder = GreedyDecoder(settings)
+
+    def transcribe(self, audio: str | Path | np.ndarray, sample_rate: int | None = None,
+                   language: str | None = None) -> Transcription:
+        """Transcribe a file path, or an array of samples at `sample_rate` (default 16 kHz)."""
+        start = time.perf_counter()
+        if isinstance(audio, (str, Path)):
+            samples = load_audio(audio)
+        else:
+            samples = to_mono_16k(audio, sample_rate or SAMPLE_RATE)
+        decoder = self._decoder
+        if language is not None:
+            decoder = GreedyDecoder(self.settings.with_options(language=language))
+        timings = Timings()
+        tokens: list[int] = []
+        texts: list[str] = []
+        detected, truncated = None, False
+        segments = split_long_audio(samples)
+        for segment in segments:
+            t0 = time.perf_counter()
+            features = log_mel_spectrogram(segment, self.n_mels)
+            timings.features_s += time.perf_counter() - t0
+            result = decoder.decode(self.engine, features)
+            timings.encoder_s += result.encoder_s
+            timings.decode_s += result.decode_s
+            timings.decoder_steps += result.steps
+            tokens.extend(result.tokens)
+            texts.append(self.tokenizer.decode(result.tokens))
+            detected = detected or result.language
+            truncated = truncated or result.truncated
+        timings.tokens = len(tokens)
+        timings.total_s = time.perf_counter() - start
+        text = " ".join(t for t in texts if t)
+        return Transcription(text, tokens, detected, len(samples) / SAMPLE_RATE, len(segments), truncated, timings)
+
+
+def load(path: str | Path, device: str = "cpu", threads: int | None = None,
+         language: str | None = None, verify: bool = True) -> Transcriber:
+    """Load a bundle (checking its manifest hashes) and return a Transcriber.
+
+    Only the bundle is read: no original checkpoint, no network. An ONNX bundle is run by ONNX
+    Runtime and never imports torch.
+    """
+    bundle = open_bundle(path, verify_hashes=verify)
+    config = json.loads(bundle.file(CONFIG).read_text())
+    generation = json.loads(bundle.file(GENERATION_CONFIG).read_text())
+    default_language = bundle.manifest.get("decoding", {}).get("language")
+    settings = DecodeSettings.from_configs(generation, config, language or default_language)
+    device = _check_device(bundle, device)
+    if bundle.runtime == "onnxruntime":
+        from edgeq.engines.onnx_engine import load_engine
+    else:
+        from edgeq.engines.torch_runtime import load_engine
+    engine = load_engine(bundle, device=device, threads=threads)
+    return Transcriber(engine, WhisperTokenizer(bundle.file(TOKENIZER)), settings, bundle,
+                       int(config.get("num_mel_bins", 80)), device)
+
+
+def _check_device(bundle: Bundle, device: str) -> str:
+    if device not in ("cpu", "cuda"):
+        raise DeviceError(f"unknown device {device!r}; choose cpu or cuda")
+    allowed = bundle.recipe.get("devices", ["cpu", "cuda"])
+    if device not in allowed:
+        raise DeviceError(
+            f"bundle {bundle.name} runs on {', '.join(allowed)} only (its recipe says so), not {device}"
+        )
+    return device
+
+
+def load_checkpoint(model: str, device: str = "cpu", threads: int | None = None,
+                    language: str | None = None) -> tuple[Transcriber, int]:
+    """A float transformers checkpoint (no bundle), decoded by the same rules: the baseline.
+
+    Returns the transcriber and the size in bytes of the checkpoint's weight files.
+    """
+    import torch
+
+    from edgeq.engines.torch_engine import TorchEngine
+    from edgeq.source import load_float_model, resolve_source
+
+    source = resolve_source(model)
+    if threads:
+        torch.set_num_threads(threads)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DeviceError("--device cuda asked for, but this PyTorch has no usable CUDA device")
+    float_model = load_float_model(source).to(device)
+    generation = json.loads((source.path / GENERATION_CONFIG).read_text())
+    settings = DecodeSettings.from_configs(generation, source.config, language)
+    size = sum(f.stat().st_size for f in source.path.glob("*.safetensors"))
+    transcriber = Transcriber(TorchEngine(float_model, device), WhisperTokenizer(source.path / TOKENIZER),
+                              settings, None, int(source.config.get("num_mel_bins", 80)), device)
+    return transcriber, size

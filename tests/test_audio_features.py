@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import tone
+from edgeq.audio import load_audio, split_long_audio, to_mono_16k
+from edgeq.errors import AudioError
+from edgeq.features import log_mel_spectrogram
+
+
+@pytest.mark.parametrize("name,seconds", [("a_16k.wav", 2.0), ("b_44k_stereo.flac", 2.0), ("c_8k.ogg", 1.5), ("d.mp3", 1.5)])
+def test_formats_and_rates_become_mono_16k(audio_dir, name, seconds):
+    audio = load_audio(audio_dir / name)
+    assert audio.dtype == np.float32 and audio.ndim == 1
+    assert abs(len(audio) / 16000 - seconds) < 0.1  # mp3 adds encoder padding
+
+
+def test_missing_empty_and_corrupt_audio(tmp_path):
+    with pytest.raises(AudioError, match="no such audio file"):
+        load_audio(tmp_path / "nope.wav")
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF0000WAVEjunkjunk")
+    with pytest.raises(AudioError, match="cannot decode audio"):
+        load_audio(bad)
+    import soundfile as sf
+
+    sf.write(tmp_path / "empty.wav", np.zeros(0, dtype=np.float32), 16000)
+    with pytest.raises(AudioError, match="holds no samples"):
+        load_audio(tmp_path / "empty.wav")
+    with pytest.raises(AudioError, match="NaN"):
+        to_mono_16k(np.array([0.0, np.nan], dtype=np.float32), 16000)
+
+
+def test_long_audio_is_split_in_the_quiet_and_kept_whole():
+    speech = tone(26.0)
+    pause = np.zeros(8000, dtype=np.float32)
+    audio = np.concatenate([speech, pause, tone(26.0), pause, tone(12.0)])
+    parts = split_long_audio(audio)
+    assert len(parts) == 3
+    assert sum(len(p) for p in parts) == len(audio)
+    assert all(len(p) <= 30 * 16000 for p in parts)
+    # The first cut lands inside the half-second pause after 26 s.
+    assert 26 * 16000 <= len(parts[0]) <= 26 * 16000 + 8000
+
+
+def test_features_match_transformers(audio_dir):
+    transformers = pytest.importorskip("transformers")
+    fe = transformers.WhisperFeatureExtractor(feature_size=80)
+    for name in ("a_16k.wav", "b_44k_stereo.flac"):
+        audio = load_audio(audio_dir / name)
+        ours = log_mel_spectrogram(audio)
+        ref = fe(audio, sampling_rate=16000, return_tensors="np").input_features[0]
+        assert ours.shape == ref.shape == (80, 3000)
+        assert np.abs(ours - ref).max() <= 1e-4
+
+
+def test_features_128_mels_for_large_v3(audio_dir):
+    transformers = pytest.importorskip("transformers")
+    fe = transformers.WhisperFeatureExtractor(feature_size=128)
+    audio = load_audio(audio_dir / "a_16k.wav")
+    ref = fe(audio, sampling_rate=16000, return_tensors="np").input_features[0]
+    assert np.abs(log_mel_spectrogram(audio, 128) - ref).max() <= 1e-4

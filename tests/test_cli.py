@@ -1,0 +1,128 @@
+"""The command line as a user meets it: one-line errors, non-zero exits, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def edgeq(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgeq.cli", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=600)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, pattern: str) -> None:
+    import re
+
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+def test_recipes_lists_every_shipped_recipe():
+    from edgeq.recipe import shipped_recipe_names
+
+    proc = edgeq("recipes")
+    assert proc.returncode == 0
+    for name in shipped_recipe_names():
+        assert name in proc.stdout
+
+
+def test_recipes_show_prints_loadable_toml(tmp_path):
+    proc = edgeq("recipes", "show", "quanto-int4")
+    assert proc.returncode == 0
+    (tmp_path / "r.toml").write_text(proc.stdout)
+    from edgeq.recipe import load_recipe
+
+    assert load_recipe(str(tmp_path / "r.toml")).weights.group_size == 128
+
+
+def test_unknown_recipe(tmp_path):
+    assert_one_line_error(edgeq("build", "--recipe", "quanto-int8-dynamc", "--out", tmp_path / "b"),
+                          r"unknown recipe 'quanto-int8-dynamc'; did you mean quanto-int8-dynamic")
+
+
+def test_invalid_recipe_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('backend = "quanto"\nscheme = "weight-only"\n[weights]\nformat = "int5"\n')
+    assert_one_line_error(edgeq("build", "--recipe", bad), r"bad.toml: weights.format: 'int5' is not allowed")
+
+
+def test_unknown_model_folder(tmp_path):
+    assert_one_line_error(edgeq("build", "-r", "fp32", "-m", tmp_path / "nope", "-o", tmp_path / "b"),
+                          r"model folder not found")
+
+
+def test_hub_unreachable_says_how_to_pass_a_folder(tmp_path):
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    proc = edgeq("build", "-r", "fp32", "-o", tmp_path / "b", env=env)  # default openai/whisper-small
+    assert_one_line_error(proc, r"cannot fetch 'openai/whisper-small'.*--model /path/to/whisper-small")
+
+
+def test_not_whisper_folder(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    assert_one_line_error(edgeq("build", "-r", "fp32", "-m", tmp_path / "m", "-o", tmp_path / "b"),
+                          r"Whisper checkpoints only")
+
+
+def test_static_recipe_without_calibration(tiny_model, tmp_path):
+    assert_one_line_error(edgeq("build", "-r", "pytorch-int8-static", "-m", tiny_model, "-o", tmp_path / "b"),
+                          r"pass --calibration")
+
+
+def test_build_transcribe_and_refuse_overwrite(tiny_model, audio_dir, tmp_path):
+    out = tmp_path / "b"
+    proc = edgeq("build", "-r", "fp32", "-m", tiny_model, "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "smaller" in proc.stdout
+    assert_one_line_error(edgeq("build", "-r", "fp16", "-m", tiny_model, "-o", out),
+                          r"already holds a bundle \(fp32\); pass --force")
+    proc = edgeq("transcribe", out, audio_dir / "a_16k.wav", audio_dir / "b_44k_stereo.flac")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(str(audio_dir / "a_16k.wav") + ": ")
+    proc = edgeq("transcribe", "--json", out, audio_dir / "d.mp3")
+    record = json.loads(proc.stdout)
+    assert record["timings"]["encoder_s"] > 0 and record["tokens"]
+    # A bad file among good ones: the good ones are still transcribed, exit is non-zero.
+    (tmp_path / "empty.wav").write_bytes(b"")
+    proc = edgeq("transcribe", out, tmp_path / "empty.wav", audio_dir / "a_16k.wav")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "a_16k.wav: " in proc.stdout and "empty.wav: cannot decode audio" in proc.stderr
+
+
+def test_tampered_bundle_is_refused(tiny_model, audio_dir, tmp_path):
+    out = tmp_path / "b"
+    assert edgeq("build", "-r", "fp32", "-m", tiny_model, "-o", out).returncode == 0
+    weights = out / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    assert_one_line_error(edgeq("transcribe", out, audio_dir / "a_16k.wav"),
+                          r"model.safetensors does not match its sha256")
+    assert_one_line_error(edgeq("info", out), r"does not match its sha256")
+
+
+def test_cuda_only_recipe_on_cpu_host(tiny_model, audio_dir, tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this host has CUDA")
+    recipe = tmp_path / "gpu.toml"
+    recipe.write_text('backend = "float"\nscheme = "none"\ndevices = ["cuda"]\n[weights]\nformat = "float16"\n')
+    out = tmp_path / "b"
+    assert edgeq("build", "-r", recipe, "-m", tiny_model, "-o", out).returncode == 0
+    assert_one_line_error(edgeq("transcribe", out, audio_dir / "a_16k.wav"), r"runs on cuda only")
+    fp32 = tmp_path / "f"
+    assert edgeq("build", "-r", "fp32", "-m", tiny_model, "-o", fp32).returncode == 0
+    assert_one_line_error(edgeq("transcribe", "--device", "cuda", fp32, audio_dir / "a_16k.wav"),
+                          r"no usable CUDA device")
+
+
+def test_missing_bundle_and_audio(tmp_path, audio_dir):
+    assert_one_line_error(edgeq("transcribe", tmp_path / "nope", audio_dir / "a_16k.wav"), r"no such bundle folder")

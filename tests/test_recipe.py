@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import pytest
+
+from edgeq.backends import BACKENDS
+from edgeq.errors import RecipeError
+from edgeq.recipe import (
+    list_recipes, load_recipe, load_recipe_file, recipe_to_toml, recipes_dir, shipped_recipe_names,
+)
+
+STUDY_GRID = [
+    "fp32", "fp16", "pytorch-int8-dynamic", "pytorch-int8-static",
+    "quanto-int8-dynamic", "quanto-int8-weights", "quanto-int4", "quanto-int2", "quanto-float8",
+    "quanto-w8a8-static",
+    "hqq-int8-g64", "hqq-int8-g128", "hqq-int4-g64", "hqq-int4-g128", "hqq-int3-g64", "hqq-int3-g128",
+    "hqq-int2-g64", "hqq-int2-g128",
+    "bnb-int8", "bnb-nf4", "bnb-fp4", "bnb-nf4-dq",
+]
+
+
+def test_study_grid_is_shipped():
+    missing = [n for n in STUDY_GRID if n not in shipped_recipe_names()]
+    assert not missing
+
+
+def test_every_shipped_recipe_validates_and_names_match_files():
+    recipes = list_recipes()
+    assert len(recipes) >= len(STUDY_GRID)
+    for r in recipes:
+        assert r.description, r.name
+        assert (recipes_dir() / f"{r.name}.toml").is_file()
+
+
+def test_show_round_trips(tmp_path):
+    for r in list_recipes():
+        path = tmp_path / f"{r.name}.toml"
+        path.write_text(recipe_to_toml(r))
+        assert load_recipe_file(path) == r
+
+
+def _write(tmp_path, body: str):
+    path = tmp_path / "mine.toml"
+    path.write_text(body)
+    return path
+
+
+BASE = 'backend = "quanto"\nscheme = "weight-only"\n[weights]\nformat = "int4"\ngranularity = "group"\ngroup_size = 64\n'
+
+
+def test_user_recipe_file_loads(tmp_path):
+    r = load_recipe(str(_write(tmp_path, BASE)))
+    assert r.name == "mine" and r.weights.bits == 4
+
+
+def test_unknown_key_names_file_key_and_allowed(tmp_path):
+    path = _write(tmp_path, BASE.replace('group_size = 64', 'group_size = 64\ngruop = 3'))
+    with pytest.raises(RecipeError) as err:
+        load_recipe(str(path))
+    msg = str(err.value)
+    assert str(path) in msg and "weights.gruop" in msg and "group_size" in msg
+    assert "\n" not in msg
+
+
+def test_bad_value_lists_allowed_values(tmp_path):
+    with pytest.raises(RecipeError, match=r"weights.format: 'int9' is not allowed; expected .*'int8'"):
+        load_recipe(str(_write(tmp_path, BASE.replace('"int4"', '"int9"'))))
+
+
+def test_backend_scheme_format_mismatch(tmp_path):
+    body = BASE.replace('"quanto"', '"hqq"').replace('"int4"', '"nf4"')
+    with pytest.raises(RecipeError, match=r"backend 'hqq' has no weight-only/nf4"):
+        load_recipe(str(_write(tmp_path, body)))
+
+
+def test_group_needs_size(tmp_path):
+    with pytest.raises(RecipeError, match="needs group_size"):
+        load_recipe(str(_write(tmp_path, BASE.replace("group_size = 64\n", ""))))
+
+
+def test_static_needs_calibration(tmp_path):
+    body = 'backend = "torch"\nscheme = "static"\n[weights]\nformat = "int8"\n[activations]\nformat = "int8"\n'
+    with pytest.raises(RecipeError, match="needs a \\[calibration\\] table"):
+        load_recipe(str(_write(tmp_path, body)))
+
+
+def test_backend_options_are_validated(tmp_path):
+    body = BASE.replace('backend = "quanto"', 'backend = "hqq"') + "[options]\naxis = 2\n"
+    with pytest.raises(RecipeError, match=r"options: axis"):
+        load_recipe(str(_write(tmp_path, body)))
+
+
+def test_unknown_recipe_suggests_close_names():
+    with pytest.raises(RecipeError, match="did you mean.*quanto-int8-dynamic"):
+        load_recipe("quanto-int8-dynamc")
+
+
+def test_invalid_toml(tmp_path):
+    with pytest.raises(RecipeError, match="not valid TOML"):
+        load_recipe(str(_write(tmp_path, "backend = \n")))
+
+
+def test_catalogue_covers_every_backend():
+    assert set(BACKENDS) == {"float", "torch", "quanto", "hqq", "bnb", "onnx"}
+    for spec in BACKENDS.values():
+        assert spec.extra and spec.module.startswith("edgeq.backends.")
