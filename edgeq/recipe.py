@@ -90,10 +90,10 @@ class ModuleSpec(_Strict):
     decoder: bool = Field(True, description="quantize the decoder's Linear layers")
     include: list[str] = Field(["*"], description="fnmatch patterns a Linear must match")
     exclude: list[str] = Field([], description="fnmatch patterns that keep a Linear float")
-    embeddings: Literal["float", "int8"] = Field(
+    embeddings: Literal["float", "int8", "int4"] = Field(
         "float",
         description="the token embedding, tied to proj_out (the LM head): kept float or stored "
-        "once as int8 rows used by both",
+        "once as int8 rows used by both (int4 blocks: onnx backend only)",
     )
     overrides: dict[str, WeightOverride] = Field(
         {}, description="fnmatch pattern -> weight spec for matching Linear layers"
@@ -113,6 +113,9 @@ class TorchOptions(_Strict):
     engine: Literal["auto", "x86", "fbgemm", "qnnpack"] = Field(
         "auto", description="quantized engine; auto picks qnnpack on ARM, x86 elsewhere, at load"
     )
+    dynamic: list[str] = Field(
+        [], description="in a static recipe, fnmatch patterns of Linear layers quantized dynamically instead"
+    )
 
 
 class QuantoOptions(_Strict):
@@ -128,7 +131,8 @@ class BnbOptions(_Strict):
 
 
 class OnnxOptions(_Strict):
-    opset: int = Field(17, ge=14, le=23)
+    # The dynamo exporter emits opset 18 (e.g. Split's num_outputs); converting down fails the checker.
+    opset: int = Field(18, ge=18, le=23)
     per_channel: bool = True
     reduce_range: bool = False
     accuracy_level: Literal[0, 1, 2, 3, 4] = Field(
@@ -181,6 +185,8 @@ class Recipe(_Strict):
             raise ValueError("scheme 'static' needs activations.format int8 or float8")
         if self.scheme in ("none", "weight-only") and self.activations.format != "float":
             raise ValueError(f"scheme {self.scheme!r} keeps activations float")
+        if self.modules.embeddings == "int4" and spec.runtime != "onnxruntime":
+            raise ValueError("modules.embeddings 'int4' needs the onnx backend; use 'int8' or 'float'")
         OPTIONS[self.backend].model_validate(self.options)
         return self
 

@@ -38,7 +38,7 @@ def make_tokenizer(folder: Path) -> None:
     }, indent=1))
 
 
-def make_tiny_whisper(folder: Path, seed: int = 0, d_model: int = 64, layers: int = 2) -> Path:
+def make_tiny_whisper(folder: Path, seed: int = 0, d_model: int = 128, layers: int = 2) -> Path:
     import torch
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 

@@ -11,6 +11,7 @@ from fnmatch import fnmatchcase
 
 from torch import nn
 
+from edgeq.errors import RecipeError
 from edgeq.recipe import Recipe, WeightSpec
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,11 @@ def quantization_plan(model: nn.Module, recipe: Recipe) -> dict[str, WeightSpec]
                     weights = WeightSpec.model_validate({**weights.model_dump(), **changes})
                 break
         if weights is not None:
+            if weights.group_size and model.get_submodule(name).in_features % weights.group_size:
+                raise RecipeError(
+                    f"recipe {recipe.name}: group size {weights.group_size} does not divide the "
+                    f"{model.get_submodule(name).in_features} inputs of {name}"
+                )
             plan[name] = weights
     return plan
 

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from edgeq.backends import BACKENDS, require_library
 from edgeq.bundle import Bundle
-from edgeq.errors import DeviceError, MissingDependencyError
+from edgeq.errors import BundleError, DeviceError, MissingDependencyError
 
 
 def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None):
+    if bundle.runtime != "torch":
+        raise BundleError(
+            f"{bundle.path}: bundle {bundle.name} runs on {bundle.runtime}, not PyTorch; "
+            "load it with edgeq.load, which picks the runtime"
+        )
     try:
         import torch  # noqa: F401
         import transformers  # noqa: F401
