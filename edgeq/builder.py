@@ -115,6 +115,7 @@ def build(
         calib = prepare_calibration(
             calibration_spec, recipe.calibration.samples, settings,
             int(source.config.get("num_mel_bins", 80)), progress,
+            reference_model=float_model if spec.runtime == "torch" else None,
         )
 
     def populate(folder: Path) -> dict[str, Any]:

@@ -12,7 +12,15 @@ from edgeq.features import log_mel_spectrogram
 
 
 def prepare_calibration(spec: str, samples: int, settings: DecodeSettings, n_mels: int,
-                        progress=None) -> Calibration:
+                        progress=None, reference_model=None) -> Calibration:
+    """Features of `samples` utterances of `spec`, and a runner that shows them to a model.
+
+    With `reference_model` (the float model, before quantization) each utterance is transcribed
+    once up front and calibration replays that transcript in one teacher-forced decoder pass.
+    Decoding greedily with the model under calibration instead lets half-calibrated scales steer
+    it into loops that run to the token limit (quanto static on whisper-base: minutes per
+    utterance) and calibrates on tokens the float model would never produce.
+    """
     dataset = open_dataset(spec, limit=samples)
     features: list[np.ndarray] = []
     for i, utt in enumerate(dataset.utterances):
@@ -20,6 +28,16 @@ def prepare_calibration(spec: str, samples: int, settings: DecodeSettings, n_mel
             progress("reading calibration audio", i, len(dataset))
         features.append(log_mel_spectrogram(split_long_audio(load_audio(utt.audio))[0], n_mels))
     decoder = GreedyDecoder(settings)
+    transcripts: list[list[int]] = []
+    if reference_model is not None:
+        from edgeq.engines.torch_engine import TorchEngine
+
+        reference = TorchEngine(reference_model)
+        for i, f in enumerate(features):
+            if progress:
+                progress("transcribing calibration audio", i, len(features))
+            r = decoder.decode(reference, f)
+            transcripts.append([*settings.prompt(r.language), *r.tokens, settings.eot])
 
     def run(model) -> None:
         from edgeq.engines.torch_engine import TorchEngine
@@ -28,6 +46,9 @@ def prepare_calibration(spec: str, samples: int, settings: DecodeSettings, n_mel
         for i, f in enumerate(features):
             if progress:
                 progress("calibrating", i, len(features))
-            decoder.decode(engine, f)
+            if transcripts:
+                engine.step(engine.start(engine.encode(f)), transcripts[i])
+            else:
+                decoder.decode(engine, f)
 
     return Calibration(features, run)

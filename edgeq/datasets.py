@@ -8,8 +8,10 @@ A dataset spec is one of:
     relative to the manifest;
   * a folder holding any mix of the two (e.g. ../shared/data/speech-dev: LibriSpeech + other/manifest.tsv);
   * a folder of audio files without references (calibration and transcription only);
-  * `librispeech:test-clean` / `librispeech:test-other` (and dev-*): the official split in the
-    local cache (EDGEQ_DATA or ~/.cache/edgeq/LibriSpeech).
+  * `librispeech:test-clean` / `librispeech:test-other` (and dev-*): the official split from the
+    local cache (`$EDGEQ_DATA/LibriSpeech/<split>`, default ~/.cache/edgeq); on first use it is
+    downloaded there from OpenSLR (resumable, sha256-checked; see edgeq.librispeech), reporting
+    to the optional `progress(stage, done, total)` callback.
 """
 
 from __future__ import annotations
@@ -52,10 +54,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("EDGEQ_DATA", Path.home() / ".cache" / "edgeq"))
 
 
-def open_dataset(spec: str | Path, limit: int | None = None) -> Dataset:
+def open_dataset(spec: str | Path, limit: int | None = None, progress=None) -> Dataset:
+    """Read a dataset spec; `progress(stage, done, total)` hears about a LibriSpeech download."""
     text = str(spec)
     if text.startswith("librispeech:"):
-        utts = _cached_librispeech(text.split(":", 1)[1])
+        utts = _cached_librispeech(text.split(":", 1)[1], progress)
     else:
         path = Path(text).expanduser()
         if path.is_file():
@@ -137,13 +140,12 @@ def _manifest(path: Path) -> list[Utterance]:
     return utts
 
 
-def _cached_librispeech(split: str) -> list[Utterance]:
+def _cached_librispeech(split: str, progress=None) -> list[Utterance]:
     if split not in LIBRISPEECH_SPLITS:
         raise DatasetError(f"unknown LibriSpeech split {split!r}; choose one of {', '.join(LIBRISPEECH_SPLITS)}")
     folder = cache_dir() / "LibriSpeech" / split
-    if folder.is_dir():
-        return _folder(folder)
-    raise DatasetError(
-        f"LibriSpeech {split} is not in {folder} and edgeq does not download it offline; "
-        f"pass a local copy with --dataset /path/to/LibriSpeech/{split} (layout SPK/CHAPTER/*.flac + *.trans.txt)"
-    )
+    if not folder.is_dir():
+        from edgeq.librispeech import download_split
+
+        folder = download_split(split, cache_dir(), progress)
+    return _folder(folder)

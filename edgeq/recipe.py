@@ -119,7 +119,9 @@ class TorchOptions(_Strict):
 
 
 class QuantoOptions(_Strict):
-    pass
+    dynamic: list[str] = Field(
+        [], description="in a static recipe, fnmatch patterns of Linear layers whose input scale is set per call"
+    )
 
 
 class HqqOptions(_Strict):
@@ -135,6 +137,9 @@ class OnnxOptions(_Strict):
     opset: int = Field(18, ge=18, le=23)
     per_channel: bool = True
     reduce_range: bool = False
+    dynamic: list[str] = Field(
+        [], description="in a static recipe, fnmatch patterns of Linear layers quantized dynamically instead"
+    )
     accuracy_level: Literal[0, 1, 2, 3, 4] = Field(
         4, description="MatMulNBits compute type (4 = int8 activations, 0 = unset)"
     )
@@ -187,7 +192,10 @@ class Recipe(_Strict):
             raise ValueError(f"scheme {self.scheme!r} keeps activations float")
         if self.modules.embeddings == "int4" and spec.runtime != "onnxruntime":
             raise ValueError("modules.embeddings 'int4' needs the onnx backend; use 'int8' or 'float'")
-        OPTIONS[self.backend].model_validate(self.options)
+        try:
+            OPTIONS[self.backend].model_validate(self.options)
+        except ValidationError as err:
+            raise ValueError(_format_error("options", err)) from None
         return self
 
     @property

@@ -45,7 +45,8 @@ def built(tiny_model, audio_dir, calibration_dir, tmp_path_factory):
         try:
             bundle = edgeq.build(recipe, model=str(tiny_model), out=root / name, calibration=calib, language="en")
             model = load_float_model(source)
-            cal = prepare_calibration(calib, recipe.calibration.samples, settings, 80) if calib else None
+            cal = (prepare_calibration(calib, recipe.calibration.samples, settings, 80, reference_model=model)
+                   if calib else None)
             edgeq.quantize(model, recipe, cal)
             out[name] = (bundle, in_memory(model, tiny_model, audio))
         except Exception as err:  # reported by that recipe's tests, not by every test of the module

@@ -34,8 +34,8 @@ class Calibration:
     """Real audio for static schemes: features per utterance and a way to run a model on them."""
 
     features: Sequence[np.ndarray]
-    # run(model) decodes every utterance with `model` (encoder + greedy decoder with cache), so
-    # observers see the activations of real transcription, decoder included.
+    # run(model) passes every utterance through `model`'s encoder and decoder (the float model's
+    # transcript, teacher-forced), so observers see the activations of real transcription.
     run: Callable[[torch.nn.Module], None]
 
 

@@ -50,12 +50,12 @@ def make_systems(bundles: list[str], models: list[str]) -> list[System]:
     return systems
 
 
-def _preflight(systems: list[System], settings: BenchSettings) -> None:
+def _preflight(systems: list[System], settings: BenchSettings, progress=None) -> None:
     """Fail in one line before any process starts: bad dataset, bad bundle, results in the way."""
     from edgeq.bundle import open_bundle
     from edgeq.datasets import open_dataset
 
-    open_dataset(settings.dataset, limit=settings.limit)
+    open_dataset(settings.dataset, limit=settings.limit, progress=progress)  # downloads librispeech:* once
     for s in systems:
         if s.kind == "bundle":
             open_bundle(s.ref, verify_hashes=False)  # the worker checks hashes when it loads
@@ -66,7 +66,7 @@ def _preflight(systems: list[System], settings: BenchSettings) -> None:
 
 def run_bench(systems: list[System], settings: BenchSettings,
               progress: Callable[[str, int, int], None] | None = None) -> list[dict]:
-    _preflight(systems, settings)
+    _preflight(systems, settings, progress)
     settings.out.mkdir(parents=True, exist_ok=True)
     summaries = []
     for system in systems:

@@ -1,0 +1,57 @@
+"""Shared helpers for the benchmark scripts (each script writes JSON into benchmarks/results/)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+SHARED = Path(os.environ.get("EDGEQ_SHARED", REPO.parent / "shared"))
+WHISPER_BASE = SHARED / "models" / "whisper-base"
+SPEECH_DEV = SHARED / "data" / "speech-dev"
+RESULTS = HERE / "results"
+
+# whisper-small's published shape (openai/whisper-small config.json); the weights cannot be
+# fetched here, so size and speed are measured on random weights of exactly this shape.
+WHISPER_SMALL_SHAPE = {
+    "d_model": 768, "encoder_layers": 12, "decoder_layers": 12, "encoder_attention_heads": 12,
+    "decoder_attention_heads": 12, "encoder_ffn_dim": 3072, "decoder_ffn_dim": 3072,
+}
+
+
+def whisper_small_random(folder: Path, seed: int = 0) -> Path:
+    """A whisper-small-shaped checkpoint with random weights and whisper-base's tokenizer."""
+    if (folder / "model.safetensors").is_file():
+        return folder
+    import torch
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    base = json.loads((WHISPER_BASE / "config.json").read_text())
+    base.update(WHISPER_SMALL_SHAPE)
+    base["dtype"] = "float32"
+    torch.manual_seed(seed)
+    model = WhisperForConditionalGeneration(WhisperConfig(**base))
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    for name in ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "processor_config.json"):
+        if (WHISPER_BASE / name).is_file():
+            shutil.copyfile(WHISPER_BASE / name, folder / name)
+    (folder / "PROVENANCE.md").write_text("Random weights in whisper-small's shape, built by edgeq benchmarks.\n")
+    return folder
+
+
+def write_json(name: str, data) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / name
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def require_shared() -> None:
+    if not (WHISPER_BASE / "model.safetensors").is_file():
+        raise SystemExit(f"needs {WHISPER_BASE} (set EDGEQ_SHARED)")

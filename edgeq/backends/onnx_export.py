@@ -1,0 +1,225 @@
+"""Whisper as two ONNX graphs with an explicit key/value cache, exported from a float torch model.
+
+    encoder.onnx   input_features [1, n_mels, 3000]
+                   -> cross_k_0, cross_v_0, ... cross_k_{L-1}, cross_v_{L-1}   [1, H, 1500, Dh]
+    decoder.onnx   input_ids [1, T] int64,
+                   past_k_i, past_v_i [1, H, P, Dh]  (P = 0 on the first step),
+                   cross_k_i, cross_v_i [1, H, 1500, Dh]
+                   -> logits [1, vocab] (last position only), present_k_i, present_v_i [1, H, P+T, Dh]
+
+The encoder computes the decoder's cross-attention keys/values once per window, so a decoder step
+never re-projects the 1500 audio frames. The wrappers call the checkpoint's own Linear, LayerNorm,
+Conv and Embedding modules but none of transformers' attention or Cache code, so the export does
+not depend on the Cache classes or the attention registry of a given transformers release. The
+LM head reads the token-embedding matrix through F.linear, so the decoder graph holds the tied
+[vocab, d_model] table once, used by a Gather (embedding) and a Gemm (logits).
+
+The exporter is torch.onnx.export(dynamo=True): the TorchScript exporter constant-folds the head's
+Transpose into a second copy of the table (+106 MB on whisper-base).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+# Self-attention in blocks of 250 queries: whisper-base peak RSS -65 MB, identical outputs.
+ENCODER_QUERY_CHUNK = 250
+# The protobuf limit is 2 GiB; above ~1.8 GB of weights the graphs keep their tensors in .onnx.data.
+EXTERNAL_DATA_BYTES = 1_800_000_000
+
+
+@dataclass
+class Layout:
+    """What the runtime needs to drive the two graphs (stored as onnx.json in the bundle)."""
+
+    n_mels: int
+    n_frames: int  # encoder input length (3000)
+    n_audio_ctx: int  # encoder output length (1500)
+    n_layers: int
+    heads: int
+    head_dim: int
+    vocab_size: int
+    max_target_positions: int
+    encoder_inputs: list[str] = field(default_factory=lambda: ["input_features"])
+    encoder_outputs: list[str] = field(default_factory=list)
+    decoder_inputs: list[str] = field(default_factory=list)
+    decoder_outputs: list[str] = field(default_factory=list)
+
+    @classmethod
+    def for_model(cls, model) -> "Layout":
+        c = model.config
+        layers, heads = c.decoder_layers, c.decoder_attention_heads
+        past, present, cross = io_names(layers)
+        return cls(
+            n_mels=c.num_mel_bins, n_frames=2 * c.max_source_positions, n_audio_ctx=c.max_source_positions,
+            n_layers=layers, heads=heads, head_dim=c.d_model // heads, vocab_size=c.vocab_size,
+            max_target_positions=c.max_target_positions, encoder_outputs=cross,
+            decoder_inputs=["input_ids", *past, *cross], decoder_outputs=["logits", *present],
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def io_names(n_layers: int) -> tuple[list[str], list[str], list[str]]:
+    def names(kind: str) -> list[str]:
+        return [f"{kind}_{kv}_{i}" for i in range(n_layers) for kv in ("k", "v")]
+
+    return names("past"), names("present"), names("cross")
+
+
+def _heads(x: torch.Tensor, n: int) -> torch.Tensor:  # [B, S, D] -> [B, H, S, Dh]
+    b, s, d = x.shape
+    return x.view(b, s, n, d // n).transpose(1, 2)
+
+
+def _merge(x: torch.Tensor) -> torch.Tensor:  # [B, H, S, Dh] -> [B, S, D]
+    b, h, s, dh = x.shape
+    return x.transpose(1, 2).reshape(b, s, h * dh)
+
+
+def _attend(q, k, v, mask=None):
+    # q is already scaled, as in Whisper (q_proj(x) * head_dim**-0.5).
+    w = q @ k.transpose(-1, -2)
+    if mask is not None:
+        w = w + mask
+    return torch.softmax(w, dim=-1) @ v
+
+
+class EncoderGraph(nn.Module):
+    def __init__(self, model, query_chunk: int = ENCODER_QUERY_CHUNK):
+        super().__init__()
+        self.encoder = model.model.encoder
+        self.cross = nn.ModuleList(layer.encoder_attn for layer in model.model.decoder.layers)
+        self.enc_heads = model.config.encoder_attention_heads
+        self.dec_heads = model.config.decoder_attention_heads
+        self.query_chunk = query_chunk
+
+    def forward(self, input_features):
+        e = self.encoder
+        x = F.gelu(e.conv1(input_features))
+        x = F.gelu(e.conv2(x)).permute(0, 2, 1)
+        x = x + e.embed_positions.weight[: x.shape[1]]
+        for layer in e.layers:
+            a = layer.self_attn
+            h = layer.self_attn_layer_norm(x)
+            q = _heads(a.q_proj(h) * a.scaling, self.enc_heads)
+            k, v = _heads(a.k_proj(h), self.enc_heads), _heads(a.v_proj(h), self.enc_heads)
+            if self.query_chunk:
+                o = torch.cat([_attend(c, k, v) for c in torch.split(q, self.query_chunk, dim=2)], dim=2)
+            else:
+                o = _attend(q, k, v)
+            x = x + a.out_proj(_merge(o))
+            x = x + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(x))))
+        x = e.layer_norm(x)
+        out = []
+        for ca in self.cross:
+            out += [_heads(ca.k_proj(x), self.dec_heads), _heads(ca.v_proj(x), self.dec_heads)]
+        return tuple(out)
+
+
+class DecoderGraph(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.decoder = model.model.decoder
+        self.heads = model.config.decoder_attention_heads
+        self.n_layers = len(self.decoder.layers)
+        head = model.proj_out.weight
+        self.tied = head is self.decoder.embed_tokens.weight
+        # An untied head (some fine-tunes) is its own matrix; a tied one must not be registered twice.
+        self.head = None if self.tied else head
+
+    def forward(self, input_ids, *kv):
+        d, n = self.decoder, self.n_layers
+        past, cross = kv[: 2 * n], kv[2 * n :]
+        t, p = input_ids.shape[1], past[0].shape[2]
+        x = d.embed_tokens(input_ids) * d.embed_scale + d.embed_positions.weight[p : p + t]
+        # Query i (absolute position p+i) sees keys 0..p+i.
+        q_pos = torch.arange(t, device=input_ids.device) + p
+        k_pos = torch.arange(p + t, device=input_ids.device)
+        mask = (k_pos[None, :] > q_pos[:, None]).to(x.dtype) * torch.finfo(x.dtype).min
+        present = []
+        for i, layer in enumerate(d.layers):
+            sa = layer.self_attn
+            h = layer.self_attn_layer_norm(x)
+            q = _heads(sa.q_proj(h) * sa.scaling, self.heads)
+            k = torch.cat([past[2 * i], _heads(sa.k_proj(h), self.heads)], dim=2)
+            v = torch.cat([past[2 * i + 1], _heads(sa.v_proj(h), self.heads)], dim=2)
+            present += [k, v]
+            x = x + sa.out_proj(_merge(_attend(q, k, v, mask)))
+            ca = layer.encoder_attn
+            q = _heads(ca.q_proj(layer.encoder_attn_layer_norm(x)) * ca.scaling, self.heads)
+            x = x + ca.out_proj(_merge(_attend(q, cross[2 * i], cross[2 * i + 1])))
+            x = x + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(x))))
+        # Last position only, as a 2-D input: F.linear becomes Gemm(transB=1) on the shared table.
+        x = d.layer_norm(x)[:, -1, :]
+        logits = F.linear(x, d.embed_tokens.weight if self.tied else self.head)
+        return (logits, *present)
+
+
+def export_float(model, folder: Path, opset: int) -> Layout:
+    """Write float32 encoder.onnx and decoder.onnx for `model` into `folder`."""
+    from torch.export import Dim
+
+    model = model.float().eval()
+    layout = Layout.for_model(model)
+    big = sum(p.numel() for p in model.parameters()) * 4 > EXTERNAL_DATA_BYTES
+    past, _, cross = io_names(layout.n_layers)
+    shape = (1, layout.heads)
+    enc_path, dec_path = folder / "encoder.onnx", folder / "decoder.onnx"
+    with torch.no_grad():
+        _export(EncoderGraph(model).eval(), (torch.zeros(1, layout.n_mels, layout.n_frames),), enc_path,
+                opset, big, layout.encoder_inputs, layout.encoder_outputs, None)
+        # Example sizes must not be 0 or 1: torch.export specializes dimensions of those sizes.
+        t, p = 3, 5
+        ids = torch.zeros(1, t, dtype=torch.long)
+        pasts = tuple(torch.zeros(*shape, p, layout.head_dim) for _ in past)
+        crosses = tuple(torch.zeros(*shape, layout.n_audio_ctx, layout.head_dim) for _ in cross)
+        t_dim = Dim("tokens", min=1, max=layout.max_target_positions)
+        p_dim = Dim("past", min=0, max=layout.max_target_positions)
+        # forward(input_ids, *kv): one spec for input_ids, one tuple for *kv.
+        dynamic = ({1: t_dim}, tuple({2: p_dim} for _ in past) + tuple(None for _ in cross))
+        _export(DecoderGraph(model).eval(), (ids, *pasts, *crosses), dec_path, opset, big,
+                layout.decoder_inputs, layout.decoder_outputs, dynamic)
+    return layout
+
+
+def _export(module, args, path: Path, opset: int, external: bool, inputs, outputs, dynamic) -> None:
+    with _quiet():
+        program = torch.onnx.export(
+            module, args, dynamo=True, opset_version=opset, input_names=inputs, output_names=outputs,
+            dynamic_shapes=dynamic, verbose=False, optimize=True,
+        )
+        program.save(str(path), external_data=external)
+    log.debug("exported %s", path.name)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporter prints progress to stdout and logs warnings (missing torchvision, ...): keep
+    them out of the user's terminal, at debug level in our log."""
+    out = io.StringIO()
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(out), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+        if out.getvalue().strip():
+            log.debug("torch.onnx: %s", out.getvalue().strip())

@@ -1,0 +1,167 @@
+"""The ONNX Runtime engine: an ONNX bundle behind the decoding `Engine` protocol, without PyTorch.
+
+This module imports only numpy and (when a bundle is loaded) onnxruntime; with the tokenizer,
+soundfile and edgeq.features it is all a device needs (`pip install 'edgeq[runtime]'`).
+
+The caches never leave ONNX Runtime: the encoder's cross-attention keys/values and the decoder's
+self-attention cache stay OrtValues bound with IOBinding, on the GPU when running on CUDA, so a
+decoder step copies only the new token in and the logits out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeq.bundle import Bundle
+from edgeq.errors import BundleError, DeviceError, MissingDependencyError
+
+log = logging.getLogger(__name__)
+
+ONNX_JSON = "onnx.json"
+_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None) -> "OnnxEngine":
+    if bundle.runtime != "onnxruntime":
+        raise BundleError(
+            f"{bundle.path}: bundle {bundle.name} runs on {bundle.runtime}, not ONNX Runtime; "
+            "load it with edgeq.load, which picks the runtime"
+        )
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise MissingDependencyError(
+            f"bundle {bundle.name} runs on ONNX Runtime, which is not installed: pip install 'edgeq[runtime]'"
+        ) from None
+    layout = read_layout(bundle)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's default (physical cores)
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: the library never prints
+    enc_providers, dec_providers = _providers(ort, device, layout, bundle)
+    encoder = _session(ort, bundle, layout["encoder"], options, enc_providers)
+    decoder = _session(ort, bundle, layout["decoder"], options, dec_providers)
+    if device == "cuda" and "CUDAExecutionProvider" not in decoder.get_providers():
+        raise DeviceError(
+            "ONNX Runtime could not start its CUDA provider (are the CUDA and cuDNN libraries that "
+            "onnxruntime-gpu needs installed?); use --device cpu or fix the CUDA installation"
+        )
+    _check_io(bundle, encoder, layout["encoder_inputs"], layout["encoder_outputs"], layout["encoder"])
+    _check_io(bundle, decoder, layout["decoder_inputs"], layout["decoder_outputs"], layout["decoder"])
+    types = {encoder.get_inputs()[0].type, *(i.type for i in decoder.get_inputs()[1:])}
+    if not types <= set(_DTYPES):
+        raise BundleError(f"{bundle.path}: the graphs take {sorted(types - set(_DTYPES))}; this edgeq reads float32/float16")
+    return OnnxEngine(encoder, decoder, layout, device)
+
+
+class OnnxEngine:
+    def __init__(self, encoder, decoder, layout: dict, device: str = "cpu"):
+        import onnxruntime as ort
+
+        self._encoder, self._decoder = encoder, decoder
+        self._device = "cuda" if device == "cuda" else "cpu"
+        self._cross = list(layout["encoder_outputs"])
+        self._past = [n for n in layout["decoder_inputs"] if n.startswith("past_")]
+        self._present = [n for n in layout["decoder_outputs"] if n.startswith("present_")]
+        inputs = {i.name: i for i in decoder.get_inputs()}
+        self._features_dtype = _DTYPES[encoder.get_inputs()[0].type]
+        kv_dtype = _DTYPES[inputs[self._past[0]].type]
+        shape = [1, layout["heads"], 0, layout["head_dim"]]
+        empty = ort.OrtValue.ortvalue_from_shape_and_type(shape, kv_dtype, self._device, 0)
+        self._empty = tuple(empty for _ in self._past)
+        self.providers = decoder.get_providers()
+
+    def encode(self, features: np.ndarray) -> dict[str, Any]:
+        binding = self._encoder.io_binding()
+        binding.bind_cpu_input("input_features", np.ascontiguousarray(features, dtype=self._features_dtype)[None])
+        for name in self._cross:
+            binding.bind_output(name, self._device)
+        self._encoder.run_with_iobinding(binding)
+        return dict(zip(self._cross, binding.get_outputs()))
+
+    def start(self, encoder_state: dict[str, Any]) -> tuple[dict[str, Any], tuple]:
+        return encoder_state, self._empty
+
+    def step(self, state: tuple[dict[str, Any], tuple], tokens: list[int]) -> tuple[np.ndarray, Any]:
+        cross, past = state
+        binding = self._decoder.io_binding()
+        binding.bind_cpu_input("input_ids", np.array([tokens], dtype=np.int64))
+        for name, value in zip(self._past, past):
+            binding.bind_ortvalue_input(name, value)
+        for name, value in cross.items():
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output("logits", "cpu")
+        for name in self._present:
+            binding.bind_output(name, self._device)
+        self._decoder.run_with_iobinding(binding)
+        outputs = binding.get_outputs()
+        logits = np.array(outputs[0].numpy()[0], dtype=np.float32)
+        return logits, (cross, tuple(outputs[1:]))
+
+
+def read_layout(bundle: Bundle) -> dict:
+    path = bundle.file(ONNX_JSON)
+    try:
+        layout = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BundleError(f"{bundle.path}: {ONNX_JSON} is missing; this ONNX bundle is incomplete, rebuild it") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BundleError(f"{bundle.path}: {ONNX_JSON} is not valid JSON ({err})") from None
+    need = ("encoder", "decoder", "encoder_inputs", "encoder_outputs", "decoder_inputs", "decoder_outputs",
+            "heads", "head_dim")
+    missing = [k for k in need if k not in layout]
+    if missing:
+        raise BundleError(f"{bundle.path}: {ONNX_JSON} lacks {', '.join(missing)}; rebuild the bundle")
+    for key in ("encoder", "decoder"):
+        if layout[key] not in bundle.manifest["files"]:
+            raise BundleError(f"{bundle.path}: {layout[key]} is not listed in the manifest")
+    return layout
+
+
+def _providers(ort, device: str, layout: dict, bundle: Bundle) -> tuple[list, list]:
+    if device != "cuda":
+        return ["CPUExecutionProvider"], ["CPUExecutionProvider"]
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in available:
+        raise DeviceError(
+            "--device cuda asked for, but this onnxruntime has no CUDA provider: "
+            "pip uninstall onnxruntime && pip install onnxruntime-gpu"
+        )
+    cuda = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if "TensorrtExecutionProvider" not in available or os.environ.get("EDGEQ_TENSORRT", "1") == "0":
+        return cuda, cuda
+    # TensorRT for the encoder only: its shapes are fixed, so one engine is built once and cached.
+    # The decoder's cache grows every step, which would make TensorRT rebuild engines; CUDA runs it.
+    cache = Path(os.environ.get("EDGEQ_CACHE", Path.home() / ".cache" / "edgeq")) / "tensorrt" / bundle.manifest_sha256[:16]
+    log.info("TensorRT runs the encoder; its engine is built on first use (minutes) and cached in %s", cache)
+    trt = ("TensorrtExecutionProvider", {
+        "trt_fp16_enable": layout.get("dtype") == "float16",
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(cache),
+    })
+    return [trt, *cuda], cuda
+
+
+def _session(ort, bundle: Bundle, name: str, options, providers):
+    path = bundle.file(name)
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as err:  # onnxruntime raises its own pybind exception types
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise BundleError(f"{bundle.path}: ONNX Runtime cannot load {name}: {first[:300]}") from None
+
+
+def _check_io(bundle: Bundle, session, inputs: list[str], outputs: list[str], name: str) -> None:
+    got_in = [i.name for i in session.get_inputs()]
+    got_out = [o.name for o in session.get_outputs()]
+    if got_in != list(inputs) or got_out != list(outputs):
+        raise BundleError(
+            f"{bundle.path}: {name} does not match {ONNX_JSON} (inputs {got_in[:3]}..., outputs "
+            f"{got_out[:3]}...); the bundle is inconsistent, rebuild it"
+        )
