@@ -144,17 +144,18 @@ def main() -> None:
         {"name": "transformers-fp32", "kind": "transformers-fp32", "ref": str(args.model)},
         {"name": "transformers-dynamic-int8", "kind": "transformers-dynamic-int8", "ref": str(args.model)},
     ]
+    skip = set(filter(None, args.skip.split(",")))
     try:
         import faster_whisper  # noqa: F401
 
-        systems.append({"name": "faster-whisper-int8", "kind": "faster-whisper",
-                        "ref": str(ensure_ct2(args.model, args.cache))})
+        if "faster-whisper-int8" not in skip:  # the CT2 conversion is not free: only for a system that runs
+            systems.append({"name": "faster-whisper-int8", "kind": "faster-whisper",
+                            "ref": str(ensure_ct2(args.model, args.cache))})
     except ImportError:
         print("faster-whisper not installed: skipped (pip install faster-whisper)")
     if args.ggml:
         systems.append({"name": "whisper.cpp", "kind": "whisper.cpp", "ref": args.ggml})
     systems += [{"name": f"edgeq:{Path(b).name}", "kind": "edgeq", "ref": b} for b in args.bundles]
-    skip = set(filter(None, args.skip.split(",")))
     from edgeq.bench.env import fingerprint
 
     results = {"env": fingerprint(), "threads": args.threads, "dataset": args.dataset, "model": str(args.model),

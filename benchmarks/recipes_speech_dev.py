@@ -27,6 +27,11 @@ def main() -> None:
     ap.add_argument("--recipes", help="comma-separated subset (fp32 is always included)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--limit", type=int)
+    ap.add_argument("--dataset", default=str(SPEECH_DEV / "LibriSpeech"),
+                    help="default: the 8 LibriSpeech utterances of speech-dev (62 s; HQQ 3-bit runs "
+                         "slower than real time on a CPU, the whole set would take an hour)")
+    ap.add_argument("--with-fp16", action="store_true",
+                    help="also time fp16 / onnx-fp16 (meant for CUDA; very slow on CPUs without fp16 math)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/edgeq-recipes"))
     ap.add_argument("--resume", action="store_true", help="continue an interrupted measurement")
     args = ap.parse_args()
@@ -36,12 +41,14 @@ def main() -> None:
     for recipe in list_recipes():
         if wanted and recipe.name not in wanted:
             continue
+        if recipe.weights.format == "float16" and not args.with_fp16:
+            continue
         out = args.work / "bundles" / recipe.name
         if not is_bundle(out):
             calib = str(SPEECH_DEV / "other") if recipe.scheme == "static" else None
             edgeq.build(recipe, model=str(WHISPER_BASE), out=out, calibration=calib, language="en", force=True)
         bundles.append(str(out))
-    settings = BenchSettings(dataset=str(SPEECH_DEV), out=args.work / "bench", limit=args.limit,
+    settings = BenchSettings(dataset=args.dataset, out=args.work / "bench", limit=args.limit,
                              threads=args.threads, resume=args.resume, force=not args.resume)
     summaries = run_bench(make_systems(bundles, []), settings,
                           progress=lambda name, i, n: print(f"\r{name}: {i}/{n}", end="", flush=True))

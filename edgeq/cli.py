@@ -243,7 +243,8 @@ def transcribe(bundle: Path, audio: tuple[Path, ...], as_json: bool, device: str
 @click.option("--force", is_flag=True, help="Start over, replacing earlier results in --out.")
 @click.option("--language", help="Decode in this language (default: the bundle's).")
 @click.option("--compare", "compare", multiple=True, type=click.Path(path_type=Path),
-              help="Show saved results (summary .json or .jsonl) side by side instead of running.")
+              help="Show saved results (summary .json or .jsonl, the first file here, more as arguments) "
+                   "side by side instead of running.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Also save a PNG: WER vs size, RTF.")
 @click.option("--no-sampler", is_flag=True, hidden=True, help="Disable the RSS sampler thread (overhead checks).")
 def bench(bundles, models, dataset, limit, device, threads, target, warmup, out, resume, force, language,
@@ -252,7 +253,8 @@ def bench(bundles, models, dataset, limit, device, threads, target, warmup, out,
     from edgeq.bench.report import load_summaries, plot, render_table
 
     if compare:
-        summaries = load_summaries(list(compare))
+        # `--compare A B`: click gives --compare one value and B lands among BUNDLES; compare them all.
+        summaries = load_summaries(list(compare) + list(bundles))
     else:
         from edgeq.bench.runner import BenchSettings, make_systems, run_bench
 

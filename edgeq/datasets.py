@@ -130,13 +130,19 @@ def _manifest(path: Path) -> list[Utterance]:
     text_key = next((k for k in _TEXT_KEYS if k in keys), None)
     if audio_key is None:
         raise DatasetError(f"{path}: no audio column; name one of {', '.join(_AUDIO_KEYS)}")
-    utts = []
+    utts, seen = [], set()
     for row in rows:
         audio = Path(str(row[audio_key]))
         audio = audio if audio.is_absolute() else path.parent / audio
         ref = row.get(text_key) if text_key else None
         rel = audio.relative_to(path.parent) if not Path(str(row[audio_key])).is_absolute() else audio
-        utts.append(Utterance(Path(rel).with_suffix("").as_posix(), audio, ref))
+        utt_id = Path(rel).with_suffix("").as_posix()
+        # The same file listed twice (e.g. with two references) is two utterances: resume and the
+        # per-utterance results key on the id, so the second one gets its row number.
+        if utt_id in seen:
+            utt_id = f"{utt_id}#row{len(utts) + 2}"
+        seen.add(utt_id)
+        utts.append(Utterance(utt_id, audio, ref))
     return utts
 
 

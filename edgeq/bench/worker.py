@@ -27,6 +27,7 @@ def _say(**msg) -> None:
 class ResultsFile:
     def __init__(self, path: Path):
         self.path = path
+        _drop_cut_line(path)
         self._f = open(path, "a", encoding="utf-8")
 
     def write(self, record: dict) -> None:
@@ -36,6 +37,18 @@ class ResultsFile:
 
     def close(self) -> None:
         self._f.close()
+
+
+def _drop_cut_line(path: Path) -> None:
+    """A run killed mid-write leaves a last line without its newline: cut it off before appending,
+    or the next record would be glued to it and the whole file would stop parsing."""
+    try:
+        with open(path, "rb+") as f:
+            data = f.read()
+            if data and not data.endswith(b"\n"):
+                f.truncate(data.rfind(b"\n") + 1)
+    except FileNotFoundError:
+        pass
 
 
 def _load_system(system: dict, job: dict):
@@ -95,6 +108,7 @@ def run(job: dict) -> None:
         dataset = open_dataset(job["dataset"], limit=job.get("limit"))
         settings = {k: job.get(k) for k in ("dataset", "limit", "device", "threads", "warmup", "language")}
         settings["sampler"] = job.get("sampler", True)
+        settings["threads_used"] = _threads_used(info, job)  # what ran, also when --threads was left out
         header = {"type": "run", "system": job["system"]["name"], "system_info": info, "settings": settings,
                   "load": load, "env": {**fingerprint(), "gpu": gpu_info()},
                   "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "pid": os.getpid()}
@@ -153,6 +167,15 @@ def _warm_up(transcriber, utterances, n: int, load_audio) -> None:
             n -= 1
         except AudioError:
             continue
+
+
+def _threads_used(info: dict, job: dict) -> int | None:
+    if info.get("runtime") == "onnxruntime":
+        import psutil
+
+        return job.get("threads") or psutil.cpu_count(logical=False)  # intra_op 0: physical cores
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else job.get("threads")
 
 
 def _cuda_peak() -> float | None:
