@@ -10,11 +10,12 @@ what it measured).
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import time
 from pathlib import Path
 
-from _common import WHISPER_BASE, require_shared, whisper_small_random, write_json
+from _common import RESULTS, WHISPER_BASE, require_shared, whisper_small_random, write_json
 
 
 def main() -> None:
@@ -36,7 +37,11 @@ def main() -> None:
     models = {"base": str(WHISPER_BASE)}
     if "small" in args.models:
         models["small"] = str(whisper_small_random(args.work / "whisper-small-random"))
-    rows = []
+    # Rows not rebuilt this time are kept (e.g. `--models small` after a base run).
+    previous = RESULTS / "sizes.json"
+    redo = {(m, r.name) for m in args.models for r in recipes}
+    rows = [r for r in json.loads(previous.read_text())["rows"] if (r["model"], r["recipe"]) not in redo] \
+        if previous.is_file() else []
     out = {"env": fingerprint(), "rows": rows}
     for key in args.models:
         for recipe in recipes:

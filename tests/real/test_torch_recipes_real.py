@@ -16,14 +16,16 @@ from edgeq.recipe import FORMAT_BITS, list_recipes
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
 RECIPES = [r for r in list_recipes() if r.runtime == "torch"]
-# WER budget (absolute points over fp32) by weight bits.
-BUDGET = {32: 0.5, 16: 0.5, 8: 1.0, 4: 4.0, 3: 8.0, 2: 40.0, 1: 40.0}
-# CI time: 8-bit recipes (the ones held to fp32 + 1 point) and fp32 run on all 8 LibriSpeech
-# utterances of speech-dev (62 s); the others on the 3 shortest (11 s), compared with fp32 on
-# the same 3. Static recipes calibrate on 8 utterances instead of their 16 (half the build time).
+# 8-bit recipes (and fp32) run on all 8 LibriSpeech utterances of speech-dev (62 s, 177 words)
+# and keep WER within 1 point of fp32. The others run on the 2 shortest (CI time: HQQ and
+# bitsandbytes 4-bit dequantize every weight on every decoder step on a CPU) and must give a real
+# transcript: not empty, no loop, WER <= 50 %. Their WER on the full set is measured in
+# benchmarks/recipes_speech_dev.py. Static recipes calibrate on 4 utterances instead of 16 here.
+BUDGET_8BIT = 1.0
+REAL_TRANSCRIPT_WER = 50.0
 FULL_BITS = (8, 32)
-SUBSET = 3
-CALIBRATION_SAMPLES = 8
+SUBSET = 2
+CALIBRATION_SAMPLES = 4
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +109,10 @@ def test_recipe_transcribes_real_speech(recipe, results):
     wer, ref = wer_over(r, ids), wer_over(_get(results, "fp32"), ids)
     assert all(t.strip() for t in r["texts"]), "empty transcript"
     assert r["truncated"] == 0, "a transcript ran to the token limit (looping)"
-    assert wer <= ref + BUDGET[recipe.weights.bits], f"{recipe.name}: WER {wer:.2f} vs fp32 {ref:.2f} on {len(ids)} utterances"
+    if recipe.weights.bits in FULL_BITS:
+        assert wer <= ref + BUDGET_8BIT, f"{recipe.name}: WER {wer:.2f} vs fp32 {ref:.2f} on {len(ids)} utterances"
+    else:
+        assert wer <= REAL_TRANSCRIPT_WER, f"{recipe.name}: WER {wer:.2f} (fp32 {ref:.2f}) on {len(ids)} utterances"
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda r: r.name)
