@@ -1,0 +1,101 @@
+"""Render the JSON in benchmarks/results/ as the markdown tables of the README.
+
+    python benchmarks/tables.py > /tmp/tables.md
+
+Reads only what the other scripts wrote; every number in the README comes from here.
+"""
+
+from __future__ import annotations
+
+import json
+
+from _common import RESULTS
+
+
+def _load(name: str):
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _f(value, fmt: str) -> str:
+    return "—" if value is None else format(value, fmt)
+
+
+def machine(env: dict) -> str:
+    cpu = env.get("cpu", {})
+    libs = env.get("libraries", {})
+    versions = ", ".join(f"{k} {libs[k]}" for k in ("torch", "onnxruntime", "transformers") if k in libs)
+    flags = cpu.get("key_flags") or []
+    return (f"{cpu.get('model', '?')} ({cpu.get('logical_cores', '?')} logical cores; "
+            f"key flags: {', '.join(flags) if flags else 'none'}), {env.get('os', '')} {env.get('arch', '')}; "
+            f"{versions}")
+
+
+def sizes() -> None:
+    data = _load("sizes.json")
+    if not data:
+        return
+    by = {}
+    for r in data["rows"]:
+        by.setdefault(r["recipe"], {})[r["model"]] = r
+    print("| recipe | whisper-base MB | smaller than fp32 | whisper-small MB | smaller than fp32 |")
+    print("|---|---|---|---|---|")
+    for name in sorted(by):
+        cells = []
+        for model in ("base", "small"):
+            r = by[name].get(model)
+            if r is None or "error" in r:
+                cells += ["—", "—" if r is None else "error"]
+            else:
+                cells += [f"{r['weights_mb']:.1f}", f"{r['reduction_pct']:.1f} %"]
+        print(f"| `{name}` | " + " | ".join(cells) + " |")
+    print(f"\nweights only (config, tokenizer ≈ 3 MB more); machine: {machine(data['env'])}\n")
+
+
+def recipes() -> None:
+    data = _load("recipes_whisper-base.json")
+    if not data:
+        return
+    print("| bundle | size MB | WER % | S/D/I | p50 s | RTF | ms/token | load s | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in data["rows"]:
+        if "failed" in r:
+            print(f"| {r['system']} | failed: {r['failed']} |||||||")
+            continue
+        print(f"| {r['system']} | {_f(r['size_mb'], '.1f')} | {r['wer_pct']:.2f} | {r['sdi']} | {r['p50_s']:.2f} | "
+              f"{r['rtf']:.3f} | {_f(r['ms_per_token'], '.1f')} | {r['load_s']:.2f} | {_f(r['peak_rss_mb'], '.0f')} |")
+    s = next((x for x in data["summaries"] if "failed" not in x), None)
+    if s:
+        print(f"\n{s['utterances']} utterances, {s['settings'].get('threads')} threads; machine: {machine(s['env'])}\n")
+
+
+def compare(name: str) -> None:
+    data = _load(name)
+    if not data:
+        return
+    print("| system | WER % | RTF | load s | peak RSS MB | size MB | imports torch |")
+    print("|---|---|---|---|---|---|---|")
+    for r in data["rows"]:
+        if "error" in r:
+            print(f"| {r['system']} | error: {r['error']} ||||||")
+            continue
+        print(f"| {r['system']} | {r['wer_pct']:.2f} | {r['rtf']:.3f} | {r['load_s']:.2f} | {r['peak_rss_mb']:.0f} | "
+              f"{_f(r['size_mb'], '.1f')} | {'yes' if r['torch_imported'] else 'no'} |")
+    ok = [r for r in data["rows"] if "error" not in r]
+    if ok:
+        print(f"\n{ok[0]['utterances']} utterances, {ok[0]['audio_s']:.1f} s of audio, {data['threads']} threads, "
+              f"one process per system; machine: {machine(data['env'])}\n")
+
+
+def overhead() -> None:
+    data = _load("harness_overhead.json")
+    if data:
+        print("harness overhead: " + json.dumps({k: v for k, v in data.items() if k != "env"}) + "\n")
+
+
+if __name__ == "__main__":
+    for part in (sizes, recipes):
+        part()
+    for name in ("compare_systems.json", "compare_systems_small.json"):
+        compare(name)
+    overhead()
