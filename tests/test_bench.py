@@ -322,3 +322,17 @@ def test_two_bundles_run_in_separate_processes_side_by_side(bundles, dataset, tm
         assert s["memory"]["peak_rss_os_mb"] >= s["memory"]["rss_after_load_mb"] > 0
     rows = [l for l in proc.stdout.splitlines() if "tiny-fp32" in l or "tiny-int8" in l]
     assert len(rows) == 2 and "tiny-fp32" in rows[0] and "tiny-int8" in rows[1], proc.stdout
+
+
+def test_a_worker_that_floods_stderr_does_not_hang(bundles, dataset, tmp_path):
+    """PYTHONVERBOSE makes the worker write MBs to stderr while importing (as bitsandbytes does
+    with a warning per Linear8bitLt call on a CPU). Through an undrained pipe that blocked the
+    worker once 64 KB were written; the run must finish and keep the log."""
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONVERBOSE": "1"}
+    proc = edgeq("bench", bundles["tiny-fp32"], "-d", dataset, "--threads", "1", "--warmup", "0", "--limit", "1",
+                 "-o", out, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (summary,) = _summary(out)
+    assert "failed" not in summary and summary["utterances"] == 1
+    assert (out / "tiny-fp32.stderr.log").stat().st_size > 64 * 1024

@@ -92,29 +92,41 @@ def run_bench(systems: list[System], settings: BenchSettings,
 
 
 def _run_worker(job: dict, name: str, progress) -> str | None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edgeq.bench.worker", json.dumps(job)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    fatal = None
-    assert proc.stdout is not None
-    try:
-        for line in proc.stdout:
-            try:
-                msg = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if "fatal" in msg:
-                fatal = msg["fatal"]
-            elif progress and "progress" in msg:
-                progress(name, msg["progress"], msg["total"])
-        stderr = proc.stderr.read() if proc.stderr else ""
-        rc = proc.wait()
-    except KeyboardInterrupt:
-        proc.kill()
-        proc.wait()
-        raise
+    # The worker's stderr goes to a file, not a pipe: nothing reads a pipe while the run goes on,
+    # and a library that logs on every call (bitsandbytes warns per Linear8bitLt forward on a
+    # CPU) filled the 64 KB pipe buffer and blocked the worker forever.
+    log_path = Path(job["results"]).with_suffix(".stderr.log")
+    with open(log_path, "w", encoding="utf-8") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edgeq.bench.worker", json.dumps(job)],
+            stdout=subprocess.PIPE, stderr=err, text=True,
+        )
+        fatal = None
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                try:
+                    msg = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if "fatal" in msg:
+                    fatal = msg["fatal"]
+                elif progress and "progress" in msg:
+                    progress(name, msg["progress"], msg["total"])
+            rc = proc.wait()
+        except KeyboardInterrupt:
+            proc.kill()
+            proc.wait()
+            raise
     if rc != 0 and not fatal:
-        tail = [l for l in stderr.strip().splitlines() if l.strip()]
-        fatal = f"worker exited with code {rc}: {tail[-1] if tail else 'no output'}"
+        tail = [l for l in _tail(log_path).splitlines() if l.strip()]
+        fatal = f"worker exited with code {rc}: {tail[-1] if tail else 'no output'} (log: {log_path})"
     return fatal
+
+
+def _tail(path: Path, size: int = 8192) -> str:
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        f.seek(max(0, f.tell() - size))
+        return f.read().decode("utf-8", "replace")
+
