@@ -12,7 +12,8 @@ no timestamps, English):
 whisper.cpp is measured when pywhispercpp is installed and --ggml points to a ggml model file.
 
 Per system: WER (Whisper's English normalizer + jiwer), real-time factor, load time, peak RSS
-(ru_maxrss of the process, imports included), model size. Writes results/compare_systems.json.
+(the kernel's VmHWM of the worker process, imports included; not ru_maxrss, which a
+worker inherits from the parent across fork + exec), model size. Writes results/compare_systems.json.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+
 import subprocess
 import sys
 import time
@@ -85,6 +86,8 @@ def _load(system: dict, threads: int):
 
 
 def worker(system: dict, dataset: str, threads: int, limit: int | None) -> dict:
+    from edgeq.bench.memory import os_peak_rss_bytes
+
     import warnings
 
     warnings.filterwarnings("ignore")
@@ -108,7 +111,7 @@ def worker(system: dict, dataset: str, threads: int, limit: int | None) -> dict:
         errors.append(word_errors(utt.reference, text))
     return {"system": system["name"], "wer_pct": 100 * corpus_wer(errors), "rtf": compute / audio_s,
             "compute_s": compute, "audio_s": audio_s, "utterances": len(audios), "load_s": load_s,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_rss_mb": os_peak_rss_bytes() / 2**20,
             "size_mb": size, "torch_imported": "torch" in sys.modules}
 
 

@@ -10,6 +10,7 @@ a plot next to it; the per-utterance JSON lines stay in --work/bench.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from _common import RESULTS, SPEECH_DEV, WHISPER_BASE, require_shared, write_json
@@ -53,6 +54,12 @@ def main() -> None:
     summaries = run_bench(make_systems(bundles, []), settings,
                           progress=lambda name, i, n: print(f"\r{name}: {i}/{n}", end="", flush=True))
     print()
+    # Systems measured by an earlier run and not this time are kept (`--recipes a,b` re-measures a, b).
+    previous = RESULTS / "recipes_whisper-base.json"
+    if previous.is_file():
+        done = {s["system"] for s in summaries}
+        kept = [s for s in json.loads(previous.read_text())["summaries"] if s["system"] not in done]
+        summaries = sorted(kept + summaries, key=lambda s: s["system"])
     path = write_json("recipes_whisper-base.json", {"rows": rows(summaries), "summaries": summaries})
     plot(summaries, RESULTS / "recipes_whisper-base.png")
     for r in rows(summaries):

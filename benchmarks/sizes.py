@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--recipes", help="comma-separated subset")
     ap.add_argument("--calibration", default=None, help="dataset for static recipes [speech-dev/other]")
     ap.add_argument("--work", type=Path, default=Path("/tmp/edgeq-sizes"))
+    ap.add_argument("--keep", action="store_true", help="keep the bundles (e.g. to bench them) instead of deleting each")
     args = ap.parse_args()
     require_shared()
     from _common import SPEECH_DEV
@@ -68,7 +69,8 @@ def main() -> None:
                 "build_s": round(time.perf_counter() - t0, 1),
             })
             write_json("sizes.json", out)
-            shutil.rmtree(target, ignore_errors=True)
+            if not args.keep:
+                shutil.rmtree(target, ignore_errors=True)
             print(f"{key:5} {recipe.name:22} {s['weights_bytes'] / 1e6:8.1f} MB  {s['reduction_pct']:6.1f}% smaller")
 
 

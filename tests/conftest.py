@@ -67,3 +67,22 @@ def calibration_dir(tmp_path_factory) -> Path:
     for i in range(3):
         sf.write(d / f"c{i}.wav", tone(1.0 + i, freq=200 + 150 * i), 16000)
     return d
+
+
+def each(names, make) -> dict:
+    """name -> make(name), or the exception it raised: a module-scoped fixture builds every recipe
+    once, and a broken recipe fails its own tests (through `outcome`), not the whole module."""
+    out = {}
+    for name in names:
+        try:
+            out[name] = make(name)
+        except Exception as err:
+            out[name] = err
+    return out
+
+
+def outcome(results: dict, name: str):
+    item = results[name]
+    if isinstance(item, Exception):
+        raise item
+    return item

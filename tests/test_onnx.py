@@ -20,6 +20,8 @@ pytest.importorskip("torch")
 from edgeq.bundle import DECODER_ONNX, ENCODER_ONNX, MANIFEST, sha256_file  # noqa: E402
 from edgeq.errors import BundleError, RecipeError  # noqa: E402
 from edgeq.recipe import list_recipes  # noqa: E402
+from conftest import each  # noqa: E402
+from conftest import outcome as _get  # noqa: E402
 
 ONNX_RECIPES = [r.name for r in list_recipes() if r.runtime == "onnxruntime"]
 PROBE = Path(__file__).parent / "probe.py"
@@ -38,21 +40,13 @@ def bundles(tiny_model, calibration_dir, tmp_path_factory):
     import edgeq
 
     root = tmp_path_factory.mktemp("onnx-bundles")
-    out = {}
-    for name in [*ONNX_RECIPES, "fp32"]:
+
+    def one(name):
         calib = str(calibration_dir) if name.endswith("static") else None
-        try:
-            out[name] = edgeq.build(name, model=str(tiny_model), out=root / name, calibration=calib, language="en")
-        except Exception as err:  # reported by that recipe's tests
-            out[name] = err
-    return out
+        return edgeq.build(name, model=str(tiny_model), out=root / name, calibration=calib, language="en")
 
+    return each([*ONNX_RECIPES, "fp32"], one)
 
-def _get(bundles, name):
-    item = bundles[name]
-    if isinstance(item, Exception):
-        raise item
-    return item
 
 
 @pytest.fixture(scope="module")

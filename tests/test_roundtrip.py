@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from edgeq.recipe import list_recipes
+from conftest import each
+from conftest import outcome as _get
 
 pytest.importorskip("torch")
 
@@ -38,27 +40,19 @@ def built(tiny_model, audio_dir, calibration_dir, tmp_path_factory):
     settings = DecodeSettings.from_configs(json.loads((tiny_model / "generation_config.json").read_text()),
                                            source.config, "en")
     audio = str(audio_dir / "a_16k.wav")
-    out = {}
-    for name in TORCH_RECIPES:
+
+    def one(name):
         recipe = as_recipe(name)
         calib = str(calibration_dir) if recipe.scheme == "static" else None
-        try:
-            bundle = edgeq.build(recipe, model=str(tiny_model), out=root / name, calibration=calib, language="en")
-            model = load_float_model(source)
-            cal = (prepare_calibration(calib, recipe.calibration.samples, settings, 80, reference_model=model)
-                   if calib else None)
-            edgeq.quantize(model, recipe, cal)
-            out[name] = (bundle, in_memory(model, tiny_model, audio))
-        except Exception as err:  # reported by that recipe's tests, not by every test of the module
-            out[name] = err
-    return out
+        bundle = edgeq.build(recipe, model=str(tiny_model), out=root / name, calibration=calib, language="en")
+        model = load_float_model(source)
+        cal = (prepare_calibration(calib, recipe.calibration.samples, settings, 80, reference_model=model)
+               if calib else None)
+        edgeq.quantize(model, recipe, cal)
+        return bundle, in_memory(model, tiny_model, audio)
 
+    return each(TORCH_RECIPES, one)
 
-def _get(built, name):
-    item = built[name]
-    if isinstance(item, Exception):
-        raise item
-    return item
 
 
 @pytest.fixture(scope="module")

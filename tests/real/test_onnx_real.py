@@ -13,7 +13,8 @@ import sys
 
 import pytest
 
-from conftest import SPEECH_DEV, WHISPER_BASE
+from conftest import SPEECH_DEV, WHISPER_BASE, each
+from conftest import outcome as _get
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
@@ -47,25 +48,17 @@ def results(tmp_path_factory):
     import edgeq
 
     root = tmp_path_factory.mktemp("onnx-real")
-    out = {}
-    for name in ("onnx-fp32", *LIMITS):
-        try:
-            bundle = edgeq.build(name, model=str(WHISPER_BASE), out=root / name, language="en")
-            proc = subprocess.run([sys.executable, "-c", EVALUATE, str(bundle.path), str(SPEECH_DEV / "LibriSpeech")],
-                                  capture_output=True, text=True, timeout=1800)
-            if proc.returncode:
-                raise RuntimeError(proc.stderr[-2000:])
-            out[name] = {"bundle": bundle, **json.loads(proc.stdout.splitlines()[-1])}
-        except Exception as err:  # reported by that recipe's tests
-            out[name] = err
-    return out
 
+    def one(name):
+        bundle = edgeq.build(name, model=str(WHISPER_BASE), out=root / name, language="en")
+        proc = subprocess.run([sys.executable, "-c", EVALUATE, str(bundle.path), str(SPEECH_DEV / "LibriSpeech")],
+                              capture_output=True, text=True, timeout=1800)
+        if proc.returncode:
+            raise RuntimeError(proc.stderr[-2000:])
+        return {"bundle": bundle, **json.loads(proc.stdout.splitlines()[-1])}
 
-def _get(results, name):
-    r = results[name]
-    if isinstance(r, Exception):
-        raise r
-    return r
+    return each(("onnx-fp32", *LIMITS), one)
+
 
 
 def test_fp32_reference(results):

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import SPEECH_DEV, WHISPER_BASE
+from conftest import SPEECH_DEV, WHISPER_BASE, each
+from conftest import outcome as _get
 from edgeq.recipe import FORMAT_BITS, list_recipes
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
@@ -67,26 +68,18 @@ def results(dataset, tmp_path_factory):
     from edgeq.recipe import apply_overrides
 
     root = tmp_path_factory.mktemp("real-bundles")
-    out = {}
-    for recipe in RECIPES:
-        calib = None
+    by_name = {r.name: r for r in RECIPES}
+
+    def one(name):
+        recipe, calib = by_name[name], None
         if recipe.scheme == "static":
             calib = str(SPEECH_DEV / "other")
             recipe = apply_overrides(recipe, [f"calibration.samples={CALIBRATION_SAMPLES}"])
-        try:
-            bundle = edgeq.build(recipe, model=str(WHISPER_BASE), out=root / recipe.name, calibration=calib,
-                                 language="en")
-            out[recipe.name.split("[")[0]] = {"bundle": bundle, **evaluate(bundle.path, _utterances(recipe, dataset))}
-        except Exception as err:
-            out[recipe.name.split("[")[0]] = err
-    return out
+        bundle = edgeq.build(recipe, model=str(WHISPER_BASE), out=root / name, calibration=calib, language="en")
+        return {"bundle": bundle, **evaluate(bundle.path, _utterances(recipe, dataset))}
 
+    return each(list(by_name), one)
 
-def _get(results, name):
-    r = results[name]
-    if isinstance(r, Exception):
-        raise r
-    return r
 
 
 def test_fp32_reference_is_accurate(results):
