@@ -1,15 +1,20 @@
 """Render the JSON in benchmarks/results/ as the markdown tables of the README.
 
     python benchmarks/tables.py > /tmp/tables.md
+    python benchmarks/tables.py --readme      # rewrite the tables between the README's markers
 
 Reads only what the other scripts wrote; every number in the README comes from here.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import re
+import sys
 
-from _common import RESULTS
+from _common import REPO, RESULTS
 
 
 def _load(name: str):
@@ -69,6 +74,24 @@ def recipes() -> None:
         print(f"\n{s['utterances']} utterances, {s['settings'].get('threads')} threads; machine: {machine(s['env'])}\n")
 
 
+def small_shape() -> None:
+    data = _load("bench_whisper-small-random.json")
+    if not data:
+        return
+    print("| bundle | size MB | encoder p50 s | ms/token | tokens/s | load s | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|")
+    for s in data:
+        if "failed" in s:
+            continue
+        lat = s["latency"]
+        print(f"| {s['system']} | {s['size_mb']:.1f} | {lat['encoder_s']['p50']:.2f} | "
+              f"{1000 * lat['per_token_s']['p50']:.1f} | {s['tokens_per_s']:.1f} | {s['load']['seconds']:.2f} | "
+              f"{s['memory']['peak_rss_os_mb']:.0f} |")
+    ok = [s for s in data if "failed" not in s]
+    print(f"\n{ok[0]['utterances']} utterances, {ok[0]['settings'].get('threads')} threads; machine: "
+          f"{machine(ok[0]['env'])}\n")
+
+
 def compare(name: str) -> None:
     data = _load(name)
     if not data:
@@ -93,9 +116,43 @@ def overhead() -> None:
         print("harness overhead: " + json.dumps({k: v for k, v in data.items() if k != "env"}) + "\n")
 
 
+def render() -> str:
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        for part in (sizes, recipes, small_shape):
+            part()
+        compare("compare_systems.json")
+        overhead()
+    return buf.getvalue()
+
+
+# README marker -> (first line of the table, first word of the line that ends it)
+MARKERS = {
+    "SIZES_TABLE": ("| recipe | whisper-base MB", "weights only"),
+    "RECIPES_TABLE": ("| bundle | size MB | WER", "8 utterances"),
+    "SMALL_TABLE": ("| bundle | size MB | encoder", "3 utterances"),
+    "COMPARE_TABLE": ("| system | WER", "24 utterances"),
+}
+
+
+def update_readme(text: str) -> None:
+    lines = text.splitlines()
+    readme = REPO / "README.md"
+    doc = readme.read_text()
+    for key, (start, end) in MARKERS.items():
+        i = next((k for k, line in enumerate(lines) if line.startswith(start)), None)
+        if i is None:
+            continue
+        j = next(k for k in range(i, len(lines)) if lines[k].startswith(end))
+        block = "\n".join(lines[i:j + 1])
+        doc = re.sub(rf"<!-- {key} -->.*?<!-- /{key} -->", lambda m: f"<!-- {key} -->\n{block}\n<!-- /{key} -->",
+                     doc, flags=re.S)
+    readme.write_text(doc)
+
+
 if __name__ == "__main__":
-    for part in (sizes, recipes):
-        part()
-    for name in ("compare_systems.json", "compare_systems_small.json"):
-        compare(name)
-    overhead()
+    text = render()
+    if "--readme" in sys.argv:
+        update_readme(text)
+    else:
+        print(text, end="")
