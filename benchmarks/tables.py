@@ -57,18 +57,24 @@ def sizes() -> None:
     print(f"\nweights only (config, tokenizer ≈ 3 MB more); machine: {machine(data['env'])}\n")
 
 
+def _table(headers: list[str], rows: list[list[str]]) -> None:
+    """A markdown table; a short row (a failed system) is padded with empty cells."""
+    print("| " + " | ".join(headers) + " |")
+    print("|" + "---|" * len(headers))
+    for row in rows:
+        print("| " + " | ".join(row + [""] * (len(headers) - len(row))) + " |")
+
+
 def recipes() -> None:
     data = _load("recipes_whisper-base.json")
     if not data:
         return
-    print("| bundle | size MB | WER % | S/D/I | p50 s | RTF | ms/token | load s | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in data["rows"]:
-        if "failed" in r:
-            print(f"| {r['system']} | failed: {r['failed']} |||||||")
-            continue
-        print(f"| {r['system']} | {_f(r['size_mb'], '.1f')} | {r['wer_pct']:.2f} | {r['sdi']} | {r['p50_s']:.2f} | "
-              f"{r['rtf']:.3f} | {_f(r['ms_per_token'], '.1f')} | {r['load_s']:.2f} | {_f(r['peak_rss_mb'], '.0f')} |")
+    _table(["bundle", "size MB", "WER %", "S/D/I", "p50 s", "RTF", "ms/token", "load s", "peak RSS MB"], [
+        [r["system"], f"failed: {r['failed']}"] if "failed" in r else
+        [r["system"], _f(r["size_mb"], ".1f"), f"{r['wer_pct']:.2f}", r["sdi"], f"{r['p50_s']:.2f}", f"{r['rtf']:.3f}",
+         _f(r["ms_per_token"], ".1f"), f"{r['load_s']:.2f}", _f(r["peak_rss_mb"], ".0f")]
+        for r in data["rows"]
+    ])
     s = next((x for x in data["summaries"] if "failed" not in x), None)
     if s:
         print(f"\n{s['utterances']} utterances, {s['settings'].get('threads')} threads; machine: {machine(s['env'])}\n")
@@ -78,16 +84,13 @@ def small_shape() -> None:
     data = _load("bench_whisper-small-random.json")
     if not data:
         return
-    print("| bundle | size MB | encoder p50 s | ms/token | tokens/s | load s | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|")
-    for s in data:
-        if "failed" in s:
-            continue
-        lat = s["latency"]
-        print(f"| {s['system']} | {s['size_mb']:.1f} | {lat['encoder_s']['p50']:.2f} | "
-              f"{1000 * lat['per_token_s']['p50']:.1f} | {s['tokens_per_s']:.1f} | {s['load']['seconds']:.2f} | "
-              f"{s['memory']['peak_rss_os_mb']:.0f} |")
     ok = [s for s in data if "failed" not in s]
+    _table(["bundle", "size MB", "encoder p50 s", "ms/token", "tokens/s", "load s", "peak RSS MB"], [
+        [s["system"], f"{s['size_mb']:.1f}", f"{s['latency']['encoder_s']['p50']:.2f}",
+         f"{1000 * s['latency']['per_token_s']['p50']:.1f}", f"{s['tokens_per_s']:.1f}", f"{s['load']['seconds']:.2f}",
+         f"{s['memory']['peak_rss_os_mb']:.0f}"]
+        for s in ok
+    ])
     print(f"\n{ok[0]['utterances']} utterances, {ok[0]['settings'].get('threads')} threads; machine: "
           f"{machine(ok[0]['env'])}\n")
 
@@ -96,14 +99,12 @@ def compare(name: str) -> None:
     data = _load(name)
     if not data:
         return
-    print("| system | WER % | RTF | load s | peak RSS MB | size MB | imports torch |")
-    print("|---|---|---|---|---|---|---|")
-    for r in data["rows"]:
-        if "error" in r:
-            print(f"| {r['system']} | error: {r['error']} ||||||")
-            continue
-        print(f"| {r['system']} | {r['wer_pct']:.2f} | {r['rtf']:.3f} | {r['load_s']:.2f} | {r['peak_rss_mb']:.0f} | "
-              f"{_f(r['size_mb'], '.1f')} | {'yes' if r['torch_imported'] else 'no'} |")
+    _table(["system", "WER %", "RTF", "load s", "peak RSS MB", "size MB", "imports torch"], [
+        [r["system"], f"error: {r['error']}"] if "error" in r else
+        [r["system"], f"{r['wer_pct']:.2f}", f"{r['rtf']:.3f}", f"{r['load_s']:.2f}", f"{r['peak_rss_mb']:.0f}",
+         _f(r["size_mb"], ".1f"), "yes" if r["torch_imported"] else "no"]
+        for r in data["rows"]
+    ])
     ok = [r for r in data["rows"] if "error" not in r]
     if ok:
         print(f"\n{ok[0]['utterances']} utterances, {ok[0]['audio_s']:.1f} s of audio, {data['threads']} threads, "

@@ -2,7 +2,7 @@
 
     import edgeq
     bundle = edgeq.build("quanto-int8-dynamic", model="openai/whisper-small", out="bundle/")
-    print(edgeq.load("bundle/").transcribe("speech.flac").text)
+    text = edgeq.load("bundle/").transcribe("speech.flac").text
 
 Heavy libraries (torch, transformers, quantization backends, onnxruntime) are imported only by
 the functions that need them, so `import edgeq` stays fast and works with the runtime extra alone.

@@ -97,12 +97,23 @@ def plot(summaries: list[dict], path: str | Path) -> Path:
         raise EdgeqError("plots need matplotlib: pip install 'edgeq[plot]'") from None
     data = [r for r in rows(summaries) if "failed" not in r and r["wer_pct"] is not None]
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 5))
+    # Broken systems (2-bit recipes reach WER 100-460 %) would squash every useful point onto
+    # the axis: the scale stops at 25 % and they are listed in the title instead.
+    ceiling = 25.0
+    off = [r for r in data if r["wer_pct"] > ceiling]
     for r in data:
+        if r["wer_pct"] > ceiling:
+            continue
         a.scatter(r["size_mb"], r["wer_pct"])
         a.annotate(r["system"], (r["size_mb"], r["wer_pct"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    if off:
+        a.set_ylim(0, ceiling)
     a.set_xlabel("bundle size (MB)")
     a.set_ylabel("WER (%)")
-    a.set_title("accuracy vs size")
+    title = "accuracy vs size"
+    if off:
+        title += "\noff scale: " + ", ".join(f"{r['system']} {r['wer_pct']:.0f} %" for r in off)
+    a.set_title(title, fontsize=9 if off else None)
     a.grid(alpha=0.3)
     names = [r["system"] for r in data]
     b.barh(names, [r["rtf"] for r in data])
