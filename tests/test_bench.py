@@ -336,3 +336,41 @@ def test_a_worker_that_floods_stderr_does_not_hang(bundles, dataset, tmp_path):
     (summary,) = _summary(out)
     assert "failed" not in summary and summary["utterances"] == 1
     assert (out / "tiny-fp32.stderr.log").stat().st_size > 64 * 1024
+
+
+def test_plot_of_saved_results_keeps_broken_systems_off_the_scale(fp32_run, tmp_path):
+    """`--compare ... --plot` draws saved results; a system at WER 400 % (2-bit recipes on
+    whisper-base) is named in the title instead of stretching the WER axis."""
+    pytest.importorskip("matplotlib")
+    (summary,) = _summary(fp32_run)
+    broken = json.loads(json.dumps(summary))
+    broken["system"] = "broken-2bit"
+    broken["wer"]["wer_pct"] = 400.0
+    (tmp_path / "broken.json").write_text(json.dumps([broken]))
+    png = tmp_path / "plot.png"
+    proc = edgeq("bench", "--compare", fp32_run / "summary.json", tmp_path / "broken.json", "--plot", png)
+    _ok(proc)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from edgeq.bench.report import plot
+
+    captured = {}
+    real_savefig = plt.Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        captured["title"] = fig.axes[0].get_title()
+        captured["ylim"] = fig.axes[0].get_ylim()
+        return real_savefig(fig, *args, **kwargs)
+
+    plt.Figure.savefig = keep
+    try:
+        plot([summary, broken], tmp_path / "again.png")
+    finally:
+        plt.Figure.savefig = real_savefig
+    assert "broken-2bit 400 %" in captured["title"]
+    assert captured["ylim"][1] <= 25
