@@ -52,7 +52,7 @@ def sizes() -> None:
             if r is None or "error" in r:
                 cells += ["—", "—" if r is None else "error"]
             else:
-                cells += [f"{r['weights_mb']:.1f}", f"{r['reduction_pct']:.1f} %"]
+                cells += [f"{r['weights_mb']:.1f}", f"{r['reduction_pct'] if abs(r['reduction_pct']) >= 0.05 else 0.0:.1f} %"]
         print(f"| `{name}` | " + " | ".join(cells) + " |")
     print(f"\nweights only (config, tokenizer ≈ 3 MB more); machine: {machine(data['env'])}\n")
 
