@@ -40,23 +40,13 @@ def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None)
             f"bundle {bundle.name} runs on ONNX Runtime, which is not installed: pip install 'edgeq[runtime]'"
         ) from None
     layout = read_layout(bundle)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's default (physical cores)
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # errors only: the library never prints
     enc_providers, dec_providers = _providers(ort, device, layout, bundle)
     # The encoder runs once per 30 s window on large activations; ONNX Runtime's CPU arena and
     # memory patterns keep its peak allocation reserved for the whole run. Without them
     # whisper-base onnx-int8-dynamic peaked at 319 MB instead of 412 MB (4 utterances, 2 threads);
     # the decoder, called per token on small tensors, keeps them for speed.
-    enc_options = ort.SessionOptions()
-    enc_options.intra_op_num_threads = options.intra_op_num_threads
-    enc_options.inter_op_num_threads = 1
-    enc_options.log_severity_level = 3
-    enc_options.enable_cpu_mem_arena = False
-    enc_options.enable_mem_pattern = False
-    encoder = _session(ort, bundle, layout["encoder"], enc_options, enc_providers)
-    decoder = _session(ort, bundle, layout["decoder"], options, dec_providers)
+    encoder = _session(ort, bundle, layout["encoder"], _options(ort, threads, arena=False), enc_providers)
+    decoder = _session(ort, bundle, layout["decoder"], _options(ort, threads, arena=True), dec_providers)
     if device == "cuda" and "CUDAExecutionProvider" not in decoder.get_providers():
         raise DeviceError(
             "ONNX Runtime could not start its CUDA provider (are the CUDA and cuDNN libraries that "
@@ -68,6 +58,16 @@ def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None)
     if not types <= set(_DTYPES):
         raise BundleError(f"{bundle.path}: the graphs take {sorted(types - set(_DTYPES))}; this edgeq reads float32/float16")
     return OnnxEngine(encoder, decoder, layout, device)
+
+
+def _options(ort, threads: int | None, arena: bool):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's default (physical cores)
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: the library never prints
+    options.enable_cpu_mem_arena = arena
+    options.enable_mem_pattern = arena
+    return options
 
 
 class OnnxEngine:
