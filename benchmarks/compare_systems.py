@@ -1,6 +1,6 @@
 """edgeq bundles side by side with what users would pick instead, in one run.
 
-    python benchmarks/compare_systems.py --bundles B1 B2 ... [--threads 2] [--dataset DIR]
+    python benchmarks/compare_systems.py --bundles B1 B2[@KEY=VALUE,...] ... [--threads 2] [--dataset DIR]
                                           [--model DIR] [--skip transformers-fp32,...]
 
 Systems (each measured in its own fresh process, same audio, same thread count, greedy decoding,
@@ -158,7 +158,11 @@ def main() -> None:
         print("faster-whisper not installed: skipped (pip install faster-whisper)")
     if args.ggml:
         systems.append({"name": "whisper.cpp", "kind": "whisper.cpp", "ref": args.ggml})
-    systems += [{"name": f"edgeq:{Path(b).name}", "kind": "edgeq", "ref": b} for b in args.bundles]
+    for spec in args.bundles:
+        # PATH@KEY=VALUE,...: the same bundle under another environment (e.g. EDGEQ_HEAP_TUNING=0).
+        path, _, env = spec.partition("@")
+        systems.append({"name": f"edgeq:{Path(path).name}" + (f"@{env}" if env else ""), "kind": "edgeq", "ref": path,
+                        "env": dict(kv.split("=", 1) for kv in env.split(",") if kv)})
     from edgeq.bench.env import fingerprint
 
     results = {"env": fingerprint(), "threads": args.threads, "dataset": args.dataset, "model": str(args.model),
@@ -168,7 +172,7 @@ def main() -> None:
             continue
         proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(system), "--dataset", args.dataset,
                                "--threads", str(args.threads)] + (["--limit", str(args.limit)] if args.limit else []),
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, env={**os.environ, **system.get("env", {})})
         if proc.returncode != 0:
             row = {"system": system["name"], "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
         else:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeq import heap
 from edgeq.audio import SAMPLE_RATE, load_audio, split_long_audio, to_mono_16k
 from edgeq.bundle import CONFIG, GENERATION_CONFIG, TOKENIZER, Bundle, open_bundle
 from edgeq.decoding import DecodeSettings, Engine, GreedyDecoder
@@ -108,13 +109,16 @@ def load(path: str | Path, device: str = "cpu", threads: int | None = None,
     default_language = bundle.manifest.get("decoding", {}).get("language")
     settings = DecodeSettings.from_configs(generation, config, language or default_language)
     device = _check_device(bundle, device)
+    heap.tune()  # before the sessions stage their weights: see edgeq/heap.py
     if bundle.runtime == "onnxruntime":
         from edgeq.engines.onnx_engine import load_engine
     else:
         from edgeq.engines.torch_runtime import load_engine
     engine = load_engine(bundle, device=device, threads=threads)
-    return Transcriber(engine, WhisperTokenizer(bundle.file(TOKENIZER)), settings, bundle,
-                       int(config.get("num_mel_bins", 80)), device)
+    transcriber = Transcriber(engine, WhisperTokenizer(bundle.file(TOKENIZER)), settings, bundle,
+                              int(config.get("num_mel_bins", 80)), device)
+    heap.trim()  # the model files' parse buffers and the tokenizer's JSON are free by now
+    return transcriber
 
 
 def _check_device(bundle: Bundle, device: str) -> str:

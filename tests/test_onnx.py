@@ -139,6 +139,23 @@ def test_quantized_graphs_use_the_recipes_operators(bundles):
     assert any(t.data_type == 10 for t in enc.graph.initializer)  # FLOAT16 weights
 
 
+@pytest.mark.parametrize("name", ["onnx-fp32", "onnx-int8-dynamic", "onnx-int4"])
+def test_onnx_runtime_fuses_every_gelu(name, bundles, tmp_path):
+    # Unfused, each GELU is five elementwise ops with four [frames, 4*d_model] temporaries (the
+    # encoder's largest activations); edgeq exports it in the form ONNX Runtime's GeluFusion matches.
+    import onnx
+    import onnxruntime as ort
+
+    for graph in (ENCODER_ONNX, DECODER_ONNX):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(tmp_path / f"{name}-{graph}")
+        ort.InferenceSession(str(_get(bundles, name).path / graph), options, providers=["CPUExecutionProvider"])
+        ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+        assert "Erf" not in ops, (name, graph)
+        assert {"Gelu", "BiasGelu", "FastGelu"} & set(ops), (name, graph)
+
+
 # --------------------------------------------------------------------------- the tied table
 
 

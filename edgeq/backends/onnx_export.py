@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import logging
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -89,6 +90,20 @@ def _merge(x: torch.Tensor) -> torch.Tensor:  # [B, H, S, Dh] -> [B, S, D]
     return x.transpose(1, 2).reshape(b, s, h * dh)
 
 
+def _gelu(x: torch.Tensor) -> torch.Tensor:
+    # Whisper's exact (erf) GELU, written in the one operand order ONNX Runtime's GeluFusion
+    # matches: x/sqrt(2) -> Erf -> +1 -> *x -> *0.5. F.gelu exports as 0.5*(1+erf)*x, which it does
+    # not fuse, leaving five elementwise ops and four [frames, 4*d_model] float temporaries per layer.
+    return x * (1.0 + torch.erf(x / math.sqrt(2.0))) * 0.5
+
+
+def _activation(model):
+    """The layers' activation: every Whisper checkpoint uses exact GELU; keep any other as is."""
+    if model.config.activation_function == "gelu":
+        return _gelu
+    return model.model.decoder.layers[0].activation_fn
+
+
 def _attend(q, k, v, mask=None):
     # q is already scaled, as in Whisper (q_proj(x) * head_dim**-0.5).
     w = q @ k.transpose(-1, -2)
@@ -105,11 +120,12 @@ class EncoderGraph(nn.Module):
         self.enc_heads = model.config.encoder_attention_heads
         self.dec_heads = model.config.decoder_attention_heads
         self.query_chunk = query_chunk
+        self.act = _activation(model)
 
     def forward(self, input_features):
         e = self.encoder
-        x = F.gelu(e.conv1(input_features))
-        x = F.gelu(e.conv2(x)).permute(0, 2, 1)
+        x = _gelu(e.conv1(input_features))
+        x = _gelu(e.conv2(x)).permute(0, 2, 1)
         x = x + e.embed_positions.weight[: x.shape[1]]
         for layer in e.layers:
             a = layer.self_attn
@@ -121,7 +137,7 @@ class EncoderGraph(nn.Module):
             else:
                 o = _attend(q, k, v)
             x = x + a.out_proj(_merge(o))
-            x = x + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(x))))
+            x = x + layer.fc2(self.act(layer.fc1(layer.final_layer_norm(x))))
         x = e.layer_norm(x)
         out = []
         for ca in self.cross:
@@ -135,6 +151,7 @@ class DecoderGraph(nn.Module):
         self.decoder = model.model.decoder
         self.heads = model.config.decoder_attention_heads
         self.n_layers = len(self.decoder.layers)
+        self.act = _activation(model)
         head = model.proj_out.weight
         self.tied = head is self.decoder.embed_tokens.weight
         # An untied head (some fine-tunes) is its own matrix; a tied one must not be registered twice.
@@ -161,7 +178,7 @@ class DecoderGraph(nn.Module):
             ca = layer.encoder_attn
             q = _heads(ca.q_proj(layer.encoder_attn_layer_norm(x)) * ca.scaling, self.heads)
             x = x + ca.out_proj(_merge(_attend(q, cross[2 * i], cross[2 * i + 1])))
-            x = x + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(x))))
+            x = x + layer.fc2(self.act(layer.fc1(layer.final_layer_norm(x))))
         # Last position only, as a 2-D input: F.linear becomes Gemm(transB=1) on the shared table.
         x = d.layer_norm(x)[:, -1, :]
         logits = F.linear(x, d.embed_tokens.weight if self.tied else self.head)
