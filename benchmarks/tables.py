@@ -80,28 +80,16 @@ def recipes() -> None:
         print(f"\n{s['utterances']} utterances, {s['settings'].get('threads')} threads; machine: {machine(s['env'])}\n")
 
 
-def small_shape() -> None:
-    data = _load("bench_whisper-small-random.json")
-    if not data:
-        return
-    ok = [s for s in data if "failed" not in s]
-    _table(["bundle", "size MB", "encoder p50 s", "ms/token", "tokens/s", "load s", "peak RSS MB"], [
-        [s["system"], f"{s['size_mb']:.1f}", f"{s['latency']['encoder_s']['p50']:.2f}",
-         f"{1000 * s['latency']['per_token_s']['p50']:.1f}", f"{s['tokens_per_s']:.1f}", f"{s['load']['seconds']:.2f}",
-         f"{s['memory']['peak_rss_os_mb']:.0f}"]
-        for s in ok
-    ])
-    print(f"\n{ok[0]['utterances']} utterances, {ok[0]['settings'].get('threads')} threads; machine: "
-          f"{machine(ok[0]['env'])}\n")
-
-
-def compare(name: str) -> None:
+def compare(name: str, wer: bool = True) -> None:
+    """A compare_systems.py result; without the WER column for random weights (meaningless there)."""
     data = _load(name)
     if not data:
         return
-    _table(["system", "WER %", "RTF", "load s", "peak RSS MB", "size MB", "imports torch"], [
+    head = ["system"] + (["WER %"] if wer else []) + ["RTF", "tokens", "load s", "peak RSS MB", "size MB", "imports torch"]
+    _table(head, [
         [r["system"], f"error: {r['error']}"] if "error" in r else
-        [r["system"], f"{r['wer_pct']:.2f}", f"{r['rtf']:.3f}", f"{r['load_s']:.2f}", f"{r['peak_rss_mb']:.0f}",
+        [r["system"]] + ([f"{r['wer_pct']:.2f}"] if wer else []) +
+        [f"{r['rtf']:.3f}", _f(r.get("tokens"), "d"), f"{r['load_s']:.2f}", f"{r['peak_rss_mb']:.0f}",
          _f(r["size_mb"], ".1f"), "yes" if r["torch_imported"] else "no"]
         for r in data["rows"]
     ])
@@ -120,8 +108,9 @@ def overhead() -> None:
 def render() -> str:
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        for part in (sizes, recipes, small_shape):
+        for part in (sizes, recipes):
             part()
+        compare("compare_systems_whisper-small-random.json", wer=False)
         compare("compare_systems.json")
         overhead()
     return buf.getvalue()
@@ -131,7 +120,7 @@ def render() -> str:
 MARKERS = {
     "SIZES_TABLE": ("| recipe | whisper-base MB", "weights only"),
     "RECIPES_TABLE": ("| bundle | size MB | WER", "8 utterances"),
-    "SMALL_TABLE": ("| bundle | size MB | encoder", "3 utterances"),
+    "SMALL_TABLE": ("| system | RTF", "3 utterances"),
     "COMPARE_TABLE": ("| system | WER", "24 utterances"),
 }
 

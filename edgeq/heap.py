@@ -1,22 +1,28 @@
 """Keep the process's resident memory close to what is live, on glibc (Linux).
 
 Why: glibc's malloc raises its mmap threshold to the size of the largest block freed so far (up
-to 32 MiB). After ONNX Runtime has staged a model's weights (buffers of several MiB, freed once
-the session holds its own copies), every later large buffer — the encoder's per-op activations,
-a 30 s window's features — comes from the heap instead of a private mapping, and freed heap
-memory is rarely given back: it stays in RSS for the rest of the run. Measured on whisper-base
-onnx-int8-dynamic, 4 utterances, 2 threads: peak RSS 311 -> 284 MB, same speed.
+to 32 MiB). While ONNX Runtime loads a model it stages the weights in buffers of several MiB and
+frees them once the session holds its own copies; the threshold follows them up, and the freed
+staging memory stays in the heap, resident, for the rest of the run.
 
-`tune()` fixes the threshold at 256 KiB (glibc's dynamic threshold off, as MALLOC_MMAP_THRESHOLD_
-does) so buffers above it are mapped and unmapped; `trim()` returns free heap pages to the
-kernel (malloc_trim), useful once after loading, when the model file's parse buffers and the
-tokenizer's JSON are gone. Both are process-wide, which is why edgeq does this only when a bundle
-is loaded for inference, and EDGEQ_HEAP_TUNING=0 turns it off. Elsewhere (macOS, musl) they do
-nothing.
+`loading()` wraps the load: inside, the threshold is fixed at 256 KiB, so staging buffers are
+mapped and unmapped; on leaving, malloc_trim returns what is free (also the tokenizer's JSON
+parse), and the thresholds are set for inference: blocks under 32 MiB come from the heap and are
+reused across calls, as glibc's own dynamic threshold would settle. Keeping the 256 KiB threshold
+during inference as well cut the peak further (whisper-base onnx-int8-dynamic, 8 utterances:
+271 MB vs 305 MB) but every fresh activation and every dequantized weight became a new mapping
+with its page faults: in a full recipes run quanto-int8-dynamic went from RTF 0.21 to 0.55 and
+hqq-int4-g64 from 0.26 to 0.77 (bundles that dequantize weights on every call). With loading()
+alone, onnx-int8-dynamic peaks at 281-287 MB against 305-313 MB untuned; speed is unchanged
+(onnx-int4, 4 alternating pairs: within noise).
+
+Both settings are process-wide, which is why edgeq applies them only around loading a bundle for
+inference; EDGEQ_HEAP_TUNING=0 turns them off. Elsewhere (macOS, musl) this does nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -24,8 +30,12 @@ import platform
 
 log = logging.getLogger(__name__)
 
-M_MMAP_THRESHOLD = -3  # from glibc's malloc.h
-MMAP_THRESHOLD_BYTES = 256 * 1024
+# from glibc's malloc.h
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+LOADING_MMAP_THRESHOLD = 256 * 1024
+INFERENCE_MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's ceiling for its dynamic threshold (64-bit)
+INFERENCE_TRIM_THRESHOLD = 2 * INFERENCE_MMAP_THRESHOLD  # what the dynamic rule pairs with it
 
 _libc = None
 
@@ -42,13 +52,20 @@ def _glibc():
     return _libc or None
 
 
-def tune() -> bool:
-    """Fix glibc's mmap threshold (large buffers go back to the kernel when freed)."""
+@contextlib.contextmanager
+def loading():
+    """Load a model inside this block; see the module docstring."""
     libc = _glibc()
-    return bool(libc and libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    if libc:
+        libc.mallopt(M_MMAP_THRESHOLD, LOADING_MMAP_THRESHOLD)
+    try:
+        yield
+    finally:
+        if libc:
+            libc.malloc_trim(0)
+            libc.mallopt(M_MMAP_THRESHOLD, INFERENCE_MMAP_THRESHOLD)
+            libc.mallopt(M_TRIM_THRESHOLD, INFERENCE_TRIM_THRESHOLD)
 
 
-def trim() -> bool:
-    """Give free heap memory back to the kernel."""
-    libc = _glibc()
-    return bool(libc and libc.malloc_trim(0))
+def active() -> bool:
+    return _glibc() is not None

@@ -109,16 +109,14 @@ def load(path: str | Path, device: str = "cpu", threads: int | None = None,
     default_language = bundle.manifest.get("decoding", {}).get("language")
     settings = DecodeSettings.from_configs(generation, config, language or default_language)
     device = _check_device(bundle, device)
-    heap.tune()  # before the sessions stage their weights: see edgeq/heap.py
     if bundle.runtime == "onnxruntime":
         from edgeq.engines.onnx_engine import load_engine
     else:
         from edgeq.engines.torch_runtime import load_engine
-    engine = load_engine(bundle, device=device, threads=threads)
-    transcriber = Transcriber(engine, WhisperTokenizer(bundle.file(TOKENIZER)), settings, bundle,
-                              int(config.get("num_mel_bins", 80)), device)
-    heap.trim()  # the model files' parse buffers and the tokenizer's JSON are free by now
-    return transcriber
+    with heap.loading():  # weight staging buffers go back to the kernel: see edgeq/heap.py
+        engine = load_engine(bundle, device=device, threads=threads)
+        tokenizer = WhisperTokenizer(bundle.file(TOKENIZER))
+    return Transcriber(engine, tokenizer, settings, bundle, int(config.get("num_mel_bins", 80)), device)
 
 
 def _check_device(bundle: Bundle, device: str) -> str:

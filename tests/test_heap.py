@@ -1,4 +1,5 @@
-"""edgeq.heap: glibc keeps large freed buffers in RSS unless the mmap threshold is fixed."""
+"""edgeq.heap: while loading, freed large buffers go back to the kernel; afterwards they are kept
+for reuse (glibc only)."""
 
 from __future__ import annotations
 
@@ -12,42 +13,45 @@ import pytest
 
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="heap tuning is glibc-only")
 
-# Free a 30 MiB block (glibc then raises its mmap threshold to 30 MiB), then allocate and free
-# 20 MiB: print how much of the 20 MiB the process gave back to the kernel.
+# Free a 30 MiB block (untuned glibc then raises its mmap threshold to 30 MiB), then allocate and
+# free 20 MiB inside heap.loading() and again after it: print how many MiB each free gave back.
 PROBE = textwrap.dedent("""
     import numpy as np
-    from edgeq import heap
     import psutil
-    current_rss_bytes = lambda: psutil.Process().memory_info().rss
+    from edgeq import heap
 
-    print(heap.tune())
+    def rss():
+        return psutil.Process().memory_info().rss / 2**20
+
+    def given_back():
+        b = np.ones(20 * 2**20 // 8)
+        held = rss()
+        del b
+        return held - rss()
+
     a = np.ones(30 * 2**20 // 8); del a
-    b = np.ones(20 * 2**20 // 8)
-    held = current_rss_bytes()
-    del b
-    print((held - current_rss_bytes()) / 2**20)
+    with heap.loading():
+        loading = given_back()
+    print(heap.active(), loading, given_back())
 """)
 
 
-def _probe(**env) -> tuple[str, float]:
+def _probe(**env) -> tuple[str, float, float]:
     proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120,
                           env={**os.environ, **env})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    tuned, returned = proc.stdout.split()
-    return tuned, float(returned)
+    active, loading, after = proc.stdout.split()
+    return active, float(loading), float(after)
 
 
-def test_tuned_heap_gives_a_freed_buffer_back():
-    assert _probe() == ("True", pytest.approx(20, abs=3))
+def test_loading_gives_freed_buffers_back_and_inference_keeps_them():
+    active, loading, after = _probe()
+    assert active == "True"
+    assert loading == pytest.approx(20, abs=3)
+    assert after < 3  # reused by the next call instead of being faulted in again
 
 
-def test_untuned_glibc_keeps_it_and_the_switch_turns_tuning_off():
-    tuned, returned = _probe(EDGEQ_HEAP_TUNING="0")
-    assert tuned == "False"
-    assert returned < 3  # the behaviour edgeq.heap exists for
-
-
-def test_trim_runs():
-    from edgeq import heap
-
-    assert heap.trim() in (True, False)
+def test_untuned_glibc_keeps_freed_buffers_and_the_switch_turns_tuning_off():
+    active, loading, after = _probe(EDGEQ_HEAP_TUNING="0")
+    assert active == "False"
+    assert loading < 3  # the behaviour edgeq.heap exists for
