@@ -77,7 +77,7 @@ class _CountingGenerate:
 
 
 def _load(system: dict, threads: int):
-    """-> (run(audio) -> (text, text tokens decoded or None), size MB)."""
+    """-> (run(audio) -> (text, tokens decoded or None), size MB)."""
     kind, ref = system["kind"], system["ref"]
     if kind == "edgeq":
         import edgeq
@@ -107,7 +107,7 @@ def _load(system: dict, threads: int):
                                        # no segment dropped as silence or re-decoded: edgeq does neither
                                        no_speech_threshold=None, log_prob_threshold=None,
                                        compression_ratio_threshold=None)
-            counter.tokens = 0
+            counter.tokens = 0  # segments is lazy: CTranslate2 decodes while they are joined below
             text = " ".join(s.text.strip() for s in segments)
             return text, counter.tokens
 

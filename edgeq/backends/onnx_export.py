@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-import math
 import logging
+import math
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
