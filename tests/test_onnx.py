@@ -48,7 +48,6 @@ def bundles(tiny_model, calibration_dir, tmp_path_factory):
     return each([*ONNX_RECIPES, "fp32"], one)
 
 
-
 @pytest.fixture(scope="module")
 def probed(bundles, audio_dir):
     """Every ONNX bundle loaded and run by tests/probe.py in one fresh process."""

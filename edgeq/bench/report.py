@@ -101,9 +101,7 @@ def plot(summaries: list[dict], path: str | Path) -> Path:
     # the axis: the scale stops at 25 % and they are listed in the title instead.
     ceiling = 25.0
     off = [r for r in data if r["wer_pct"] > ceiling]
-    for r in data:
-        if r["wer_pct"] > ceiling:
-            continue
+    for r in (r for r in data if r["wer_pct"] <= ceiling):
         a.scatter(r["size_mb"], r["wer_pct"])
         a.annotate(r["system"], (r["size_mb"], r["wer_pct"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     if off:

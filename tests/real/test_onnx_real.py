@@ -60,7 +60,6 @@ def results(tmp_path_factory):
     return each(("onnx-fp32", *LIMITS), one)
 
 
-
 def test_fp32_reference(results):
     r = _get(results, "onnx-fp32")
     assert len(r["texts"]) == 8

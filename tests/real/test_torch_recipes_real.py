@@ -81,7 +81,6 @@ def results(dataset, tmp_path_factory):
     return each(list(by_name), one)
 
 
-
 def test_fp32_reference_is_accurate(results):
     r = _get(results, "fp32")
     assert wer_over(r, list(r["errors"])) <= 8.0
