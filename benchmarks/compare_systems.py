@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-
 import subprocess
 import sys
 import time
@@ -150,15 +149,15 @@ def _load(system: dict, threads: int):
 
 
 def worker(system: dict, dataset: str, threads: int, limit: int | None) -> dict:
-    from edgeq.bench.memory import os_peak_rss_bytes
-
     import warnings
+
+    from edgeq.bench.memory import os_peak_rss_bytes
 
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    from edgeq.audio import load_audio
-    from edgeq.datasets import open_dataset
-    from edgeq.wer import corpus_wer, word_errors
+    from edgeq.data.datasets import open_dataset
+    from edgeq.data.wer import corpus_wer, word_errors
+    from edgeq.runtime.audio import load_audio
 
     data = open_dataset(dataset, limit=limit)
     audios = [(u, load_audio(u.audio)) for u in data.utterances]
@@ -194,7 +193,7 @@ def ensure_ct2(model: Path, cache: Path) -> Path:
 
 def ensure_bundle(model: Path, recipe: str, cache: Path) -> Path:
     import edgeq
-    from edgeq.bundle import is_bundle
+    from edgeq.format.bundle import is_bundle
 
     out = cache / f"{model.name}-{recipe}"
     if not is_bundle(out):

@@ -21,8 +21,8 @@ def main() -> None:
     from edgeq.bench import BenchSettings, run_bench
     from edgeq.bench.report import plot, rows
     from edgeq.bench.runner import make_systems
-    from edgeq.bundle import is_bundle
-    from edgeq.recipe import list_recipes
+    from edgeq.format.bundle import is_bundle
+    from edgeq.spec.recipe import list_recipes
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipes", help="comma-separated subset (fp32 is always included)")

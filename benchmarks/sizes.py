@@ -20,8 +20,8 @@ from _common import RESULTS, WHISPER_BASE, require_shared, whisper_small_random,
 
 def main() -> None:
     import edgeq
-    from edgeq.recipe import apply_overrides, list_recipes
     from edgeq.bench.env import fingerprint
+    from edgeq.spec.recipe import apply_overrides, list_recipes
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["base", "small"], choices=["base", "small"])

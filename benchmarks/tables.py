@@ -135,8 +135,8 @@ def update_readme(text: str) -> None:
             continue
         j = next(k for k in range(i, len(lines)) if lines[k].startswith(end))
         block = "\n".join(lines[i:j + 1])
-        doc = re.sub(rf"<!-- {key} -->.*?<!-- /{key} -->", lambda m: f"<!-- {key} -->\n{block}\n<!-- /{key} -->",
-                     doc, flags=re.S)
+        replacement = f"<!-- {key} -->\n{block}\n<!-- /{key} -->"
+        doc = re.sub(rf"<!-- {key} -->.*?<!-- /{key} -->", lambda m, r=replacement: r, doc, flags=re.S)
     readme.write_text(doc)
 
 

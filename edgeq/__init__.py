@@ -32,20 +32,24 @@ from edgeq.errors import EdgeqError
 
 def __getattr__(name: str):
     # Lazy exports: `import edgeq` must not import torch (the ONNX runtime has none).
-    if name in ("build", "quantize"):
-        from edgeq import builder as _build
+    if name == "build":
+        from edgeq.builder import pipeline
 
-        return getattr(_build, name)
+        return pipeline.build
+    if name == "quantize":
+        from edgeq.builder import torch_writer
+
+        return torch_writer.quantize
     if name in ("load", "Transcriber", "Transcription"):
-        from edgeq import transcriber
+        from edgeq.runtime import transcriber
 
         return getattr(transcriber, name)
     if name in ("open_bundle", "Bundle"):
-        from edgeq import bundle
+        from edgeq.format import bundle
 
         return getattr(bundle, name)
     if name in ("load_recipe", "list_recipes", "Recipe"):
-        from edgeq import recipe
+        from edgeq.spec import recipe
 
         return getattr(recipe, name)
     raise AttributeError(f"module 'edgeq' has no attribute {name!r}")

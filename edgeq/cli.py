@@ -101,8 +101,8 @@ def recipes(ctx) -> None:
         return
     from rich.table import Table
 
-    from edgeq.backends import BACKENDS
-    from edgeq.recipe import list_recipes
+    from edgeq.spec.catalogue import BACKENDS
+    from edgeq.spec.recipe import list_recipes
 
     table = Table(title="edgeq recipes")
     for col in ("name", "library", "scheme", "bits", "granularity", "embeddings", "description"):
@@ -119,7 +119,7 @@ def recipes(ctx) -> None:
 @click.argument("name")
 def recipes_show(name: str) -> None:
     """Print the resolved recipe NAME (or a recipe file) as TOML."""
-    from edgeq.recipe import load_recipe, recipe_to_toml
+    from edgeq.spec.recipe import load_recipe, recipe_to_toml
 
     click.echo(recipe_to_toml(load_recipe(name)), nl=False)
 
@@ -129,7 +129,7 @@ def targets() -> None:
     """List the device targets (see targets/)."""
     from rich.table import Table
 
-    from edgeq.targets import list_targets
+    from edgeq.spec.targets import list_targets
 
     table = Table(title="edgeq targets")
     for col in ("name", "device", "arch", "threads", "RAM", "torch engine", "recommended recipes", "description"):
@@ -157,12 +157,12 @@ def targets() -> None:
 def build(recipe: str, model: str, out: Path | None, calibration: str | None, language: str | None,
           sets: tuple[str, ...], target: str | None, force: bool) -> None:
     """Quantize MODEL with RECIPE and write a self-contained bundle."""
-    from edgeq.builder import build as build_bundle
-    from edgeq.recipe import apply_overrides, load_recipe
+    from edgeq.builder.pipeline import build as build_bundle
+    from edgeq.spec.recipe import apply_overrides, load_recipe
 
     resolved = apply_overrides(load_recipe(recipe), sets)
     if target:
-        from edgeq.targets import load_target
+        from edgeq.spec.targets import load_target
 
         t = load_target(target)
         if t.device not in resolved.devices:
@@ -207,7 +207,7 @@ def transcribe(bundle: Path, audio: tuple[Path, ...], as_json: bool, device: str
                language: str | None, no_verify: bool) -> None:
     """Transcribe AUDIO files (wav/flac/mp3/ogg, any rate, any length) with BUNDLE."""
     from edgeq.errors import AudioError
-    from edgeq.transcriber import load
+    from edgeq.runtime.transcriber import load
 
     transcriber = load(bundle, device=device, threads=threads, language=language, verify=not no_verify)
     failed = 0
@@ -263,7 +263,7 @@ def bench(bundles, models, dataset, limit, device, threads, target, warmup, out,
         if limit is not None and limit <= 0:
             raise click.BadParameter("must be positive", param_hint="--limit")
         if target:
-            from edgeq.targets import load_target
+            from edgeq.spec.targets import load_target
 
             t = load_target(target)
             device = device or t.device
@@ -290,7 +290,7 @@ def bench(bundles, models, dataset, limit, device, threads, target, warmup, out,
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check.")
 def info(bundle: Path, no_verify: bool) -> None:
     """Check a bundle against its manifest and describe it."""
-    from edgeq.bundle import open_bundle
+    from edgeq.format.bundle import open_bundle
 
     b = open_bundle(bundle, verify_hashes=not no_verify)
     _print_bundle_summary(b)

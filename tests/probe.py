@@ -13,8 +13,8 @@ import numpy as np
 
 
 def probe(transcriber, audio_path: str) -> dict:
-    from edgeq.audio import load_audio
-    from edgeq.features import log_mel_spectrogram
+    from edgeq.runtime.audio import load_audio
+    from edgeq.runtime.features import log_mel_spectrogram
 
     audio = load_audio(audio_path)
     result = transcriber.transcribe(audio)
@@ -28,10 +28,10 @@ def in_memory(model, source_dir, audio_path: str) -> dict:
     """Probe a torch model that lives in this process (the reference for the round trip)."""
     from pathlib import Path
 
-    from edgeq.decoding import DecodeSettings
-    from edgeq.engines.torch_engine import TorchEngine
-    from edgeq.tokenizer import WhisperTokenizer
-    from edgeq.transcriber import Transcriber
+    from edgeq.runtime.decoding import DecodeSettings
+    from edgeq.runtime.tokenizer import WhisperTokenizer
+    from edgeq.runtime.transcriber import Transcriber
+    from edgeq.torch_runtime import TorchEngine
 
     source_dir = Path(source_dir)
     settings = DecodeSettings.from_configs(json.loads((source_dir / "generation_config.json").read_text()),

@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import tone
-from edgeq.audio import load_audio, split_long_audio, to_mono_16k
+
 from edgeq.errors import AudioError
-from edgeq.features import log_mel_spectrogram
+from edgeq.runtime.audio import load_audio, split_long_audio, to_mono_16k
+from edgeq.runtime.features import log_mel_spectrogram
 
 
 @pytest.mark.parametrize("name,seconds", [("a_16k.wav", 2.0), ("b_44k_stereo.flac", 2.0), ("c_8k.ogg", 1.5), ("d.mp3", 1.5)])

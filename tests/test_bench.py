@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import tone
 from test_cli import assert_one_line_error, edgeq
 
@@ -171,7 +170,7 @@ def test_utterance_lines_hold_text_wer_counts_and_timings(fp32_run):
 
 def test_run_record_carries_the_environment_and_the_bundle(fp32_run, bundles):
     import edgeq as lib
-    from edgeq.bundle import open_bundle
+    from edgeq.format.bundle import open_bundle
 
     (run,) = [r for r in _records(fp32_run / "tiny-fp32.jsonl") if r["type"] == "run"]
     env = run["env"]
@@ -203,7 +202,7 @@ def test_resume_after_a_crash_keeps_finished_utterances(bundles, dataset, tmp_pa
     args = ("bench", bundles["tiny-fp32"], "-d", dataset, "--threads", "1", "--warmup", "0", "--limit", "3")
     _ok(edgeq(*args, "-o", out))
     lines = results.read_text().splitlines(keepends=True)
-    assert [json.loads(l)["type"] for l in lines] == ["run", "utterance", "utterance", "utterance", "end"]
+    assert [json.loads(line)["type"] for line in lines] == ["run", "utterance", "utterance", "utterance", "end"]
 
     # Killed while writing the third utterance: two finished, half a line, no end record.
     kept = "".join(lines[:3])
@@ -241,7 +240,7 @@ def test_compare_shows_saved_results_side_by_side(fp32_run, bad_run):
     _, bad_out = bad_run
     proc = edgeq("bench", "--compare", fp32_run / "summary.json", bad_out / "summary.json")
     _ok(proc)
-    rows = [l for l in proc.stdout.splitlines() if "tiny-fp32" in l or "tiny-int8" in l]
+    rows = [line for line in proc.stdout.splitlines() if "tiny-fp32" in line or "tiny-int8" in line]
     assert len(rows) == 2 and "tiny-fp32" in rows[0] and "tiny-int8" in rows[1], proc.stdout
     assert "pytorch-int8-dynamic" in rows[1]
     # The repeated-flag form, and a raw results file in place of a summary.
@@ -286,7 +285,7 @@ def test_bad_rows_are_recorded_and_the_run_goes_on(bad_run):
     assert summary["wer"]["scored_utterances"] == len(GOOD) + 1
     assert summary["wer"]["ref_words"] == sum(len(t.split()) for t in GOOD.values()) + 3
     assert summary["wer"]["wer_pct"] is not None
-    row = next(l for l in proc.stdout.splitlines() if "tiny-int8" in l)
+    row = next(line for line in proc.stdout.splitlines() if "tiny-int8" in line)
     assert row.rstrip(" │|").split()[-1] == "2"  # the errors column
 
 
@@ -320,7 +319,7 @@ def test_two_bundles_run_in_separate_processes_side_by_side(bundles, dataset, tm
     assert [s["system"] for s in summaries] == ["tiny-fp32", "tiny-int8"]
     for s in summaries:
         assert s["memory"]["peak_rss_os_mb"] >= s["memory"]["rss_after_load_mb"] > 0
-    rows = [l for l in proc.stdout.splitlines() if "tiny-fp32" in l or "tiny-int8" in l]
+    rows = [line for line in proc.stdout.splitlines() if "tiny-fp32" in line or "tiny-int8" in line]
     assert len(rows) == 2 and "tiny-fp32" in rows[0] and "tiny-int8" in rows[1], proc.stdout
 
 

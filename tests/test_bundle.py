@@ -4,10 +4,16 @@ import json
 
 import pytest
 
-from edgeq.bundle import (
-    FORMAT_VERSION, MANIFEST, WEIGHTS, is_bundle, open_bundle, read_manifest, write_bundle,
-)
 from edgeq.errors import BundleError
+from edgeq.format.bundle import (
+    FORMAT_VERSION,
+    MANIFEST,
+    WEIGHTS,
+    is_bundle,
+    open_bundle,
+    read_manifest,
+    write_bundle,
+)
 
 
 def _populate(folder):

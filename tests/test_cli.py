@@ -19,13 +19,13 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, pattern: str) -> No
 
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr + proc.stdout
-    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
     assert re.search(pattern, lines[0]), lines[0]
 
 
 def test_recipes_lists_every_shipped_recipe():
-    from edgeq.recipe import shipped_recipe_names
+    from edgeq.spec.recipe import shipped_recipe_names
 
     proc = edgeq("recipes")
     assert proc.returncode == 0
@@ -37,7 +37,7 @@ def test_recipes_show_prints_loadable_toml(tmp_path):
     proc = edgeq("recipes", "show", "quanto-int4")
     assert proc.returncode == 0
     (tmp_path / "r.toml").write_text(proc.stdout)
-    from edgeq.recipe import load_recipe
+    from edgeq.spec.recipe import load_recipe
 
     assert load_recipe(str(tmp_path / "r.toml")).weights.group_size == 128
 

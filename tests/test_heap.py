@@ -1,4 +1,4 @@
-"""edgeq.heap: while loading, freed large buffers go back to the kernel; afterwards they are kept
+"""edgeq.runtime.heap: while loading, freed large buffers go back to the kernel; afterwards they are kept
 for reuse (glibc only)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="heap 
 PROBE = textwrap.dedent("""
     import numpy as np
     import psutil
-    from edgeq import heap
+    from edgeq.runtime import heap
 
     def rss():
         return psutil.Process().memory_info().rss / 2**20
@@ -54,4 +54,4 @@ def test_loading_gives_freed_buffers_back_and_inference_keeps_them():
 def test_untuned_glibc_keeps_freed_buffers_and_the_switch_turns_tuning_off():
     active, loading, after = _probe(EDGEQ_HEAP_TUNING="0")
     assert active == "False"
-    assert loading < 3  # the behaviour edgeq.heap exists for
+    assert loading < 3  # the behaviour edgeq.runtime.heap exists for

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edgeq import librispeech
-from edgeq.datasets import open_dataset
+from edgeq.data import librispeech
+from edgeq.data.datasets import open_dataset
 from edgeq.errors import DatasetError
 
 

@@ -17,11 +17,14 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 pytest.importorskip("torch")
 
-from edgeq.bundle import DECODER_ONNX, ENCODER_ONNX, MANIFEST, sha256_file  # noqa: E402
-from edgeq.errors import BundleError, RecipeError  # noqa: E402
-from edgeq.recipe import list_recipes  # noqa: E402
 from conftest import each  # noqa: E402
 from conftest import outcome as _get  # noqa: E402
+
+from edgeq.errors import BundleError, RecipeError  # noqa: E402
+from edgeq.format.bundle import MANIFEST  # noqa: E402
+from edgeq.format.layout import DECODER_ONNX, ENCODER_ONNX  # noqa: E402
+from edgeq.spec.recipe import list_recipes  # noqa: E402
+from edgeq.util import sha256_file  # noqa: E402
 
 ONNX_RECIPES = [r.name for r in list_recipes() if r.runtime == "onnxruntime"]
 PROBE = Path(__file__).parent / "probe.py"
@@ -60,8 +63,9 @@ def probed(bundles, audio_dir):
 
 @pytest.fixture(scope="module")
 def torch_reference(bundles, audio_dir):
-    import edgeq
     from probe import probe
+
+    import edgeq
 
     return probe(edgeq.load(_get(bundles, "fp32").path, language="en"), str(audio_dir / "a_16k.wav"))
 
@@ -217,7 +221,6 @@ print(json.dumps({"tokens": r.tokens, "segments": r.segments,
 
 def test_runtime_works_with_torch_and_transformers_unimportable(bundles, tmp_path):
     import soundfile as sf
-
     from conftest import tone
 
     long_audio = tmp_path / "long.wav"
@@ -299,9 +302,9 @@ def test_onnx_json_that_does_not_match_the_graphs(bundles, tmp_path):
 
 
 def test_bundle_of_the_other_runtime_is_refused(bundles):
-    from edgeq.bundle import open_bundle
-    from edgeq.engines.onnx_engine import load_engine
-    from edgeq.engines.torch_runtime import load_engine as load_torch_engine
+    from edgeq.format.bundle import open_bundle
+    from edgeq.runtime.onnx_engine import load_engine
+    from edgeq.torch_runtime import load_engine as load_torch_engine
 
     with pytest.raises(BundleError, match=r"runs on torch, not ONNX Runtime"):
         load_engine(open_bundle(_get(bundles, "fp32").path))
@@ -311,7 +314,6 @@ def test_bundle_of_the_other_runtime_is_refused(bundles):
 
 def test_cuda_without_onnxruntime_gpu_is_one_line(bundles, audio_dir):
     import onnxruntime
-
     from test_cli import assert_one_line_error, edgeq
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
@@ -321,7 +323,7 @@ def test_cuda_without_onnxruntime_gpu_is_one_line(bundles, audio_dir):
 
 
 def test_recipe_checks(tmp_path):
-    from edgeq.recipe import load_recipe
+    from edgeq.spec.recipe import load_recipe
 
     torch_int4_table = tmp_path / "t.toml"
     torch_int4_table.write_text('backend = "hqq"\nscheme = "weight-only"\n[weights]\nformat = "int4"\n'

@@ -2,10 +2,15 @@ from __future__ import annotations
 
 import pytest
 
-from edgeq.backends import BACKENDS
 from edgeq.errors import RecipeError
-from edgeq.recipe import (
-    list_recipes, load_recipe, load_recipe_file, recipe_to_toml, recipes_dir, shipped_recipe_names,
+from edgeq.spec.catalogue import BACKENDS
+from edgeq.spec.recipe import (
+    list_recipes,
+    load_recipe,
+    load_recipe_file,
+    recipe_to_toml,
+    recipes_dir,
+    shipped_recipe_names,
 )
 
 STUDY_GRID = [

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from edgeq.recipe import list_recipes
 from conftest import each
 from conftest import outcome as _get
+
+from edgeq.spec.recipe import list_recipes
 
 pytest.importorskip("torch")
 
@@ -28,12 +28,13 @@ PROBE = Path(__file__).parent / "probe.py"
 @pytest.fixture(scope="module")
 def built(tiny_model, audio_dir, calibration_dir, tmp_path_factory):
     """recipe -> (bundle path, in-memory probe)."""
-    import edgeq
-    from edgeq.builder import as_recipe
-    from edgeq.calibration import prepare_calibration
-    from edgeq.decoding import DecodeSettings
-    from edgeq.source import load_float_model, resolve_source
     from probe import in_memory
+
+    import edgeq
+    from edgeq.builder.calibration import prepare_calibration
+    from edgeq.builder.source import load_float_model, resolve_source
+    from edgeq.runtime.decoding import DecodeSettings
+    from edgeq.spec.recipe import as_recipe
 
     root = tmp_path_factory.mktemp("bundles")
     source = resolve_source(str(tiny_model))
@@ -58,7 +59,8 @@ def built(tiny_model, audio_dir, calibration_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def reloaded(built, audio_dir):
     proc = subprocess.run(
-        [sys.executable, str(PROBE), str(audio_dir / "a_16k.wav"), *[str(v[0].path) for v in built.values() if not isinstance(v, Exception)]],
+        [sys.executable, str(PROBE), str(audio_dir / "a_16k.wav"),
+         *[str(v[0].path) for v in built.values() if not isinstance(v, Exception)]],
         capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,21 +1,7 @@
-"""The interface every backend module implements, and the helpers they share.
+"""What the torch-side backends share: torch dtype names, calibration audio, the state to save.
 
-A torch-runtime backend module (floating, torch_ao, quanto, hqq, bnb) provides three functions:
-
-    quantize(model, recipe, plan, calibration) -> None
-        Replace the planned Linear layers of a float model in place.
-    export(model, recipe) -> (tensors, meta)
-        The state to save: plain tensors for safetensors and JSON-able metadata needed to
-        rebuild the quantized modules. Tensors of modules left float may be included or not;
-        `state_tensors` adds whatever is missing.
-    restore(model, tensors, meta, recipe, device) -> None
-        Given a skeleton built from the config on the meta device, whose float modules the
-        caller has already loaded, rebuild the quantized modules from `tensors` on `device`.
-        `meta["layers"]` names the quantized modules; their tensors are named
-        "<module>.<tensor>", so the caller can tell them from float ones.
-
-The ONNX backend (runtime "onnxruntime") instead provides `export_bundle(model, recipe,
-calibration, folder, progress)`; its bundles are run by `edgeq.engines.onnx_engine`.
+Every backend module here implements `edgeq.spec.protocols.TorchBackend` (quantize / export /
+restore), except `onnx`, which is the `BundleWriter` of the onnxruntime runtime.
 """
 
 from __future__ import annotations

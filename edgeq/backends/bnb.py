@@ -14,7 +14,7 @@ from bitsandbytes.nn import Int8Params, Linear4bit, Linear8bitLt, Params4bit
 from torch import nn
 
 from edgeq.backends.base import DTYPES
-from edgeq.backends.plan import set_module
+from edgeq.builder.plan import set_module
 from edgeq.errors import BundleError, RecipeError
 
 _DT = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "uint8": torch.uint8}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from edgeq.backends.base import DTYPES, state_tensors
 
 

@@ -13,7 +13,7 @@ from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
 from torch import nn
 
 from edgeq.backends.base import DTYPES
-from edgeq.backends.plan import set_module
+from edgeq.builder.plan import set_module
 from edgeq.errors import RecipeError
 
 _DTYPES = {str(d): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.uint8, torch.int32, torch.int8)}

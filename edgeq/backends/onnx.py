@@ -1,5 +1,5 @@
 """The ONNX backend: export Whisper to two ONNX graphs, quantize them with ONNX Runtime, and
-write them into a bundle that `edgeq.engines.onnx_engine` runs without PyTorch.
+write them into a bundle that `edgeq.runtime.onnx_engine` runs without PyTorch.
 
     encoder.onnx, decoder.onnx   the graphs (see onnx_export for their inputs and outputs)
     onnx.json                    what the runtime needs: names, sizes, dtype, providers, and what
@@ -31,13 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeq.bundle import DECODER_ONNX, ENCODER_ONNX
-from edgeq.engines.onnx_engine import ONNX_JSON
 from edgeq.errors import RecipeError
+from edgeq.format.layout import LAYOUT_FILE
 
 log = logging.getLogger(__name__)
-
-LAYOUT_VERSION = 1
 
 # Float export vs the transformers model, max |difference| / max(1, max |reference|).
 # Measured: whisper-base encoder (cross K/V) 2e-6, decoder logits 1e-6; the tiny random test
@@ -49,8 +46,9 @@ TOLERANCE = 1e-3
 STATIC_METHOD = "minmax"
 
 
-def export_bundle(model, recipe, calibration, folder: Path, progress) -> None:
-    """Write encoder.onnx, decoder.onnx and onnx.json for `recipe` into `folder`."""
+def write(model, recipe, calibration, folder: Path, progress) -> None:
+    """Write encoder.onnx, decoder.onnx and onnx.json for `recipe` into `folder` (the `BundleWriter`
+    of the onnxruntime runtime, catalogue.RUNTIMES["onnxruntime"].writer)."""
     import onnx
 
     from edgeq.backends.onnx_export import export_float
@@ -67,21 +65,16 @@ def export_bundle(model, recipe, calibration, folder: Path, progress) -> None:
         progress("checking the export against PyTorch", 0, 1)
         measured = check_float_export(model, scratch, layout)
         progress("quantizing", 0, 1)
-        encoder = onnx.load(scratch / ENCODER_ONNX)
-        decoder = onnx.load(scratch / DECODER_ONNX)
+        encoder = onnx.load(scratch / layout.encoder)
+        decoder = onnx.load(scratch / layout.decoder)
         encoder, decoder, quantization = quantize_graphs(model, recipe, encoder, decoder, calibration)
-        for graph, name in ((encoder, ENCODER_ONNX), (decoder, DECODER_ONNX)):
+        for graph, name in ((encoder, layout.encoder), (decoder, layout.decoder)):
             save_model(graph, folder / name)
     progress("checking the graphs", 0, 1)
-    for name in (ENCODER_ONNX, DECODER_ONNX):
+    for name in (layout.encoder, layout.decoder):
         onnx.checker.check_model(str(folder / name), full_check=True)
-    dtype = "float16" if recipe.weights.format == "float16" else "float32"
-    info = {
-        "layout_version": LAYOUT_VERSION,
-        "encoder": ENCODER_ONNX,
-        "decoder": DECODER_ONNX,
-        **layout.to_dict(),
-        "dtype": dtype,
+    layout = layout.model_copy(update={
+        "dtype": "float16" if recipe.weights.format == "float16" else "float32",
         "opset": opts.opset,
         "quantization": quantization,
         # What onnx_engine asks for; TensorRT only when installed, and for the fixed-shape encoder.
@@ -91,8 +84,8 @@ def export_bundle(model, recipe, calibration, folder: Path, progress) -> None:
                      "decoder": ["CUDAExecutionProvider", "CPUExecutionProvider"]},
         },
         "export_check": measured,
-    }
-    (folder / ONNX_JSON).write_text(json.dumps(info, indent=1) + "\n")
+    })
+    (folder / LAYOUT_FILE).write_text(json.dumps(layout.to_dict(), indent=1) + "\n")
 
 
 def _check_recipe(recipe) -> None:
@@ -198,7 +191,7 @@ def _planned_nodes(model, recipe, encoder, decoder) -> tuple[dict, dict]:
     """For each graph: weight MatMul node -> the transformers Linear it quantizes, or None when
     the recipe's plan (encoder/decoder switches, include/exclude) leaves it float."""
     from edgeq.backends.onnx_quant import node_modules
-    from edgeq.backends.plan import linear_names, quantization_plan
+    from edgeq.builder.plan import linear_names, quantization_plan
 
     plan = quantization_plan(model, recipe)
     linears = {n: model.get_submodule(n).weight.detach().float().numpy() for n in linear_names(model)}
@@ -225,7 +218,7 @@ def check_float_export(model, folder: Path, layout) -> dict:
     import onnxruntime as ort
     import torch
 
-    from edgeq.features import log_mel_spectrogram
+    from edgeq.runtime.features import log_mel_spectrogram
 
     rng = np.random.default_rng(0)
     t = np.arange(16000 * 3) / 16000
@@ -233,8 +226,8 @@ def check_float_export(model, folder: Path, layout) -> dict:
     features = log_mel_spectrogram(audio, layout.n_mels)[None]
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    enc = ort.InferenceSession(str(folder / ENCODER_ONNX), so, providers=["CPUExecutionProvider"])
-    dec = ort.InferenceSession(str(folder / DECODER_ONNX), so, providers=["CPUExecutionProvider"])
+    enc = ort.InferenceSession(str(folder / layout.encoder), so, providers=["CPUExecutionProvider"])
+    dec = ort.InferenceSession(str(folder / layout.decoder), so, providers=["CPUExecutionProvider"])
     cross = dict(zip(layout.encoder_outputs, enc.run(None, {"input_features": features})))
     start = int(model.config.decoder_start_token_id)
     tokens = [start, *[(start + i) % layout.vocab_size for i in range(1, 5)]]
@@ -249,7 +242,7 @@ def check_float_export(model, folder: Path, layout) -> dict:
                 ref_cross[f"cross_{kv}_{i}"] = x.view(1, -1, layout.heads, layout.head_dim).transpose(1, 2).numpy()
     measured = {"encoder": max(_rel(cross[n], ref_cross[n]) for n in layout.encoder_outputs)}
     empty = np.zeros((1, layout.heads, 0, layout.head_dim), np.float32)
-    past_names = [n for n in layout.decoder_inputs if n.startswith("past_")]
+    past_names = layout.past_names
     feed = {"input_ids": np.array([tokens[:4]], np.int64), **{n: empty for n in past_names}, **cross}
     out = dec.run(None, feed)
     measured["decoder_prompt"] = _rel(out[0][0], ref_logits[3])

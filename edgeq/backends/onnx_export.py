@@ -1,11 +1,6 @@
 """Whisper as two ONNX graphs with an explicit key/value cache, exported from a float torch model.
 
-    encoder.onnx   input_features [1, n_mels, 3000]
-                   -> cross_k_0, cross_v_0, ... cross_k_{L-1}, cross_v_{L-1}   [1, H, 1500, Dh]
-    decoder.onnx   input_ids [1, T] int64,
-                   past_k_i, past_v_i [1, H, P, Dh]  (P = 0 on the first step),
-                   cross_k_i, cross_v_i [1, H, 1500, Dh]
-                   -> logits [1, vocab] (last position only), present_k_i, present_v_i [1, H, P+T, Dh]
+The graphs' inputs and outputs are the layout contract in `edgeq.format.layout`.
 
 The encoder computes the decoder's cross-attention keys/values once per window, so a decoder step
 never re-projects the 1500 audio frames. The wrappers call the checkpoint's own Linear, LayerNorm,
@@ -25,12 +20,13 @@ import io
 import logging
 import math
 import warnings
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from edgeq.format.layout import OnnxLayout, io_names
 
 log = logging.getLogger(__name__)
 
@@ -40,44 +36,14 @@ ENCODER_QUERY_CHUNK = 250
 EXTERNAL_DATA_BYTES = 1_800_000_000
 
 
-@dataclass
-class Layout:
-    """What the runtime needs to drive the two graphs (stored as onnx.json in the bundle)."""
-
-    n_mels: int
-    n_frames: int  # encoder input length (3000)
-    n_audio_ctx: int  # encoder output length (1500)
-    n_layers: int
-    heads: int
-    head_dim: int
-    vocab_size: int
-    max_target_positions: int
-    encoder_inputs: list[str] = field(default_factory=lambda: ["input_features"])
-    encoder_outputs: list[str] = field(default_factory=list)
-    decoder_inputs: list[str] = field(default_factory=list)
-    decoder_outputs: list[str] = field(default_factory=list)
-
-    @classmethod
-    def for_model(cls, model) -> "Layout":
-        c = model.config
-        layers, heads = c.decoder_layers, c.decoder_attention_heads
-        past, present, cross = io_names(layers)
-        return cls(
-            n_mels=c.num_mel_bins, n_frames=2 * c.max_source_positions, n_audio_ctx=c.max_source_positions,
-            n_layers=layers, heads=heads, head_dim=c.d_model // heads, vocab_size=c.vocab_size,
-            max_target_positions=c.max_target_positions, encoder_outputs=cross,
-            decoder_inputs=["input_ids", *past, *cross], decoder_outputs=["logits", *present],
-        )
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def io_names(n_layers: int) -> tuple[list[str], list[str], list[str]]:
-    def names(kind: str) -> list[str]:
-        return [f"{kind}_{kv}_{i}" for i in range(n_layers) for kv in ("k", "v")]
-
-    return names("past"), names("present"), names("cross")
+def layout_for_model(model) -> OnnxLayout:
+    """The layout contract (edgeq.format.layout) of `model`'s two graphs."""
+    c = model.config
+    heads = c.decoder_attention_heads
+    return OnnxLayout.for_dims(
+        n_mels=c.num_mel_bins, n_audio_ctx=c.max_source_positions, n_layers=c.decoder_layers, heads=heads,
+        head_dim=c.d_model // heads, vocab_size=c.vocab_size, max_target_positions=c.max_target_positions,
+    )
 
 
 def _heads(x: torch.Tensor, n: int) -> torch.Tensor:  # [B, S, D] -> [B, H, S, Dh]
@@ -185,16 +151,16 @@ class DecoderGraph(nn.Module):
         return (logits, *present)
 
 
-def export_float(model, folder: Path, opset: int) -> Layout:
-    """Write float32 encoder.onnx and decoder.onnx for `model` into `folder`."""
+def export_float(model, folder: Path, opset: int) -> OnnxLayout:
+    """Write the float32 encoder and decoder graphs for `model` into `folder`."""
     from torch.export import Dim
 
     model = model.float().eval()
-    layout = Layout.for_model(model)
+    layout = layout_for_model(model)
     big = sum(p.numel() for p in model.parameters()) * 4 > EXTERNAL_DATA_BYTES
     past, _, cross = io_names(layout.n_layers)
     shape = (1, layout.heads)
-    enc_path, dec_path = folder / "encoder.onnx", folder / "decoder.onnx"
+    enc_path, dec_path = folder / layout.encoder, folder / layout.decoder
     with torch.no_grad():
         _export(EncoderGraph(model).eval(), (torch.zeros(1, layout.n_mels, layout.n_frames),), enc_path,
                 opset, big, layout.encoder_inputs, layout.encoder_outputs, None)

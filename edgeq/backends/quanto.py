@@ -29,8 +29,8 @@ from fnmatch import fnmatchcase
 from types import MethodType
 
 import torch
-from optimum.quanto import Calibration, QModuleMixin, freeze, quantize as quanto_quantize
-from optimum.quanto import qfloat8_e4m3fn, qint2, qint4, qint8
+from optimum.quanto import Calibration, QModuleMixin, freeze, qfloat8_e4m3fn, qint2, qint4, qint8
+from optimum.quanto import quantize as quanto_quantize
 from optimum.quanto.tensor import QBytesTensor
 
 from edgeq.errors import RecipeError

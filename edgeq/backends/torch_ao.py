@@ -27,7 +27,7 @@ import torch.ao.nn.quantized.dynamic as nnqd
 import torch.ao.quantization as tq
 from torch import nn
 
-from edgeq.backends.plan import set_module
+from edgeq.builder.plan import set_module
 from edgeq.errors import RecipeError
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import platform
 import subprocess
@@ -10,6 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from edgeq import __version__
+from edgeq.util import installed_versions
 
 # Flags that change how fast quantized kernels are; the full list is kept too.
 KEY_FLAGS = (
@@ -69,12 +69,7 @@ def fingerprint() -> dict:
     import psutil
 
     model, flags = _cpuinfo()
-    versions = {}
-    for name in LIBRARIES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
+    versions = installed_versions(LIBRARIES)
     return {
         "cpu": {
             "model": model,

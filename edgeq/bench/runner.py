@@ -52,8 +52,8 @@ def make_systems(bundles: list[str], models: list[str]) -> list[System]:
 
 def _preflight(systems: list[System], settings: BenchSettings, progress=None) -> None:
     """Fail in one line before any process starts: bad dataset, bad bundle, results in the way."""
-    from edgeq.bundle import open_bundle
-    from edgeq.datasets import open_dataset
+    from edgeq.data.datasets import open_dataset
+    from edgeq.format.bundle import open_bundle
 
     open_dataset(settings.dataset, limit=settings.limit, progress=progress)  # downloads librispeech:* once
     for s in systems:
@@ -119,7 +119,7 @@ def _run_worker(job: dict, name: str, progress) -> str | None:
             proc.wait()
             raise
     if rc != 0 and not fatal:
-        tail = [l for l in _tail(log_path).splitlines() if l.strip()]
+        tail = [line for line in _tail(log_path).splitlines() if line.strip()]
         fatal = f"worker exited with code {rc}: {tail[-1] if tail else 'no output'} (log: {log_path})"
     return fatal
 

@@ -53,7 +53,7 @@ def _drop_cut_line(path: Path) -> None:
 
 def _load_system(system: dict, job: dict):
     if system["kind"] == "bundle":
-        from edgeq.transcriber import load
+        from edgeq.runtime.transcriber import load
 
         t = load(system["ref"], device=job["device"], threads=job.get("threads"),
                  language=job.get("language"), verify=True)
@@ -65,7 +65,7 @@ def _load_system(system: dict, job: dict):
             "weights_mb": m["size"]["weights_bytes"] / 1e6, "reduction_pct": m["size"].get("reduction_pct"),
         }
         return t, info
-    from edgeq.transcriber import load_checkpoint
+    from edgeq.torch_runtime import load_checkpoint
 
     t, size = load_checkpoint(system["ref"], device=job["device"], threads=job.get("threads"),
                               language=job.get("language"))
@@ -89,12 +89,12 @@ def _done_ids(path: Path, identity: dict) -> set[str]:
 
 
 def run(job: dict) -> None:
-    from edgeq.audio import load_audio
     from edgeq.bench.env import fingerprint, gpu_info
     from edgeq.bench.memory import MemorySampler, os_peak_rss_bytes
-    from edgeq.datasets import open_dataset
+    from edgeq.data.datasets import open_dataset
+    from edgeq.data.wer import word_errors
     from edgeq.errors import AudioError
-    from edgeq.wer import word_errors
+    from edgeq.runtime.audio import load_audio
 
     results = Path(job["results"])
     with MemorySampler(enabled=job.get("sampler", True)) as mem:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import SPEECH_DEV, WHISPER_BASE
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
@@ -16,8 +15,9 @@ UTTERANCES = 8  # LibriSpeech lines in speech-dev
 
 
 def test_bench_fp32_whisper_base_on_speech_dev(tmp_path):
-    import edgeq
     from test_cli import edgeq as cli
+
+    import edgeq
 
     bundle = edgeq.build("fp32", model=str(WHISPER_BASE), out=tmp_path / "fp32", language="en")
     out = tmp_path / "out"

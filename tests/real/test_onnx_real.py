@@ -12,7 +12,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import SPEECH_DEV, WHISPER_BASE, each
 from conftest import outcome as _get
 
@@ -27,8 +26,8 @@ LIMITS = {"onnx-int8-dynamic": (1.0, 0.35), "onnx-int4": (1.5, 0.25)}
 EVALUATE = """
 import json, sys
 import edgeq
-from edgeq.datasets import open_dataset
-from edgeq.wer import corpus_wer, word_errors
+from edgeq.data.datasets import open_dataset
+from edgeq.data.wer import corpus_wer, word_errors
 
 dataset = open_dataset(sys.argv[2])
 t = edgeq.load(sys.argv[1], language="en")

@@ -9,10 +9,10 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import SPEECH_DEV, WHISPER_BASE, each
 from conftest import outcome as _get
-from edgeq.recipe import FORMAT_BITS, list_recipes
+
+from edgeq.spec.recipe import FORMAT_BITS, list_recipes
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
@@ -31,7 +31,7 @@ CALIBRATION_SAMPLES = 4
 
 @pytest.fixture(scope="module")
 def dataset():
-    from edgeq.datasets import open_dataset
+    from edgeq.data.datasets import open_dataset
 
     return open_dataset(SPEECH_DEV / "LibriSpeech")
 
@@ -44,7 +44,7 @@ def _utterances(recipe, dataset):
 
 def evaluate(bundle_path, utterances) -> dict:
     import edgeq
-    from edgeq.wer import word_errors
+    from edgeq.data.wer import word_errors
 
     t = edgeq.load(bundle_path, language="en")
     errs, texts, truncated = {}, [], 0
@@ -57,7 +57,7 @@ def evaluate(bundle_path, utterances) -> dict:
 
 
 def wer_over(result, ids) -> float:
-    from edgeq.wer import corpus_wer
+    from edgeq.data.wer import corpus_wer
 
     return 100 * corpus_wer([result["errors"][i] for i in ids])
 
@@ -65,7 +65,7 @@ def wer_over(result, ids) -> float:
 @pytest.fixture(scope="module")
 def results(dataset, tmp_path_factory):
     import edgeq
-    from edgeq.recipe import apply_overrides
+    from edgeq.spec.recipe import apply_overrides
 
     root = tmp_path_factory.mktemp("real-bundles")
     by_name = {r.name: r for r in RECIPES}

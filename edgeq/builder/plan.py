@@ -12,7 +12,7 @@ from fnmatch import fnmatchcase
 from torch import nn
 
 from edgeq.errors import RecipeError
-from edgeq.recipe import Recipe, WeightSpec
+from edgeq.spec.recipe import Recipe, WeightSpec
 
 log = logging.getLogger(__name__)
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeq.audio import load_audio, split_long_audio
 from edgeq.backends.base import Calibration
-from edgeq.datasets import open_dataset
-from edgeq.decoding import DecodeSettings, GreedyDecoder
-from edgeq.features import log_mel_spectrogram
+from edgeq.data.datasets import open_dataset
+from edgeq.runtime.audio import load_audio, split_long_audio
+from edgeq.runtime.decoding import DecodeSettings, GreedyDecoder
+from edgeq.runtime.features import log_mel_spectrogram
 
 
 def prepare_calibration(spec: str, samples: int, settings: DecodeSettings, n_mels: int,
@@ -30,7 +30,7 @@ def prepare_calibration(spec: str, samples: int, settings: DecodeSettings, n_mel
     decoder = GreedyDecoder(settings)
     transcripts: list[list[int]] = []
     if reference_model is not None:
-        from edgeq.engines.torch_engine import TorchEngine
+        from edgeq.torch_runtime import TorchEngine
 
         reference = TorchEngine(reference_model)
         for i, f in enumerate(features):
@@ -40,7 +40,7 @@ def prepare_calibration(spec: str, samples: int, settings: DecodeSettings, n_mel
             transcripts.append([*settings.prompt(r.language), *r.tokens, settings.eot])
 
     def run(model) -> None:
-        from edgeq.engines.torch_engine import TorchEngine
+        from edgeq.torch_runtime import TorchEngine
 
         engine = TorchEngine(model)
         for i, f in enumerate(features):

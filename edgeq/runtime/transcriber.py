@@ -10,13 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from edgeq import heap
-from edgeq.audio import SAMPLE_RATE, load_audio, split_long_audio, to_mono_16k
-from edgeq.bundle import CONFIG, GENERATION_CONFIG, TOKENIZER, Bundle, open_bundle
-from edgeq.decoding import DecodeSettings, Engine, GreedyDecoder
 from edgeq.errors import DeviceError
-from edgeq.features import log_mel_spectrogram
-from edgeq.tokenizer import WhisperTokenizer
+from edgeq.format.bundle import CONFIG, GENERATION_CONFIG, TOKENIZER, Bundle, open_bundle
+from edgeq.runtime import heap
+from edgeq.runtime.audio import SAMPLE_RATE, load_audio, split_long_audio, to_mono_16k
+from edgeq.runtime.decoding import DecodeSettings, Engine, GreedyDecoder
+from edgeq.runtime.features import log_mel_spectrogram
+from edgeq.runtime.tokenizer import WhisperTokenizer
+from edgeq.spec.catalogue import backend_spec, load_engine_module
 
 
 @dataclass
@@ -109,12 +110,11 @@ def load(path: str | Path, device: str = "cpu", threads: int | None = None,
     default_language = bundle.manifest.get("decoding", {}).get("language")
     settings = DecodeSettings.from_configs(generation, config, language or default_language)
     device = _check_device(bundle, device)
-    if bundle.runtime == "onnxruntime":
-        from edgeq.engines.onnx_engine import load_engine
-    else:
-        from edgeq.engines.torch_runtime import load_engine
-    with heap.loading():  # weight staging buffers go back to the kernel: see edgeq/heap.py
-        engine = load_engine(bundle, device=device, threads=threads)
+    backend = backend_spec(bundle.recipe["backend"])
+    # By name from the catalogue: a torch bundle's engine imports torch, an ONNX one never does.
+    engines = load_engine_module(backend, f"bundle {bundle.name}")
+    with heap.loading():  # weight staging buffers go back to the kernel: see runtime/heap.py
+        engine = engines.load_engine(bundle, device=device, threads=threads)
         tokenizer = WhisperTokenizer(bundle.file(TOKENIZER))
     return Transcriber(engine, tokenizer, settings, bundle, int(config.get("num_mel_bins", 80)), device)
 
@@ -129,27 +129,3 @@ def _check_device(bundle: Bundle, device: str) -> str:
         )
     return device
 
-
-def load_checkpoint(model: str, device: str = "cpu", threads: int | None = None,
-                    language: str | None = None) -> tuple[Transcriber, int]:
-    """A float transformers checkpoint (no bundle), decoded by the same rules: the baseline.
-
-    Returns the transcriber and the size in bytes of the checkpoint's weight files.
-    """
-    import torch
-
-    from edgeq.engines.torch_engine import TorchEngine
-    from edgeq.source import load_float_model, resolve_source
-
-    source = resolve_source(model)
-    if threads:
-        torch.set_num_threads(threads)
-    if device == "cuda" and not torch.cuda.is_available():
-        raise DeviceError("--device cuda asked for, but this PyTorch has no usable CUDA device")
-    float_model = load_float_model(source).to(device)
-    generation = json.loads((source.path / GENERATION_CONFIG).read_text())
-    settings = DecodeSettings.from_configs(generation, source.config, language)
-    size = sum(f.stat().st_size for f in source.path.glob("*.safetensors"))
-    transcriber = Transcriber(TorchEngine(float_model, device), WhisperTokenizer(source.path / TOKENIZER),
-                              settings, None, int(source.config.get("num_mel_bins", 80)), device)
-    return transcriber, size

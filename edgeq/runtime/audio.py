@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeq.errors import AudioError
+from edgeq.util import one_line
 
 SAMPLE_RATE = 16000
 WINDOW_SECONDS = 30.0
@@ -27,7 +28,7 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     try:
         data, file_rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
-        raise AudioError(f"{path}: cannot decode audio ({_one_line(err)})") from None
+        raise AudioError(f"{path}: cannot decode audio ({one_line(err)})") from None
     return to_mono_16k(data, file_rate, str(path), sample_rate)
 
 
@@ -84,7 +85,3 @@ def split_long_audio(
         start = cut
     segments.append(audio[start:])
     return segments
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from edgeq.errors import DatasetError
+from edgeq.util import one_line
 
 BASE_URL = "https://www.openslr.org/resources/12"
 URL_ENV = "EDGEQ_LIBRISPEECH_URL"
@@ -64,7 +65,7 @@ def download_split(split: str, root: Path, progress: Progress | None = None) -> 
     try:
         downloads.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise DatasetError(f"cannot create {downloads} for the LibriSpeech {split} download ({_one_line(err)}); "
+        raise DatasetError(f"cannot create {downloads} for the LibriSpeech {split} download ({one_line(err)}); "
                            f"set EDGEQ_DATA to a writable folder {_local_copy_hint(split)}") from None
     archive = downloads / f"{split}.tar.gz"  # present only once verified
     if not archive.is_file():
@@ -124,7 +125,7 @@ def _download_failed(split: str, url: str, part: Path, reason) -> DatasetError:
     kept = part.stat().st_size if part.is_file() else 0
     resume = (f"the partial download {part} ({kept} bytes) is kept and resumes on the next run; "
               if kept else "")
-    return DatasetError(f"downloading LibriSpeech {split} from {url} failed ({_one_line(reason)}); "
+    return DatasetError(f"downloading LibriSpeech {split} from {url} failed ({one_line(reason)}); "
                         f"{resume}retry when online {_local_copy_hint(split)}")
 
 
@@ -177,11 +178,7 @@ def _extract(split: str, archive: Path, root: Path, progress: Progress | None) -
             if not dest.is_dir():  # another process may have finished first
                 raise
     except (tarfile.TarError, EOFError, OSError) as err:
-        raise DatasetError(f"extracting LibriSpeech {split} from {archive} failed ({_one_line(err)}); "
+        raise DatasetError(f"extracting LibriSpeech {split} from {archive} failed ({one_line(err)}); "
                            f"free some space or delete the archive and run again {_local_copy_hint(split)}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _one_line(reason) -> str:
-    return " ".join(str(reason).split()) or type(reason).__name__

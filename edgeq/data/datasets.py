@@ -10,7 +10,7 @@ A dataset spec is one of:
   * a folder of audio files without references (calibration and transcription only);
   * `librispeech:test-clean` / `librispeech:test-other` (and dev-*): the official split from the
     local cache (`$EDGEQ_DATA/LibriSpeech/<split>`, default ~/.cache/edgeq); on first use it is
-    downloaded there from OpenSLR (resumable, sha256-checked; see edgeq.librispeech), reporting
+    downloaded there from OpenSLR (resumable, sha256-checked; see edgeq.data.librispeech), reporting
     to the optional `progress(stage, done, total)` callback.
 """
 
@@ -151,7 +151,7 @@ def _cached_librispeech(split: str, progress=None) -> list[Utterance]:
         raise DatasetError(f"unknown LibriSpeech split {split!r}; choose one of {', '.join(LIBRISPEECH_SPLITS)}")
     folder = cache_dir() / "LibriSpeech" / split
     if not folder.is_dir():
-        from edgeq.librispeech import download_split
+        from edgeq.data.librispeech import download_split
 
         folder = download_split(split, cache_dir(), progress)
     return _folder(folder)

@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from edgeq.backends import BACKENDS
 from edgeq.errors import RecipeError
+from edgeq.spec.catalogue import BACKENDS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -175,6 +175,8 @@ class Recipe(_Strict):
     )
     devices: list[Device] = Field(["cpu", "cuda"], min_length=1)
     options: dict[str, Any] = Field({}, description="backend-specific settings")
+    # `options` validated once into the backend's option model (OPTIONS), read as `typed_options`.
+    _typed_options: BaseModel | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _consistent(self) -> "Recipe":
@@ -193,14 +195,15 @@ class Recipe(_Strict):
         if self.modules.embeddings == "int4" and spec.runtime != "onnxruntime":
             raise ValueError("modules.embeddings 'int4' needs the onnx backend; use 'int8' or 'float'")
         try:
-            OPTIONS[self.backend].model_validate(self.options)
+            self._typed_options = OPTIONS[self.backend].model_validate(self.options)
         except ValidationError as err:
-            raise ValueError(_format_error("options", err)) from None
+            raise ValueError(_format_error("options", err, OPTIONS[self.backend])) from None
         return self
 
     @property
     def typed_options(self) -> Any:
-        return OPTIONS[self.backend].model_validate(self.options)
+        """The backend's options model (TorchOptions, QuantoOptions, ...), validated at load."""
+        return self._typed_options
 
     @property
     def runtime(self) -> str:
@@ -222,7 +225,7 @@ class Recipe(_Strict):
 
 def recipes_dir() -> Path:
     """Shipped recipes: inside the wheel (edgeq/_data/recipes) or the source checkout (recipes/)."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # the edgeq package
     packaged = here / "_data" / "recipes"
     return packaged if packaged.is_dir() else here.parent / "recipes"
 
@@ -231,12 +234,14 @@ def shipped_recipe_names() -> list[str]:
     return sorted(p.stem for p in recipes_dir().glob("*.toml"))
 
 
-def _format_error(source: str, err: ValidationError) -> str:
+def _format_error(source: str, err: ValidationError, model: type[BaseModel] | None = None) -> str:
+    """One line for a validation error: the file, the key, what is allowed (keys of `model`,
+    default the Recipe schema, for an unknown key)."""
     e = err.errors()[0]
     loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
     if e["type"] == "extra_forbidden":
         parent = e["loc"][:-1]
-        allowed = _allowed_keys(parent)
+        allowed = _allowed_keys(parent, model or Recipe)
         hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
         return f"{source}: unknown key {loc!r}{hint}"
     if e["type"] == "missing":
@@ -247,8 +252,8 @@ def _format_error(source: str, err: ValidationError) -> str:
     return f"{source}: {loc}: {msg}" if e["loc"] else f"{source}: {msg}"
 
 
-def _allowed_keys(loc: tuple) -> list[str]:
-    model: Any = Recipe
+def _allowed_keys(loc: tuple, root: type[BaseModel]) -> list[str]:
+    model: Any = root
     for part in loc:
         field = getattr(model, "model_fields", {}).get(part)
         if field is None:
@@ -268,10 +273,6 @@ def recipe_from_dict(data: dict[str, Any], source: str) -> Recipe:
         recipe = Recipe.model_validate(data)
     except ValidationError as err:
         raise RecipeError(_format_error(source, err)) from None
-    try:
-        recipe.typed_options
-    except ValidationError as err:
-        raise RecipeError(_format_error(f"{source}: options", err)) from None
     return recipe
 
 
@@ -301,6 +302,11 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     close = difflib.get_close_matches(text, names, n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else "; run `edgeq recipes` for the list"
     raise RecipeError(f"unknown recipe {text!r}{hint}")
+
+
+def as_recipe(recipe: Recipe | str | Path) -> Recipe:
+    """A Recipe as it is, or a shipped recipe's name / a recipe file's path loaded."""
+    return recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
 
 
 def list_recipes() -> list[Recipe]:

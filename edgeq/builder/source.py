@@ -21,10 +21,6 @@ class SourceModel:
     revision: str | None  # hub commit, when fetched from the hub
     config: dict
 
-    @property
-    def name(self) -> str:
-        return Path(self.id.rstrip("/")).name
-
     def weights_sha256(self) -> str:
         """One sha256 over the checkpoint's weight files, in name order."""
         h = hashlib.sha256()

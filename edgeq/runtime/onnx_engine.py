@@ -1,7 +1,7 @@
 """The ONNX Runtime engine: an ONNX bundle behind the decoding `Engine` protocol, without PyTorch.
 
 This module imports only numpy and (when a bundle is loaded) onnxruntime; with the tokenizer,
-soundfile and edgeq.features it is all a device needs (`pip install 'edgeq[runtime]'`).
+soundfile and edgeq.runtime.features it is all a device needs (`pip install 'edgeq[runtime]'`).
 
 The caches never leave ONNX Runtime: the encoder's cross-attention keys/values and the decoder's
 self-attention cache stay OrtValues bound with IOBinding, on the GPU when running on CUDA, so a
@@ -18,27 +18,18 @@ from typing import Any
 
 import numpy as np
 
-from edgeq.bundle import Bundle
-from edgeq.errors import BundleError, DeviceError, MissingDependencyError
+from edgeq.errors import BundleError, DeviceError
+from edgeq.format.bundle import Bundle
+from edgeq.format.layout import LAYOUT_FILE, OnnxLayout
 
 log = logging.getLogger(__name__)
 
-ONNX_JSON = "onnx.json"
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
 def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None) -> "OnnxEngine":
-    if bundle.runtime != "onnxruntime":
-        raise BundleError(
-            f"{bundle.path}: bundle {bundle.name} runs on {bundle.runtime}, not ONNX Runtime; "
-            "load it with edgeq.load, which picks the runtime"
-        )
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise MissingDependencyError(
-            f"bundle {bundle.name} runs on ONNX Runtime, which is not installed: pip install 'edgeq[runtime]'"
-        ) from None
+    import onnxruntime as ort  # edgeq.load checked it is installed (catalogue.require_runtime)
+
     layout = read_layout(bundle)
     enc_providers, dec_providers = _providers(ort, device, layout, bundle)
     # The encoder runs once per 30 s window on large activations; ONNX Runtime's CPU arena and
@@ -46,15 +37,15 @@ def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None)
     # whisper-base onnx-int8-dynamic peaked at 319 MB instead of 412 MB (4 utterances, 2 threads).
     # The decoder keeps them: on whisper-base its step time is the same either way (7.01 vs 7.03
     # ms/step), but on 224-token decodes of the whisper-small shape the arena holds ~44 MB more.
-    encoder = _session(ort, bundle, layout["encoder"], _options(ort, threads, arena=False), enc_providers)
-    decoder = _session(ort, bundle, layout["decoder"], _options(ort, threads, arena=True), dec_providers)
+    encoder = _session(ort, bundle, layout.encoder, _options(ort, threads, arena=False), enc_providers)
+    decoder = _session(ort, bundle, layout.decoder, _options(ort, threads, arena=True), dec_providers)
     if device == "cuda" and "CUDAExecutionProvider" not in decoder.get_providers():
         raise DeviceError(
             "ONNX Runtime could not start its CUDA provider (are the CUDA and cuDNN libraries that "
             "onnxruntime-gpu needs installed?); use --device cpu or fix the CUDA installation"
         )
-    _check_io(bundle, encoder, layout["encoder_inputs"], layout["encoder_outputs"], layout["encoder"])
-    _check_io(bundle, decoder, layout["decoder_inputs"], layout["decoder_outputs"], layout["decoder"])
+    _check_io(bundle, encoder, layout.encoder_inputs, layout.encoder_outputs, layout.encoder)
+    _check_io(bundle, decoder, layout.decoder_inputs, layout.decoder_outputs, layout.decoder)
     types = {encoder.get_inputs()[0].type, *(i.type for i in decoder.get_inputs()[1:])}
     if not types <= set(_DTYPES):
         raise BundleError(f"{bundle.path}: the graphs take {sorted(types - set(_DTYPES))}; this edgeq reads float32/float16")
@@ -72,18 +63,18 @@ def _options(ort, threads: int | None, arena: bool):
 
 
 class OnnxEngine:
-    def __init__(self, encoder, decoder, layout: dict, device: str = "cpu"):
+    def __init__(self, encoder, decoder, layout: OnnxLayout, device: str = "cpu"):
         import onnxruntime as ort
 
         self._encoder, self._decoder = encoder, decoder
         self._device = "cuda" if device == "cuda" else "cpu"
-        self._cross = list(layout["encoder_outputs"])
-        self._past = [n for n in layout["decoder_inputs"] if n.startswith("past_")]
-        self._present = [n for n in layout["decoder_outputs"] if n.startswith("present_")]
+        self._cross = list(layout.encoder_outputs)
+        self._past = layout.past_names
+        self._present = layout.present_names
         inputs = {i.name: i for i in decoder.get_inputs()}
         self._features_dtype = _DTYPES[encoder.get_inputs()[0].type]
         kv_dtype = _DTYPES[inputs[self._past[0]].type]
-        shape = [1, layout["heads"], 0, layout["head_dim"]]
+        shape = [1, layout.heads, 0, layout.head_dim]
         empty = ort.OrtValue.ortvalue_from_shape_and_type(shape, kv_dtype, self._device, 0)
         self._empty = tuple(empty for _ in self._past)
         self.providers = decoder.get_providers()
@@ -116,26 +107,22 @@ class OnnxEngine:
         return logits, (cross, tuple(outputs[1:]))
 
 
-def read_layout(bundle: Bundle) -> dict:
-    path = bundle.file(ONNX_JSON)
+def read_layout(bundle: Bundle) -> OnnxLayout:
+    path = bundle.file(LAYOUT_FILE)
     try:
-        layout = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise BundleError(f"{bundle.path}: {ONNX_JSON} is missing; this ONNX bundle is incomplete, rebuild it") from None
+        raise BundleError(f"{bundle.path}: {LAYOUT_FILE} is missing; this ONNX bundle is incomplete, rebuild it") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BundleError(f"{bundle.path}: {ONNX_JSON} is not valid JSON ({err})") from None
-    need = ("encoder", "decoder", "encoder_inputs", "encoder_outputs", "decoder_inputs", "decoder_outputs",
-            "heads", "head_dim")
-    missing = [k for k in need if k not in layout]
-    if missing:
-        raise BundleError(f"{bundle.path}: {ONNX_JSON} lacks {', '.join(missing)}; rebuild the bundle")
-    for key in ("encoder", "decoder"):
-        if layout[key] not in bundle.manifest["files"]:
-            raise BundleError(f"{bundle.path}: {layout[key]} is not listed in the manifest")
+        raise BundleError(f"{bundle.path}: {LAYOUT_FILE} is not valid JSON ({err})") from None
+    layout = OnnxLayout.from_dict(data, bundle.path)
+    for name in (layout.encoder, layout.decoder):
+        if name not in bundle.manifest["files"]:
+            raise BundleError(f"{bundle.path}: {name} is not listed in the manifest")
     return layout
 
 
-def _providers(ort, device: str, layout: dict, bundle: Bundle) -> tuple[list, list]:
+def _providers(ort, device: str, layout: OnnxLayout, bundle: Bundle) -> tuple[list, list]:
     if device != "cuda":
         return ["CPUExecutionProvider"], ["CPUExecutionProvider"]
     available = ort.get_available_providers()
@@ -152,7 +139,7 @@ def _providers(ort, device: str, layout: dict, bundle: Bundle) -> tuple[list, li
     cache = Path(os.environ.get("EDGEQ_CACHE", Path.home() / ".cache" / "edgeq")) / "tensorrt" / bundle.manifest_sha256[:16]
     log.info("TensorRT runs the encoder; its engine is built on first use (minutes) and cached in %s", cache)
     trt = ("TensorrtExecutionProvider", {
-        "trt_fp16_enable": layout.get("dtype") == "float16",
+        "trt_fp16_enable": layout.dtype == "float16",
         "trt_engine_cache_enable": True,
         "trt_engine_cache_path": str(cache),
     })
@@ -173,6 +160,6 @@ def _check_io(bundle: Bundle, session, inputs: list[str], outputs: list[str], na
     got_out = [o.name for o in session.get_outputs()]
     if got_in != list(inputs) or got_out != list(outputs):
         raise BundleError(
-            f"{bundle.path}: {name} does not match {ONNX_JSON} (inputs {got_in[:3]}..., outputs "
+            f"{bundle.path}: {name} does not match {LAYOUT_FILE} (inputs {got_in[:3]}..., outputs "
             f"{got_out[:3]}...); the bundle is inconsistent, rebuild it"
         )

@@ -18,7 +18,6 @@ manifest before anything is deserialised.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeq.errors import BundleError
+from edgeq.util import sha256_file
 
 FORMAT = "edgeq-bundle"
 FORMAT_VERSION = 1
@@ -39,19 +39,6 @@ GENERATION_CONFIG = "generation_config.json"
 TOKENIZER = "tokenizer.json"
 WEIGHTS = "model.safetensors"
 QUANTIZATION = "quantization.json"
-ENCODER_ONNX = "encoder.onnx"
-DECODER_ONNX = "decoder.onnx"
-
-_CHUNK = 1 << 20
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def _fsync_dir(path: Path) -> None:
     try:

@@ -1,6 +1,7 @@
 """Greedy Whisper decoding with a key/value cache, independent of the runtime.
 
-Both runtimes (PyTorch and ONNX Runtime) implement the small `Engine` protocol below; this module
+Both runtimes (PyTorch and ONNX Runtime) implement the small `Engine` protocol
+(`edgeq.spec.protocols`); this module
 owns everything else — the task/language prompt, token suppression, language detection and the
 stop rule — so every bundle, whatever its backend, is decoded by exactly the same rules and
 comparisons between bundles measure the quantization, not the decoder. It also lets the bench
@@ -11,22 +12,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-
-class Engine(Protocol):
-    """What a runtime provides: run the encoder once, then the decoder one step at a time."""
-
-    def encode(self, features: np.ndarray) -> Any:
-        """features: float32 [n_mels, 3000] -> opaque encoder state."""
-
-    def start(self, encoder_state: Any) -> Any:
-        """A fresh decoder state (empty self-attention cache) for `encoder_state`."""
-
-    def step(self, state: Any, tokens: list[int]) -> tuple[np.ndarray, Any]:
-        """Feed `tokens`, return the float32 logits of the last position [vocab] and the new state."""
+from edgeq.spec.protocols import Engine
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ class Target(BaseModel):
 
 
 def targets_dir() -> Path:
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # the edgeq package
     packaged = here / "_data" / "targets"
     return packaged if packaged.is_dir() else here.parent / "targets"
 
@@ -55,7 +55,7 @@ def _load(path: Path) -> Target:
     try:
         return Target.model_validate(data)
     except ValidationError as err:
-        from edgeq.recipe import _format_error
+        from edgeq.spec.recipe import _format_error
 
         raise TargetError(_format_error(str(path), err)) from None
 

@@ -1,0 +1,116 @@
+"""The ONNX layout contract: what `onnx.json` in an ONNX bundle says, written once for both sides.
+
+The writer (`edgeq.backends.onnx`, on the workstation) builds an `OnnxLayout` from the model and
+serialises it with `to_dict`; the reader (`edgeq.runtime.onnx_engine`, on the device) gets it back
+with `from_dict`, which checks the version first and then every field's type, so a bundle from
+another layout version, or an edited onnx.json, is refused in one line before a graph is loaded.
+
+    encoder.onnx   input_features [1, n_mels, n_frames]
+                   -> cross_k_0, cross_v_0, ... cross_k_{L-1}, cross_v_{L-1}   [1, H, n_audio_ctx, Dh]
+    decoder.onnx   input_ids [1, T] int64,
+                   past_k_i, past_v_i [1, H, P, Dh]  (P = 0 on the first step),
+                   cross_k_i, cross_v_i [1, H, n_audio_ctx, Dh]
+                   -> logits [1, vocab] (last position only), present_k_i, present_v_i [1, H, P+T, Dh]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgeq.errors import BundleError
+
+LAYOUT_FILE = "onnx.json"
+LAYOUT_VERSION = 1
+ENCODER_ONNX = "encoder.onnx"
+DECODER_ONNX = "decoder.onnx"
+# A graph is a plain file at the top of the bundle: no folders, no "..", nothing absolute.
+_GRAPH_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\.onnx$"
+
+
+def io_names(n_layers: int) -> tuple[list[str], list[str], list[str]]:
+    """past_*, present_* and cross_* names, k before v, layer by layer."""
+
+    def names(kind: str) -> list[str]:
+        return [f"{kind}_{kv}_{i}" for i in range(n_layers) for kv in ("k", "v")]
+
+    return names("past"), names("present"), names("cross")
+
+
+class OnnxLayout(BaseModel):
+    """What the runtime needs to drive the two graphs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    layout_version: int = LAYOUT_VERSION
+    encoder: str = Field(ENCODER_ONNX, pattern=_GRAPH_NAME)
+    decoder: str = Field(DECODER_ONNX, pattern=_GRAPH_NAME)
+    n_mels: int = Field(gt=0)
+    n_frames: int = Field(gt=0, description="encoder input length (3000)")
+    n_audio_ctx: int = Field(gt=0, description="encoder output length (1500)")
+    n_layers: int = Field(gt=0)
+    heads: int = Field(gt=0)
+    head_dim: int = Field(gt=0)
+    vocab_size: int = Field(gt=0)
+    max_target_positions: int = Field(gt=0)
+    encoder_inputs: list[str]
+    encoder_outputs: list[str]
+    decoder_inputs: list[str]
+    decoder_outputs: list[str]
+    dtype: Literal["float32", "float16"] = "float32"
+    opset: int = Field(18, ge=1)
+    # Informational, written by the builder and shown by tools; the runtime does not read them.
+    quantization: dict[str, Any] = {}
+    providers: dict[str, Any] = {}
+    export_check: dict[str, Any] = {}
+
+    @classmethod
+    def for_dims(cls, *, n_mels: int, n_audio_ctx: int, n_layers: int, heads: int, head_dim: int,
+                 vocab_size: int, max_target_positions: int) -> OnnxLayout:
+        past, present, cross = io_names(n_layers)
+        return cls(
+            n_mels=n_mels, n_frames=2 * n_audio_ctx, n_audio_ctx=n_audio_ctx, n_layers=n_layers, heads=heads,
+            head_dim=head_dim, vocab_size=vocab_size, max_target_positions=max_target_positions,
+            encoder_inputs=["input_features"], encoder_outputs=cross,
+            decoder_inputs=["input_ids", *past, *cross], decoder_outputs=["logits", *present],
+        )
+
+    @property
+    def past_names(self) -> list[str]:
+        return [n for n in self.decoder_inputs if n.startswith("past_")]
+
+    @property
+    def present_names(self) -> list[str]:
+        return [n for n in self.decoder_outputs if n.startswith("present_")]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str | Path = "") -> OnnxLayout:
+        prefix = f"{where}: " if str(where) else ""
+        if not isinstance(data, dict):
+            raise BundleError(f"{prefix}{LAYOUT_FILE} is not a JSON object")
+        version = data.get("layout_version")
+        if version != LAYOUT_VERSION:
+            raise BundleError(
+                f"{prefix}{LAYOUT_FILE} has layout version {version!r}; this edgeq reads version "
+                f"{LAYOUT_VERSION}: rebuild the bundle or install the edgeq that wrote it"
+            )
+        try:
+            layout = cls.model_validate(data)
+        except ValidationError as err:
+            e = err.errors()[0]
+            key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+            raise BundleError(f"{prefix}{LAYOUT_FILE}: {key}: {e['msg']}; rebuild the bundle") from None
+        expected = cls.for_dims(n_mels=layout.n_mels, n_audio_ctx=layout.n_audio_ctx, n_layers=layout.n_layers,
+                                heads=layout.heads, head_dim=layout.head_dim, vocab_size=layout.vocab_size,
+                                max_target_positions=layout.max_target_positions)
+        for key in ("encoder_inputs", "encoder_outputs", "decoder_inputs", "decoder_outputs"):
+            if getattr(layout, key) != getattr(expected, key):
+                raise BundleError(f"{prefix}{LAYOUT_FILE}: {key} do not follow layout version {LAYOUT_VERSION}")
+        if layout.n_frames != 2 * layout.n_audio_ctx:
+            raise BundleError(f"{prefix}{LAYOUT_FILE}: n_frames must be twice n_audio_ctx")
+        return layout
