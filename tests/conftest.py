@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -9,14 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("EDGEQ_SHARED", REPO.parent / "shared"))
-WHISPER_BASE = SHARED / "models" / "whisper-base"
-SPEECH_DEV = SHARED / "data" / "speech-dev"
-
-
-def real_data_available() -> bool:
-    return (WHISPER_BASE / "model.safetensors").is_file() and SPEECH_DEV.is_dir()
+from helpers import SPEECH_DEV, WHISPER_BASE, real_data_available, tone  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
@@ -35,14 +27,6 @@ def tiny_model(tmp_path_factory) -> Path:
     from tiny import make_tiny_whisper
 
     return make_tiny_whisper(tmp_path_factory.mktemp("tiny-whisper"))
-
-
-def tone(seconds: float, rate: int = 16000, freq: float = 440.0, channels: int = 1) -> np.ndarray:
-    t = np.arange(int(seconds * rate)) / rate
-    rng = np.random.default_rng(0)
-    x = 0.2 * np.sin(2 * np.pi * freq * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t)) + 0.01 * rng.standard_normal(t.size)
-    x = x.astype(np.float32)
-    return np.stack([x] * channels, axis=1) if channels > 1 else x
 
 
 @pytest.fixture(scope="session")
@@ -67,22 +51,3 @@ def calibration_dir(tmp_path_factory) -> Path:
     for i in range(3):
         sf.write(d / f"c{i}.wav", tone(1.0 + i, freq=200 + 150 * i), 16000)
     return d
-
-
-def each(names, make) -> dict:
-    """name -> make(name), or the exception it raised: a module-scoped fixture builds every recipe
-    once, and a broken recipe fails its own tests (through `outcome`), not the whole module."""
-    out = {}
-    for name in names:
-        try:
-            out[name] = make(name)
-        except Exception as err:
-            out[name] = err
-    return out
-
-
-def outcome(results: dict, name: str):
-    item = results[name]
-    if isinstance(item, Exception):
-        raise item
-    return item

@@ -3,25 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
-
-
-def edgeq(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edgeq.cli", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, env=env, timeout=600)
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, pattern: str) -> None:
-    import re
-
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr + proc.stdout
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert re.search(pattern, lines[0]), lines[0]
+from helpers import assert_one_line_error, edgeq
 
 
 def test_recipes_lists_every_shipped_recipe():

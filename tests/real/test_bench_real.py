@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import SPEECH_DEV, WHISPER_BASE
+from helpers import SPEECH_DEV, WHISPER_BASE
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
@@ -15,7 +15,7 @@ UTTERANCES = 8  # LibriSpeech lines in speech-dev
 
 
 def test_bench_fp32_whisper_base_on_speech_dev(tmp_path):
-    from test_cli import edgeq as cli
+    from helpers import edgeq as cli
 
     import edgeq
 

@@ -12,8 +12,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import SPEECH_DEV, WHISPER_BASE, each
-from conftest import outcome as _get
+from helpers import SPEECH_DEV, WHISPER_BASE, each
+from helpers import outcome as _get
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 

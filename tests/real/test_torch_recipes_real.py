@@ -9,8 +9,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import SPEECH_DEV, WHISPER_BASE, each
-from conftest import outcome as _get
+from helpers import SPEECH_DEV, WHISPER_BASE, each
+from helpers import outcome as _get
 
 from edgeq.spec.recipe import FORMAT_BITS, list_recipes
 

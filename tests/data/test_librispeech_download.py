@@ -11,11 +11,11 @@ import sys
 import tarfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers import REPO
 
 from edgeq.data import librispeech
 from edgeq.data.datasets import open_dataset
@@ -187,7 +187,7 @@ def test_cli_bench_offline_is_one_line_error(tmp_path):
            "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-m", "edgeq.cli", "bench", "-d", "librispeech:test-other",
                            "-m", "openai/whisper-tiny", "-o", str(tmp_path / "out")],
-                          capture_output=True, text=True, env=env, timeout=300, cwd=Path(__file__).parent.parent)
+                          capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stdout + proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import tone
+from helpers import tone
 
 from edgeq.errors import AudioError
 from edgeq.runtime.audio import load_audio, split_long_audio, to_mono_16k

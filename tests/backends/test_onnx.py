@@ -17,8 +17,8 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 pytest.importorskip("torch")
 
-from conftest import each  # noqa: E402
-from conftest import outcome as _get  # noqa: E402
+from helpers import PROBE, REPO, each  # noqa: E402
+from helpers import outcome as _get  # noqa: E402
 
 from edgeq.errors import BundleError, RecipeError  # noqa: E402
 from edgeq.format.bundle import MANIFEST  # noqa: E402
@@ -27,7 +27,6 @@ from edgeq.spec.recipe import list_recipes  # noqa: E402
 from edgeq.util import sha256_file  # noqa: E402
 
 ONNX_RECIPES = [r.name for r in list_recipes() if r.runtime == "onnxruntime"]
-PROBE = Path(__file__).parent / "probe.py"
 # First-step logits of the fp32 ONNX bundle vs the fp32 PyTorch bundle; measured 1.1e-6.
 LOGITS_ATOL = 1e-4
 
@@ -221,7 +220,7 @@ print(json.dumps({"tokens": r.tokens, "segments": r.segments,
 
 def test_runtime_works_with_torch_and_transformers_unimportable(bundles, tmp_path):
     import soundfile as sf
-    from conftest import tone
+    from helpers import tone
 
     long_audio = tmp_path / "long.wav"
     sf.write(long_audio, tone(65.0), 16000)  # three 30 s windows
@@ -314,7 +313,7 @@ def test_bundle_of_the_other_runtime_is_refused(bundles):
 
 def test_cuda_without_onnxruntime_gpu_is_one_line(bundles, audio_dir):
     import onnxruntime
-    from test_cli import assert_one_line_error, edgeq
+    from helpers import assert_one_line_error, edgeq
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this onnxruntime has CUDA")
@@ -351,7 +350,7 @@ def test_per_channel_dynamic_recipe_is_refused_before_export(tiny_model, tmp_pat
 
 
 def test_bench_measures_an_onnx_bundle(bundles, audio_dir, tmp_path):
-    from test_cli import edgeq
+    from helpers import edgeq
 
     dataset = tmp_path / "ds"
     dataset.mkdir()
@@ -382,7 +381,7 @@ def test_runtime_extra_alone_transcribes_an_onnx_bundle(bundles, audio_dir, tmp_
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     py = env_dir / "bin" / "python"
-    repo = Path(__file__).resolve().parents[1]
+    repo = REPO
     # A copy of the tree: building the wheel must not write into the checkout under test.
     src = tmp_path / "src"
     shutil.copytree(repo, src, ignore=shutil.ignore_patterns(".git", ".venv*", "*.egg-info", "__pycache__", "build"))

@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import each
-from conftest import outcome as _get
+from helpers import PROBE, each
+from helpers import outcome as _get
 
 from edgeq.spec.recipe import list_recipes
 
@@ -22,7 +21,6 @@ import os
 # EDGEQ_TEST_RECIPES=a,b narrows the run while working on one backend.
 _ONLY = {n for n in os.environ.get("EDGEQ_TEST_RECIPES", "").split(",") if n}
 TORCH_RECIPES = [r.name for r in list_recipes() if r.runtime == "torch" and (not _ONLY or r.name in _ONLY)]
-PROBE = Path(__file__).parent / "probe.py"
 
 
 @pytest.fixture(scope="module")

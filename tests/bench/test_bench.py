@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tone
-from test_cli import assert_one_line_error, edgeq
+from helpers import assert_one_line_error, edgeq, tone
 
 GOOD = {f"u{i}": f"hello world number {i}" for i in range(4)}
 LATENCY_FIELDS = ("latency_s", "encoder_s", "per_token_s", "rtf", "tokens_per_s")

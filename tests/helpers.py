@@ -1,0 +1,63 @@
+"""What several test modules share (imported as `helpers`; conftest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+SHARED = Path(os.environ.get("EDGEQ_SHARED", REPO.parent / "shared"))
+WHISPER_BASE = SHARED / "models" / "whisper-base"
+SPEECH_DEV = SHARED / "data" / "speech-dev"
+PROBE = TESTS / "probe.py"
+
+
+def real_data_available() -> bool:
+    return (WHISPER_BASE / "model.safetensors").is_file() and SPEECH_DEV.is_dir()
+
+
+def tone(seconds: float, rate: int = 16000, freq: float = 440.0, channels: int = 1) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    rng = np.random.default_rng(0)
+    x = 0.2 * np.sin(2 * np.pi * freq * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t)) + 0.01 * rng.standard_normal(t.size)
+    x = x.astype(np.float32)
+    return np.stack([x] * channels, axis=1) if channels > 1 else x
+
+
+def each(names, make) -> dict:
+    """name -> make(name), or the exception it raised: a module-scoped fixture builds every recipe
+    once, and a broken recipe fails its own tests (through `outcome`), not the whole module."""
+    out = {}
+    for name in names:
+        try:
+            out[name] = make(name)
+        except Exception as err:
+            out[name] = err
+    return out
+
+
+def outcome(results: dict, name: str):
+    item = results[name]
+    if isinstance(item, Exception):
+        raise item
+    return item
+
+
+def edgeq(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
+    """The CLI in a fresh process, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "edgeq.cli", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=600)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, pattern: str) -> None:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert re.search(pattern, lines[0]), lines[0]
