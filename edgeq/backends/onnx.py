@@ -41,9 +41,6 @@ log = logging.getLogger(__name__)
 # model 1e-6. A broken graph is off by O(1); 1e-3 leaves room for other CPUs' kernels.
 TOLERANCE = 1e-3
 
-# Static QDQ calibration of the encoder (see _quantize_static). Percentile/Entropy keep every
-# calibrated tensor of every utterance in memory (GBs for whisper-base); MinMax keeps two numbers.
-STATIC_METHOD = "minmax"
 
 
 def write(model, recipe, calibration, folder: Path, progress) -> None:
@@ -147,7 +144,7 @@ def quantize_graphs(model, recipe, encoder, decoder, calibration):
             info["encoder"] = "quantize_dynamic uint8" + (" per-channel" if opts.per_channel else "")
         else:
             encoder = _quantize_static(encoder, enc_nodes, calibration, opts)
-            info["encoder"] = f"QDQ int8 ({STATIC_METHOD} ranges from {len(calibration.features)} utterances)"
+            info["encoder"] = f"QDQ int8 (minmax ranges from {len(calibration.features)} utterances)"
             if opts.dynamic:
                 info["encoder"] += f", dynamic uint8 for {', '.join(opts.dynamic)}"
         decoder = oq.matmul_nbits(decoder, 8, block, True, opts.accuracy_level, dec_skip)
@@ -183,7 +180,7 @@ def _quantize_static(encoder, nodes: dict, calibration, opts):
     skip = [n for n, m in nodes.items() if m is None]
     dynamic = [n for n, m in nodes.items() if m is not None and any(fnmatchcase(m, p) for p in opts.dynamic)]
     encoder = oq.static_int8(encoder, calibration.features, "input_features", opts.per_channel,
-                             opts.reduce_range, skip + dynamic, STATIC_METHOD)
+                             opts.reduce_range, skip + dynamic)
     return oq.dynamic_int8(encoder, opts.per_channel, opts.reduce_range, only=dynamic)
 
 

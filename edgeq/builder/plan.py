@@ -61,9 +61,6 @@ def quantization_plan(model: nn.Module, recipe: Recipe) -> dict[str, WeightSpec]
     return plan
 
 
-def get_module(model: nn.Module, name: str) -> nn.Module:
-    return model.get_submodule(name)
-
 
 def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, child = name.rpartition(".")

@@ -95,14 +95,14 @@ def _read_config(path: Path, model: str) -> dict:
     return config
 
 
-def load_float_model(source: SourceModel, dtype: str = "float32"):
+def load_float_model(source: SourceModel):
     """The checkpoint as a float WhisperForConditionalGeneration on the CPU, in eval mode."""
     import torch
     from transformers import WhisperForConditionalGeneration
     from transformers.utils import logging as hf_logging
 
     # Checkpoints are often stored in fp16; quantizing from fp32 master weights keeps every
-    # backend's rounding comparable, so load as float32 and cast afterwards if asked.
+    # backend's rounding comparable, so load as float32 (a recipe's `dtype` casts it later).
     hf_logging.disable_progress_bar()
     try:
         model = WhisperForConditionalGeneration.from_pretrained(

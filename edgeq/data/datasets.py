@@ -45,10 +45,6 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.utterances)
 
-    @property
-    def has_references(self) -> bool:
-        return all(u.reference is not None for u in self.utterances)
-
 
 def cache_dir() -> Path:
     return Path(os.environ.get("EDGEQ_DATA", Path.home() / ".cache" / "edgeq"))

@@ -73,10 +73,6 @@ class Bundle:
         return self.manifest["recipe"]["name"]
 
     @property
-    def size_bytes(self) -> int:
-        return self.manifest["size"]["bundle_bytes"]
-
-    @property
     def manifest_sha256(self) -> str:
         return sha256_file(self.path / MANIFEST)
 

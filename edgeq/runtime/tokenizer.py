@@ -19,9 +19,3 @@ class WhisperTokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=True).strip()
-
-    def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
-
-    def token_to_id(self, token: str) -> int | None:
-        return self._tok.token_to_id(token)

@@ -327,9 +327,11 @@ def recipe_to_toml(recipe: Recipe) -> str:
 
 
 def apply_overrides(recipe: Recipe, assignments: list[str] | tuple[str, ...]) -> Recipe:
-    """`key.path=value` changes (TOML values; bare words are strings), validated like a file.
+    """`key.path=value` changes (TOML keys and values; a bare word is a string), validated like a file.
 
-    The recipe's name records the change so two bundles that differ are never shown alike.
+    The key is parsed as a TOML dotted key, so a quoted part may hold dots and wildcards:
+    `modules.overrides."model.encoder.*"={format="float"}`. The recipe's name records the change so
+    two bundles that differ are never shown alike.
     """
     if not assignments:
         return recipe
@@ -337,22 +339,35 @@ def apply_overrides(recipe: Recipe, assignments: list[str] | tuple[str, ...]) ->
     labels = []
     for item in assignments:
         key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key:
             raise RecipeError(f"--set {item!r}: expected KEY=VALUE, e.g. modules.embeddings=float")
-        try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw
-        node = data
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise RecipeError(f"--set {item!r}: {part!r} is not a table")
-            node = child
-        node[parts[-1]] = value
-        labels.append(f"{key.strip()}={raw}")
+        change = _parse_assignment(key, raw.strip(), item)
+        _merge(data, change, item)
+        labels.append(f"{key}={raw.strip()}")
     data["name"] = f"{recipe.name}[{','.join(labels)}]"
     return recipe_from_dict(data, f"recipe {recipe.name} with --set")
+
+
+def _parse_assignment(key: str, raw: str, item: str) -> dict[str, Any]:
+    import json
+
+    for value in (raw, json.dumps(raw)):  # a TOML value, else the bare word as a string
+        try:
+            return tomllib.loads(f"{key} = {value}")
+        except tomllib.TOMLDecodeError:
+            continue
+    raise RecipeError(f"--set {item!r}: {key!r} is not a valid key (quote parts with dots: a.\"b.c\")")
+
+
+def _merge(data: dict[str, Any], change: dict[str, Any], item: str) -> None:
+    for key, value in change.items():
+        if isinstance(value, dict):
+            child = data.get(key)
+            if child is None:
+                child = data[key] = {}
+            if not isinstance(child, dict):
+                raise RecipeError(f"--set {item!r}: {key!r} is not a table")
+            _merge(child, value, item)
+        else:
+            data[key] = value

@@ -288,7 +288,7 @@ def test_onnx_file_that_does_not_load_is_one_line(bundles, tmp_path):
     assert "\n" not in str(err.value)
 
 
-def test_onnx_json_that_does_not_match_the_graphs(bundles, tmp_path):
+def test_onnx_json_that_breaks_the_layout_contract(bundles, tmp_path):
     import edgeq
 
     folder = _copy(_get(bundles, "onnx-fp32"), tmp_path)
@@ -296,19 +296,32 @@ def test_onnx_json_that_does_not_match_the_graphs(bundles, tmp_path):
     layout["decoder_outputs"][1] = "present_key_0"
     (folder / "onnx.json").write_text(json.dumps(layout))
     _rehash(folder, "onnx.json")
-    with pytest.raises(BundleError, match=r"decoder.onnx does not match onnx.json"):
+    with pytest.raises(BundleError, match=r"onnx.json: decoder_outputs do not follow layout version 1"):
         edgeq.load(folder)
 
 
-def test_bundle_of_the_other_runtime_is_refused(bundles):
-    from edgeq.format.bundle import open_bundle
-    from edgeq.runtime.onnx_engine import load_engine
-    from edgeq.torch_runtime import load_engine as load_torch_engine
+def test_onnx_json_of_another_layout_version_is_refused(bundles, tmp_path):
+    import edgeq
 
-    with pytest.raises(BundleError, match=r"runs on torch, not ONNX Runtime"):
-        load_engine(open_bundle(_get(bundles, "fp32").path))
-    with pytest.raises(BundleError, match=r"runs on onnxruntime, not PyTorch"):
-        load_torch_engine(open_bundle(_get(bundles, "onnx-fp32").path))
+    folder = _copy(_get(bundles, "onnx-fp32"), tmp_path)
+    layout = json.loads((folder / "onnx.json").read_text())
+    layout["layout_version"] = 2
+    (folder / "onnx.json").write_text(json.dumps(layout))
+    _rehash(folder, "onnx.json")
+    with pytest.raises(BundleError, match=r"onnx.json has layout version 2; this edgeq reads version 1"):
+        edgeq.load(folder)
+
+
+def test_graphs_that_do_not_match_onnx_json(bundles, tmp_path):
+    import edgeq
+
+    folder = _copy(_get(bundles, "onnx-fp32"), tmp_path)
+    layout = json.loads((folder / "onnx.json").read_text())
+    layout["encoder"], layout["decoder"] = layout["decoder"], layout["encoder"]
+    (folder / "onnx.json").write_text(json.dumps(layout))
+    _rehash(folder, "onnx.json")
+    with pytest.raises(BundleError, match=r"decoder.onnx does not match onnx.json"):
+        edgeq.load(folder)
 
 
 def test_cuda_without_onnxruntime_gpu_is_one_line(bundles, audio_dir):
