@@ -1,15 +1,16 @@
-"""Render the JSON in benchmarks/results/ as the markdown tables of the README.
+"""Render the README's tables: the recipe catalogue from recipes/*.toml, the results from the JSON in
+benchmarks/results/.
 
-    python benchmarks/tables.py > /tmp/tables.md
-    python benchmarks/tables.py --readme      # rewrite the tables between the README's markers
+    python benchmarks/tables.py            # print every table
+    python benchmarks/tables.py --readme   # rewrite the README between its <!-- NAME --> markers
 
-Reads only what the other scripts wrote; every number in the README comes from here.
+Each renderer returns the text of one table (or None when its results file is absent); TABLES maps
+a README marker to its renderer. Every number in the README comes from here, and
+tests/test_readme.py fails when the README differs from what these renderers return.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 import sys
@@ -36,15 +37,26 @@ def machine(env: dict) -> str:
             f"{versions}")
 
 
-def sizes() -> None:
+def recipe_catalogue() -> str:
+    """The shipped recipes, from recipes/*.toml through the same schema `edgeq recipes` uses."""
+    from edgeq.spec.catalogue import BACKENDS
+    from edgeq.spec.recipe import list_recipes
+
+    return _table(["recipe", "library", "scheme", "weights", "granularity", "embeddings", "description"], [
+        [f"`{r.name}`", BACKENDS[r.backend].library, r.scheme, r.weights.format, r.granularity_label,
+         r.modules.embeddings, r.description]
+        for r in list_recipes()
+    ])
+
+
+def sizes() -> str | None:
     data = _load("sizes.json")
     if not data:
-        return
+        return None
     by = {}
     for r in data["rows"]:
         by.setdefault(r["recipe"], {})[r["model"]] = r
-    print("| recipe | whisper-base MB | smaller than fp32 | whisper-small MB | smaller than fp32 |")
-    print("|---|---|---|---|---|")
+    rows = []
     for name in sorted(by):
         cells = []
         for model in ("base", "small"):
@@ -53,23 +65,23 @@ def sizes() -> None:
                 cells += ["—", "—" if r is None else "error"]
             else:
                 cells += [f"{r['weights_mb']:.1f}", f"{r['reduction_pct'] if abs(r['reduction_pct']) >= 0.05 else 0.0:.1f} %"]
-        print(f"| `{name}` | " + " | ".join(cells) + " |")
-    print(f"\nweights only (config, tokenizer ≈ 3 MB more); machine: {machine(data['env'])}\n")
+        rows.append([f"`{name}`", *cells])
+    table = _table(["recipe", "whisper-base MB", "smaller than fp32", "whisper-small MB", "smaller than fp32"], rows)
+    return table + f"\nweights only (config, tokenizer ≈ 3 MB more); machine: {machine(data['env'])}\n"
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> None:
+def _table(headers: list[str], rows: list[list[str]]) -> str:
     """A markdown table; a short row (a failed system) is padded with empty cells."""
-    print("| " + " | ".join(headers) + " |")
-    print("|" + "---|" * len(headers))
-    for row in rows:
-        print("| " + " | ".join(row + [""] * (len(headers) - len(row))) + " |")
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(row + [""] * (len(headers) - len(row))) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
 
 
-def recipes() -> None:
+def recipes() -> str | None:
     data = _load("recipes_whisper-base.json")
     if not data:
-        return
-    _table(["bundle", "size MB", "WER %", "S/D/I", "p50 s", "RTF", "ms/token", "load s", "peak RSS MB"], [
+        return None
+    table = _table(["bundle", "size MB", "WER %", "S/D/I", "p50 s", "RTF", "ms/token", "load s", "peak RSS MB"], [
         [r["system"], f"failed: {r['failed']}"] if "failed" in r else
         [r["system"], _f(r["size_mb"], ".1f"), f"{r['wer_pct']:.2f}", r["sdi"], f"{r['p50_s']:.2f}", f"{r['rtf']:.3f}",
          _f(r["ms_per_token"], ".1f"), f"{r['load_s']:.2f}", _f(r["peak_rss_mb"], ".0f")]
@@ -77,16 +89,17 @@ def recipes() -> None:
     ])
     s = next((x for x in data["summaries"] if "failed" not in x), None)
     if s:
-        print(f"\n{s['utterances']} utterances, {s['settings'].get('threads')} threads; machine: {machine(s['env'])}\n")
+        table += f"\n{s['utterances']} utterances, {s['settings'].get('threads')} threads; machine: {machine(s['env'])}\n"
+    return table
 
 
-def compare(name: str, wer: bool = True) -> None:
+def compare(name: str, wer: bool = True) -> str | None:
     """A compare_systems.py result; without the WER column for random weights (meaningless there)."""
     data = _load(name)
     if not data:
-        return
+        return None
     head = ["system"] + (["WER %"] if wer else []) + ["RTF", "tokens", "load s", "peak RSS MB", "size MB", "imports torch"]
-    _table(head, [
+    table = _table(head, [
         [r["system"], f"error: {r['error']}"] if "error" in r else
         [r["system"]] + ([f"{r['wer_pct']:.2f}"] if wer else []) +
         [f"{r['rtf']:.3f}", _f(r.get("tokens"), "d"), f"{r['load_s']:.2f}", f"{r['peak_rss_mb']:.0f}",
@@ -95,54 +108,46 @@ def compare(name: str, wer: bool = True) -> None:
     ])
     ok = [r for r in data["rows"] if "error" not in r]
     if ok:
-        print(f"\n{ok[0]['utterances']} utterances, {ok[0]['audio_s']:.1f} s of audio, {data['threads']} threads, "
-              f"one process per system; machine: {machine(data['env'])}\n")
+        table += (f"\n{ok[0]['utterances']} utterances, {ok[0]['audio_s']:.1f} s of audio, {data['threads']} threads, "
+                  f"one process per system; machine: {machine(data['env'])}\n")
+    return table
 
 
-def overhead() -> None:
+def overhead() -> str | None:
     data = _load("harness_overhead.json")
-    if data:
-        print("harness overhead: " + json.dumps({k: v for k, v in data.items() if k != "env"}) + "\n")
+    return "harness overhead: " + json.dumps({k: v for k, v in data.items() if k != "env"}) + "\n" if data else None
 
 
-def render() -> str:
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        for part in (sizes, recipes):
-            part()
-        compare("compare_systems_whisper-small-random.json", wer=False)
-        compare("compare_systems.json")
-        overhead()
-    return buf.getvalue()
-
-
-# README marker -> (first line of the table, first word of the line that ends it)
-MARKERS = {
-    "SIZES_TABLE": ("| recipe | whisper-base MB", "weights only"),
-    "RECIPES_TABLE": ("| bundle | size MB | WER", "8 utterances"),
-    "SMALL_TABLE": ("| system | RTF", "3 utterances"),
-    "COMPARE_TABLE": ("| system | WER", "24 utterances"),
+# README marker -> renderer
+TABLES = {
+    "RECIPE_CATALOGUE": recipe_catalogue,
+    "SIZES_TABLE": sizes,
+    "RECIPES_TABLE": recipes,
+    "SMALL_TABLE": lambda: compare("compare_systems_whisper-small-random.json", wer=False),
+    "COMPARE_TABLE": lambda: compare("compare_systems.json"),
 }
 
 
-def update_readme(text: str) -> None:
-    lines = text.splitlines()
-    readme = REPO / "README.md"
-    doc = readme.read_text()
-    for key, (start, end) in MARKERS.items():
-        i = next((k for k, line in enumerate(lines) if line.startswith(start)), None)
-        if i is None:
+def readme_with_tables(doc: str) -> str:
+    """`doc` with the text between each <!-- NAME --> and <!-- /NAME --> replaced by its renderer's."""
+    for key, render in TABLES.items():
+        text = render()
+        if text is None:
             continue
-        j = next(k for k in range(i, len(lines)) if lines[k].startswith(end))
-        block = "\n".join(lines[i:j + 1])
-        replacement = f"<!-- {key} -->\n{block}\n<!-- /{key} -->"
-        doc = re.sub(rf"<!-- {key} -->.*?<!-- /{key} -->", lambda m, r=replacement: r, doc, flags=re.S)
-    readme.write_text(doc)
+        block = f"<!-- {key} -->\n{text.rstrip()}\n<!-- /{key} -->"
+        doc, n = re.subn(rf"<!-- {key} -->.*?<!-- /{key} -->", lambda m, b=block: b, doc, flags=re.S)
+        if n != 1:
+            raise SystemExit(f"README.md: expected one <!-- {key} --> block, found {n}")
+    return doc
 
 
 if __name__ == "__main__":
-    text = render()
     if "--readme" in sys.argv:
-        update_readme(text)
+        readme = REPO / "README.md"
+        readme.write_text(readme_with_tables(readme.read_text()))
     else:
-        print(text, end="")
+        for render in TABLES.values():
+            text = render()
+            if text:
+                print(text)
+        print(overhead() or "", end="")
