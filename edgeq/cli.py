@@ -13,6 +13,7 @@ import click
 
 from edgeq import __version__
 from edgeq.errors import EdgeqError
+from edgeq.util import one_line
 
 
 def _console(stderr: bool = False):
@@ -77,7 +78,7 @@ class EdgeqGroup(click.Group):
         try:
             return super().invoke(ctx)
         except EdgeqError as err:
-            _fail(" ".join(str(err).split()), err.exit_code)
+            _fail(one_line(err), err.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
 

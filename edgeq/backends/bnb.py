@@ -17,7 +17,8 @@ from edgeq.backends.base import DTYPES
 from edgeq.builder.plan import set_module
 from edgeq.errors import BundleError, RecipeError
 
-_DT = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "uint8": torch.uint8}
+# bitsandbytes keeps its packed 4-bit weights as uint8 next to the float dtypes.
+_DT = {**DTYPES, "uint8": torch.uint8}
 
 
 def quantize(model, recipe, plan, calibration) -> None:

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edgeq.errors import EdgeqError
+from edgeq.util import one_line
 
 MB = 2**20
 
@@ -190,7 +191,7 @@ def main(argv: list[str]) -> int:
     try:
         run(job)
     except EdgeqError as err:
-        _say(fatal=" ".join(str(err).split()))
+        _say(fatal=one_line(err))
         return 1
     return 0
 

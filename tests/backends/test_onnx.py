@@ -288,39 +288,26 @@ def test_onnx_file_that_does_not_load_is_one_line(bundles, tmp_path):
     assert "\n" not in str(err.value)
 
 
-def test_onnx_json_that_breaks_the_layout_contract(bundles, tmp_path):
-    import edgeq
-
-    folder = _copy(_get(bundles, "onnx-fp32"), tmp_path)
-    layout = json.loads((folder / "onnx.json").read_text())
-    layout["decoder_outputs"][1] = "present_key_0"
-    (folder / "onnx.json").write_text(json.dumps(layout))
-    _rehash(folder, "onnx.json")
-    with pytest.raises(BundleError, match=r"onnx.json: decoder_outputs do not follow layout version 1"):
-        edgeq.load(folder)
-
-
-def test_onnx_json_of_another_layout_version_is_refused(bundles, tmp_path):
-    import edgeq
-
-    folder = _copy(_get(bundles, "onnx-fp32"), tmp_path)
-    layout = json.loads((folder / "onnx.json").read_text())
-    layout["layout_version"] = 2
-    (folder / "onnx.json").write_text(json.dumps(layout))
-    _rehash(folder, "onnx.json")
-    with pytest.raises(BundleError, match=r"onnx.json has layout version 2; this edgeq reads version 1"):
-        edgeq.load(folder)
-
-
-def test_graphs_that_do_not_match_onnx_json(bundles, tmp_path):
-    import edgeq
-
-    folder = _copy(_get(bundles, "onnx-fp32"), tmp_path)
-    layout = json.loads((folder / "onnx.json").read_text())
+def _swap_graphs(layout: dict) -> None:
     layout["encoder"], layout["decoder"] = layout["decoder"], layout["encoder"]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda layout: layout["decoder_outputs"].__setitem__(1, "present_key_0"),
+     r"onnx.json: decoder_outputs do not follow layout version 1"),
+    (lambda layout: layout.update(layout_version=2), r"onnx.json has layout version 2; this edgeq reads version 1"),
+    (lambda layout: layout.update(heads="8"), r"onnx.json: heads: Input should be a valid integer"),
+    (_swap_graphs, r"decoder.onnx does not match onnx.json"),  # names follow the contract, graphs don't
+], ids=["names", "version", "type", "graphs"])
+def test_onnx_json_is_checked_against_the_layout_contract(bundles, tmp_path, edit, message):
+    import edgeq
+
+    folder = _copy(_get(bundles, "onnx-fp32"), tmp_path)
+    layout = json.loads((folder / "onnx.json").read_text())
+    edit(layout)
     (folder / "onnx.json").write_text(json.dumps(layout))
     _rehash(folder, "onnx.json")
-    with pytest.raises(BundleError, match=r"decoder.onnx does not match onnx.json"):
+    with pytest.raises(BundleError, match=message):
         edgeq.load(folder)
 
 
