@@ -11,10 +11,16 @@ from helpers import assert_one_line_error, edgeq
 def test_recipes_lists_every_shipped_recipe():
     from edgeq.spec.recipe import shipped_recipe_names
 
+    from edgeq.spec.catalogue import BACKENDS
+    from edgeq.spec.recipe import load_recipe
+
     proc = edgeq("recipes")
     assert proc.returncode == 0
+    rows = {line.split()[1]: line for line in proc.stdout.splitlines() if line.startswith("│ ")}
     for name in shipped_recipe_names():
-        assert name in proc.stdout
+        r = load_recipe(name)
+        cells = [c.strip() for c in rows[name].split("│")[1:-1]]
+        assert cells[:4] == [name, BACKENDS[r.backend].library, r.scheme, r.weights.format], rows[name]
 
 
 def test_recipes_show_prints_loadable_toml(tmp_path):
@@ -64,7 +70,11 @@ def test_build_transcribe_and_refuse_overwrite(tiny_model, audio_dir, tmp_path):
     out = tmp_path / "b"
     proc = edgeq("build", "-r", "fp32", "-m", tiny_model, "-o", out)
     assert proc.returncode == 0, proc.stderr
-    assert "smaller" in proc.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    size = manifest["size"]
+    # The summary states what the manifest holds, not a number of its own.
+    assert f"{size['reduction_pct']:.1f}% smaller" in proc.stdout
+    assert f"{size['bundle_bytes'] / 1e6:,.1f} MB in {len(manifest['files'])} files" in proc.stdout
     assert_one_line_error(edgeq("build", "-r", "fp16", "-m", tiny_model, "-o", out),
                           r"already holds a bundle \(fp32\); pass --force")
     proc = edgeq("transcribe", out, audio_dir / "a_16k.wav", audio_dir / "b_44k_stereo.flac")
