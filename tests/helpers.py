@@ -61,3 +61,21 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, pattern: str) -> No
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
     assert re.search(pattern, lines[0]), lines[0]
+
+
+def manifest_fields(name: str = "demo", backend: str = "float", weights: str = "float32") -> dict:
+    """What a builder's populate() returns for a bundle written by hand in a test (write_bundle
+    adds `files` and the size totals, then validates the whole manifest)."""
+    from edgeq.spec.catalogue import BACKENDS
+
+    scheme = "none" if weights.startswith("float") else "dynamic"
+    return {
+        "edgeq_version": "0", "created": "2026-01-01T00:00:00+00:00", "runtime": BACKENDS[backend].runtime,
+        "source": {"model": "test", "revision": None, "weights_sha256": "0" * 64},
+        "recipe": {"name": name, "backend": backend, "scheme": scheme, "weights": {"format": weights}},
+        "backend": {"name": backend, "library": BACKENDS[backend].library, "version": None},
+        "requires": {"extra": BACKENDS[backend].device_extra, "packages": {}, "devices": ["cpu"]},
+        "decoding": {"language": None, "task": "transcribe"},
+        "build": {"seconds": 1.0, "host": {}, "libraries": {}},
+        "size": {"reference_fp32_weights_bytes": 4000},
+    }

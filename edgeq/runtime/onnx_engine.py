@@ -10,7 +10,6 @@ decoder step copies only the new token in and the logits out.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 from edgeq.errors import BundleError, DeviceError
 from edgeq.format.bundle import Bundle
 from edgeq.format.layout import LAYOUT_FILE, OnnxLayout
+from edgeq.util import read_json
 
 log = logging.getLogger(__name__)
 
@@ -108,17 +108,14 @@ class OnnxEngine:
 
 
 def read_layout(bundle: Bundle) -> OnnxLayout:
-    path = bundle.file(LAYOUT_FILE)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BundleError(f"{bundle.path}: {LAYOUT_FILE} is missing; this ONNX bundle is incomplete, rebuild it") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BundleError(f"{bundle.path}: {LAYOUT_FILE} is not valid JSON ({err})") from None
-    layout = OnnxLayout.from_dict(data, bundle.path)
+    """onnx.json, validated; its graphs (and their external data) must be listed, verified files."""
+    layout = OnnxLayout.from_dict(read_json(bundle.file(LAYOUT_FILE), BundleError), bundle.path)
     for name in (layout.encoder, layout.decoder):
-        if name not in bundle.manifest["files"]:
-            raise BundleError(f"{bundle.path}: {name} is not listed in the manifest")
+        bundle.file(name)  # listed (so verified), or BundleError
+        # ONNX Runtime reads a graph's external weights from beside it; the graph's bytes (hashed)
+        # name the file, and the file itself must be a listed, verified one like the graph.
+        if (bundle.path / f"{name}.data").exists():
+            bundle.file(f"{name}.data")
     return layout
 
 

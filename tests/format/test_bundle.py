@@ -4,6 +4,8 @@ import json
 
 import pytest
 
+from helpers import manifest_fields
+
 from edgeq.errors import BundleError
 from edgeq.format.bundle import (
     FORMAT_VERSION,
@@ -18,17 +20,20 @@ from edgeq.format.bundle import (
 
 def _populate(folder):
     (folder / WEIGHTS).write_bytes(b"w" * 1000)
-    (folder / "config.json").write_text("{}")
-    return {"runtime": "torch", "recipe": {"name": "demo"}, "size": {"reference_fp32_weights_bytes": 4000}}
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "quantization.json"):
+        (folder / name).write_text("{}")
+    return manifest_fields("demo")
 
 
 def test_manifest_round_trip(tmp_path):
     b = write_bundle(tmp_path / "b", _populate)
     m = read_manifest(b.path)
     assert m == b.manifest
-    assert m["format_version"] == FORMAT_VERSION
-    assert m["files"][WEIGHTS]["size"] == 1000 and len(m["files"][WEIGHTS]["sha256"]) == 64
-    assert m["size"]["weights_bytes"] == 1000 and m["size"]["reduction_pct"] == 75.0
+    assert m.format_version == FORMAT_VERSION
+    assert m.files[WEIGHTS].size == 1000 and len(m.files[WEIGHTS].sha256) == 64
+    assert m.size.weights_bytes == 1000 and m.size.reduction_pct == 75.0
+    on_disk = json.loads((b.path / MANIFEST).read_text())
+    assert on_disk == m.to_dict() and "reduction_pct" in on_disk["size"]
     assert open_bundle(b.path).manifest == m
 
 
