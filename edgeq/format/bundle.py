@@ -292,7 +292,7 @@ def write_bundle(
 
 def _complete(fields: dict[str, Any], staging: Path) -> Manifest:
     files = file_entries(staging)
-    weights = sum(e["size"] for n, e in files.items() if _is_weights(n))
+    weights = sum(e["size"] for n, e in files.items() if is_weights_file(n))
     size = {
         **fields.get("size", {}),
         "bundle_bytes": sum(e["size"] for e in files.values()),
@@ -317,5 +317,5 @@ def _swap_in(staging: Path, out: Path) -> None:
     _fsync_dir(out.parent)
 
 
-def _is_weights(name: str) -> bool:
+def is_weights_file(name: str) -> bool:
     return name.endswith((".safetensors", ".onnx", ".onnx.data"))

@@ -186,7 +186,7 @@ def test_run_record_carries_the_environment_and_the_bundle(fp32_run, bundles):
     assert env["edgeq"]["version"] == lib.__version__
     bundle = open_bundle(bundles["tiny-fp32"], verify_hashes=False)
     assert run["system_info"]["manifest_sha256"] == bundle.manifest_sha256
-    assert run["system_info"]["recipe"] == "fp32" == bundle.manifest["recipe"]["name"]
+    assert run["system_info"]["recipe"] == "fp32" == bundle.manifest.recipe.name
     assert isinstance(run["pid"], int)
     (summary,) = _summary(fp32_run)
     assert summary["env"] == env and summary["system_info"] == run["system_info"]

@@ -1,0 +1,147 @@
+"""The shapes of bench results, checked where they are read back.
+
+A results file (.jsonl) and a summary (.json) can come from another edgeq, be cut by a crash or
+be edited: each record and summary is validated against these schemas when it is loaded, so a
+malformed one is one line naming the file (and line), never a KeyError in a table. Extra keys are
+allowed (newer edgeq versions add fields); the ones the summaries and tables read are typed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from edgeq.errors import EdgeqError
+
+Num = float | None
+
+
+class _Rec(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class Load(_Rec):
+    seconds: float
+    rss_before_mb: float
+    rss_after_mb: float
+    peak_rss_mb: float
+
+
+class RunRecord(_Rec):
+    type: Literal["run"]
+    system: str
+    system_info: dict[str, Any]
+    settings: dict[str, Any]
+    load: Load
+    env: dict[str, Any]
+
+
+class UtteranceRecord(_Rec):
+    type: Literal["utterance"]
+    id: str
+    audio_s: float = Field(ge=0)
+    latency_s: float
+    decode_s: float
+    tokens: int = Field(ge=0)
+    ref_words: int | None = Field(None, ge=0)
+    substitutions: int = Field(0, ge=0)
+    deletions: int = Field(0, ge=0)
+    insertions: int = Field(0, ge=0)
+    encoder_s: Num = None
+    per_token_s: Num = None
+    rtf: Num = None
+    tokens_per_s: Num = None
+    peak_rss_mb: Num = None
+
+
+class ErrorRecord(_Rec):
+    type: Literal["error"]
+    id: str
+
+
+class EndRecord(_Rec):
+    type: Literal["end"]
+    remaining: int = 0
+
+
+_RECORD = TypeAdapter(RunRecord | UtteranceRecord | ErrorRecord | EndRecord)
+
+
+class Stats(_Rec):
+    p50: Num = None
+    p90: Num = None
+
+
+class Wer(_Rec):
+    wer_pct: Num
+    substitutions: int
+    deletions: int
+    insertions: int
+
+
+class Cpu(_Rec):
+    model: str | None = None
+
+
+class Env(_Rec):
+    cpu: Cpu
+
+
+class Latency(_Rec):
+    latency_s: Stats
+    encoder_s: Stats
+    per_token_s: Stats
+
+
+class Summary(_Rec):
+    system: str
+    utterances: int
+    errors: int
+    wer: Wer
+    latency: Latency
+    rtf: Num
+    tokens_per_s: Num = None
+    size_mb: Num = None
+    load: Load
+    memory: dict[str, Num]
+    settings: dict[str, Any]
+    system_info: dict[str, Any]
+    env: Env
+
+
+class Failed(_Rec):
+    system: str
+    failed: str
+
+
+_SUMMARY = TypeAdapter(Failed | Summary)
+
+
+def _where(err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"][1:] or e["loc"])  # [0] names the union member
+    return f"{loc}: {e['msg']}" if e["type"] != "missing" else f"lacks {loc!r}"
+
+
+def check_record(record: Any, where: str) -> dict:
+    """A results line as read (a dict), after checking it; records of unknown types pass."""
+    if not isinstance(record, dict):
+        raise EdgeqError(f"{where}: not a JSON object")
+    if record.get("type") not in ("run", "utterance", "error", "end"):
+        return record
+    try:
+        _RECORD.validate_python(record)
+    except ValidationError as err:
+        raise EdgeqError(f"{where}: not an edgeq results record ({_where(err)})") from None
+    return record
+
+
+def check_summary(summary: Any, where: str) -> dict:
+    if not isinstance(summary, dict):
+        raise EdgeqError(f"{where}: not an edgeq bench summary")
+    try:
+        _SUMMARY.validate_python(summary)
+    except ValidationError as err:
+        raise EdgeqError(f"{where}: not an edgeq bench summary ({_where(err)})") from None
+    return summary
