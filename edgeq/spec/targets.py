@@ -16,11 +16,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgeq.errors import TargetError
+from edgeq.util import read_toml
 
 if sys.version_info >= (3, 11):
-    import tomllib
+    pass
 else:  # pragma: no cover
-    import tomli as tomllib
+    pass
 
 
 class Target(BaseModel):
@@ -47,10 +48,7 @@ def targets_dir() -> Path:
 
 
 def _load(path: Path) -> Target:
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise TargetError(f"{path}: not valid TOML: {err}") from None
+    data = read_toml(path, TargetError, "target file")
     data.setdefault("name", path.stem)
     try:
         return Target.model_validate(data)
