@@ -8,7 +8,7 @@ allowed (newer edgeq versions add fields); the ones the summaries and tables rea
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -65,7 +65,7 @@ class EndRecord(_Rec):
     remaining: int = 0
 
 
-_RECORD = TypeAdapter(RunRecord | UtteranceRecord | ErrorRecord | EndRecord)
+_RECORD = TypeAdapter(Annotated[RunRecord | UtteranceRecord | ErrorRecord | EndRecord, Field(discriminator="type")])
 
 
 class Stats(_Rec):
@@ -115,12 +115,9 @@ class Failed(_Rec):
     failed: str
 
 
-_SUMMARY = TypeAdapter(Failed | Summary)
-
-
-def _where(err: ValidationError) -> str:
+def _where(err: ValidationError, union: bool = False) -> str:
     e = err.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"][1:] or e["loc"])  # [0] names the union member
+    loc = ".".join(str(p) for p in (e["loc"][1:] if union else e["loc"]))  # [0]: the union member
     return f"{loc}: {e['msg']}" if e["type"] != "missing" else f"lacks {loc!r}"
 
 
@@ -133,7 +130,7 @@ def check_record(record: Any, where: str) -> dict:
     try:
         _RECORD.validate_python(record)
     except ValidationError as err:
-        raise EdgeqError(f"{where}: not an edgeq results record ({_where(err)})") from None
+        raise EdgeqError(f"{where}: not an edgeq results record ({_where(err, union=True)})") from None
     return record
 
 
@@ -141,7 +138,7 @@ def check_summary(summary: Any, where: str) -> dict:
     if not isinstance(summary, dict):
         raise EdgeqError(f"{where}: not an edgeq bench summary")
     try:
-        _SUMMARY.validate_python(summary)
+        (Failed if "failed" in summary else Summary).model_validate(summary)
     except ValidationError as err:
         raise EdgeqError(f"{where}: not an edgeq bench summary ({_where(err)})") from None
     return summary

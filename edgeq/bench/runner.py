@@ -54,7 +54,7 @@ def make_systems(bundles: list[str], models: list[str]) -> list[System]:
 
 
 def _preflight(systems: list[System], settings: BenchSettings, progress=None) -> None:
-    """Fail in one line before any process starts: bad dataset, bad bundle, results in the way."""
+    """Fail in one line before any process starts or any folder is made: bad dataset, bad bundle."""
     from edgeq.data.datasets import open_dataset
     from edgeq.format.bundle import open_bundle
 
@@ -62,6 +62,11 @@ def _preflight(systems: list[System], settings: BenchSettings, progress=None) ->
     for s in systems:
         if s.kind == "bundle":
             open_bundle(s.ref, verify_hashes=False)  # the worker checks hashes when it loads
+
+
+def _check_results(systems: list[System], settings: BenchSettings) -> None:
+    """Results of an earlier run in the way (checked while holding the folder's lock)."""
+    for s in systems:
         results = settings.out / f"{s.name}.jsonl"
         if results.exists() and not (settings.resume or settings.force):
             raise EdgeqError(f"{results} exists: pass --resume to continue that run or --force to start over")
@@ -74,6 +79,7 @@ def run_bench(systems: list[System], settings: BenchSettings,
               progress: Callable[[str, int, int], None] | None = None) -> list[dict]:
     """Measure each system; one run at a time owns `settings.out` (an OS lock, dropped when the
     process dies, so a killed run never blocks the next one)."""
+    _preflight(systems, settings, progress)
     try:
         settings.out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -91,7 +97,7 @@ def run_bench(systems: list[System], settings: BenchSettings,
 
 
 def _run_locked(systems: list[System], settings: BenchSettings, progress) -> list[dict]:
-    _preflight(systems, settings, progress)
+    _check_results(systems, settings)
     summaries = []
     for system in systems:
         results = settings.out / f"{system.name}.jsonl"
