@@ -138,3 +138,9 @@ def lock_is_held(path: Path) -> bool:
         return True
     except FileNotFoundError:
         return False
+
+
+def loc_text(loc) -> str:
+    """A validation error's location as `a.b.0`; keys that are not plain words (a newline, a dot,
+    an empty string) are quoted, so a message stays one line and says which key it means."""
+    return ".".join(str(p) if re.fullmatch(r"[\w<>|+-]+", str(p)) else repr(p) for p in loc)

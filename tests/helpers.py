@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -79,3 +80,39 @@ def manifest_fields(name: str = "demo", backend: str = "float", weights: str = "
         "build": {"seconds": 1.0, "host": {}, "libraries": {}},
         "size": {"reference_fp32_weights_bytes": 4000},
     }
+
+
+def json_values(max_leaves: int = 20):
+    """Hypothesis: any JSON document (for readers that must answer with a result or an EdgeqError)."""
+    from hypothesis import strategies as st
+
+    leaves = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
+    return st.recursive(leaves, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner,
+                                                                                            max_size=4),
+                        max_leaves=max_leaves)
+
+
+def mutated(valid, data):
+    """Hypothesis: `valid` (a JSON document) with one value somewhere replaced, or one key dropped or
+    added. Random documents rarely get past a reader's first check; these reach every later one."""
+    from hypothesis import strategies as st
+
+    doc = json.loads(json.dumps(valid))
+    node, path = doc, []
+    while isinstance(node, (dict, list)) and node and data.draw(st.booleans(), "descend"):
+        key = data.draw(st.sampled_from(sorted(node) if isinstance(node, dict) else range(len(node))), "key")
+        path.append(key)
+        node = node[key]
+    action = data.draw(st.sampled_from(["replace", "drop", "add"]), "action")
+    if not path:
+        return data.draw(json_values(), "document") if action == "replace" else doc
+    parent = doc
+    for key in path[:-1]:
+        parent = parent[key]
+    if action == "replace" or not isinstance(parent, dict):
+        parent[path[-1]] = data.draw(json_values(), "value")
+    elif action == "drop":
+        del parent[path[-1]]
+    else:
+        parent[data.draw(st.text(max_size=10), "new key")] = data.draw(json_values(), "value")
+    return doc

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from edgeq.errors import EdgeqError
+from edgeq.util import loc_text
 
 Num = float | None
 
@@ -117,7 +118,7 @@ class Failed(_Rec):
 
 def _where(err: ValidationError, union: bool = False) -> str:
     e = err.errors()[0]
-    loc = ".".join(str(p) for p in (e["loc"][1:] if union else e["loc"]))  # [0]: the union member
+    loc = loc_text(e["loc"][1:] if union else e["loc"])  # [0]: the union member
     return f"{loc}: {e['msg']}" if e["type"] != "missing" else f"lacks {loc!r}"
 
 

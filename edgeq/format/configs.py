@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgeq.errors import BundleError
+from edgeq.util import loc_text
 
 
 class _Read(BaseModel):
@@ -41,6 +42,6 @@ def parse(model: type[_Read], data: Any, where: str, error: type[Exception] = Bu
         return model.model_validate(data)
     except ValidationError as err:
         e = err.errors()[0]
-        key = ".".join(str(p) for p in e["loc"])
+        key = loc_text(e["loc"])
         what = f"lacks {key!r}" if e["type"] == "missing" else f"{key}: {e['msg']}"
         raise error(f"{where}: {what}") from None

@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgeq.errors import BundleError
+from edgeq.util import loc_text
 
 LAYOUT_FILE = "onnx.json"
 LAYOUT_VERSION = 1
@@ -103,7 +104,7 @@ class OnnxLayout(BaseModel):
             layout = cls.model_validate(data)
         except ValidationError as err:
             e = err.errors()[0]
-            key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+            key = loc_text(e["loc"]) or "(top level)"
             raise BundleError(f"{prefix}{LAYOUT_FILE}: {key}: {e['msg']}; rebuild the bundle") from None
         expected = cls.for_dims(n_mels=layout.n_mels, n_audio_ctx=layout.n_audio_ctx, n_layers=layout.n_layers,
                                 heads=layout.heads, head_dim=layout.head_dim, vocab_size=layout.vocab_size,

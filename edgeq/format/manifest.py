@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from edgeq.errors import BundleError
 from edgeq.spec.catalogue import BACKENDS, RUNTIMES
 from edgeq.spec.recipe import Recipe
+from edgeq.util import loc_text, one_line
 
 FORMAT = "edgeq-bundle"
 FORMAT_VERSION = 1
@@ -181,8 +182,8 @@ class Manifest(_Strict):
 
 def _first_error(err: ValidationError) -> str:
     e = err.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"])
-    msg = e["msg"].removeprefix("Value error, ")
+    loc = loc_text(e["loc"])
+    msg = one_line(e["msg"].removeprefix("Value error, "))
     if e["type"] == "missing":
         return f"lacks {loc!r}"
     if e["type"] == "extra_forbidden":
