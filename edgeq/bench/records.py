@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from edgeq.errors import EdgeqError
 from edgeq.util import loc_text
@@ -20,6 +20,23 @@ Num = float | None
 
 class _Rec(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
+
+
+class Cpu(_Rec):
+    model: str | None
+
+
+class Env(_Rec):
+    cpu: Cpu
+
+
+class Settings(_Rec):
+    threads: int | None = None
+
+
+class SystemInfo(_Rec):
+    recipe: str | None = None
+    size_mb: Num = None
 
 
 class Load(_Rec):
@@ -32,10 +49,10 @@ class Load(_Rec):
 class RunRecord(_Rec):
     type: Literal["run"]
     system: str
-    system_info: dict[str, Any]
-    settings: dict[str, Any]
+    system_info: SystemInfo
+    settings: Settings
     load: Load
-    env: dict[str, Any]
+    env: Env
 
 
 class UtteranceRecord(_Rec):
@@ -46,14 +63,20 @@ class UtteranceRecord(_Rec):
     decode_s: float
     tokens: int = Field(ge=0)
     ref_words: int | None = Field(None, ge=0)
-    substitutions: int = Field(0, ge=0)
-    deletions: int = Field(0, ge=0)
-    insertions: int = Field(0, ge=0)
+    substitutions: int | None = Field(None, ge=0)
+    deletions: int | None = Field(None, ge=0)
+    insertions: int | None = Field(None, ge=0)
     encoder_s: Num = None
     per_token_s: Num = None
     rtf: Num = None
     tokens_per_s: Num = None
     peak_rss_mb: Num = None
+
+    @model_validator(mode="after")
+    def _scored(self) -> UtteranceRecord:
+        if self.ref_words and None in (self.substitutions, self.deletions, self.insertions):
+            raise ValueError("a scored utterance (ref_words) needs substitutions, deletions and insertions")
+        return self
 
 
 class ErrorRecord(_Rec):
@@ -64,14 +87,17 @@ class ErrorRecord(_Rec):
 class EndRecord(_Rec):
     type: Literal["end"]
     remaining: int = 0
+    peak_rss_sampled_mb: Num = None
+    peak_rss_os_mb: Num = None
+    cuda_peak_allocated_mb: Num = None
 
 
 _RECORD = TypeAdapter(Annotated[RunRecord | UtteranceRecord | ErrorRecord | EndRecord, Field(discriminator="type")])
 
 
 class Stats(_Rec):
-    p50: Num = None
-    p90: Num = None
+    p50: Num
+    p90: Num
 
 
 class Wer(_Rec):
@@ -79,14 +105,6 @@ class Wer(_Rec):
     substitutions: int
     deletions: int
     insertions: int
-
-
-class Cpu(_Rec):
-    model: str | None = None
-
-
-class Env(_Rec):
-    cpu: Cpu
 
 
 class Latency(_Rec):
@@ -106,8 +124,8 @@ class Summary(_Rec):
     size_mb: Num = None
     load: Load
     memory: dict[str, Num]
-    settings: dict[str, Any]
-    system_info: dict[str, Any]
+    settings: Settings
+    system_info: SystemInfo
     env: Env
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from helpers import manifest_fields
 
 from edgeq.errors import BundleError
