@@ -78,9 +78,9 @@ def build(
     if target is not None:
         target = load_target(target) if isinstance(target, str) else target
         check_recipe(target, recipe)
-    writer = load_writer(spec, f"recipe {recipe.name}")
     out = Path(out) if out else default_out(model, recipe)
-    check_destination(out.expanduser().resolve(), force)  # fail before the slow part
+    check_destination(out.expanduser().resolve(), force)  # fail before the slow part (and torch's import)
+    writer = load_writer(spec, f"recipe {recipe.name}")
     calibration_spec = calibration or (recipe.calibration.dataset if recipe.calibration else None)
     if spec.needs_calibration(recipe.scheme) and not calibration_spec:
         raise RecipeError(
