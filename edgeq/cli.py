@@ -176,9 +176,10 @@ def build(recipe: str, model: str, out: Path | None, calibration: str | None, la
                               language=language, force=force, progress=progress, target=target)
     _print_bundle_summary(bundle, "built")
     if target:
-        from edgeq.spec.targets import check_memory, load_target
+        from edgeq.spec.targets import check_memory, expected_peak_mb, load_target
 
-        fit = check_memory(load_target(target), bundle.name, bundle.runtime, bundle.manifest.size.weights_bytes)
+        peak = expected_peak_mb(bundle.runtime, bundle.manifest.size.weights_bytes)
+        fit = check_memory(load_target(target), bundle.name, peak)
         _console().print(f"  target     {_esc(fit)}")
 
 
@@ -262,6 +263,7 @@ def bench(bundles, models, dataset, limit, device, threads, target, warmup, out,
     """Measure WER, peak RAM and latency of BUNDLES (and --model checkpoints) on a dataset."""
     from edgeq.bench.report import load_summaries, plot, render_table
 
+    t = None  # the target, when --target is given
     if compare:
         # `--compare A B`: click gives --compare one value and B lands among BUNDLES; compare them all.
         summaries = load_summaries(list(compare) + list(bundles))
@@ -286,6 +288,11 @@ def bench(bundles, models, dataset, limit, device, threads, target, warmup, out,
             summaries = run_bench(systems, settings, progress)
         _console(stderr=True).print(f"results in {_esc(out)}/ (one .jsonl per system, summary.json)")
     _console().print(render_table(summaries))
+    if not compare and t is not None:
+        from edgeq.bench.report import target_fit
+
+        for fits, line in target_fit(summaries, t):
+            _console(stderr=not fits).print(("" if fits else "[yellow]warning:[/] ") + _esc(line))
     if plot_path:
         _console(stderr=True).print(f"plot: {_esc(plot(summaries, plot_path))}")
     failed = [s["system"] for s in summaries if "failed" in s]

@@ -122,3 +122,20 @@ def plot(summaries: list[dict], path: str | Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def target_fit(summaries: list[dict], target) -> list[tuple[bool, str]]:
+    """(fits, line) per measured system: its measured peak RSS against `target`'s memory."""
+    from edgeq.errors import TargetError
+    from edgeq.spec.targets import MEASURED, check_memory
+
+    out = []
+    for s in summaries:
+        peak = s["memory"].get("peak_rss_os_mb") or s["memory"].get("peak_rss_sampled_mb")
+        if "failed" in s or peak is None:
+            continue
+        try:
+            out.append((True, check_memory(target, s["system"], peak, MEASURED)))
+        except TargetError as err:
+            out.append((False, str(err)))
+    return out

@@ -27,7 +27,7 @@ from edgeq.format.bundle import (
 )
 from edgeq.spec.catalogue import backend_spec, library_version, load_writer
 from edgeq.spec.recipe import Recipe, as_recipe, recipe_to_toml
-from edgeq.spec.targets import Target, check_memory, check_recipe, load_target
+from edgeq.spec.targets import Target, check_memory, check_recipe, expected_peak_mb, load_target
 from edgeq.util import installed_versions, read_json, safe_name
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,8 @@ def build(
     if target is not None:
         # Every weight at the recipe's bits is less than any bundle of it holds: if even that
         # does not fit, say so now rather than after quantizing.
-        check_memory(target, f"recipe {recipe.name}", spec.runtime, reference_bytes * recipe.weights.bits // 32)
+        lower = expected_peak_mb(spec.runtime, reference_bytes * recipe.weights.bits // 32)
+        check_memory(target, f"recipe {recipe.name}", lower)
     settings = _decode_settings(source, language)
     calibration_audio = None
     if spec.needs_calibration(recipe.scheme):
@@ -112,7 +113,7 @@ def build(
         writer.write(float_model, recipe, calibration_audio, folder, progress)
         if target is not None:
             weights = sum(f.stat().st_size for f in folder.iterdir() if is_weights_file(f.name))
-            check_memory(target, f"recipe {recipe.name}", spec.runtime, weights)
+            check_memory(target, f"recipe {recipe.name}", expected_peak_mb(spec.runtime, weights))
         _write_common_files(source, recipe, folder)
         return _manifest(source, recipe, reference_bytes, language, started)
 

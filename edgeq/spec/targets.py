@@ -108,14 +108,14 @@ def expected_peak_mb(runtime: str, weights_bytes: int) -> float:
     return base + slope * weights_bytes / 1e6
 
 
-def check_memory(target: Target, what: str, runtime: str, weights_bytes: int,
-                 measured_peak_mb: float | None = None) -> str:
-    """A line saying how `what` fits in the target's memory, or TargetError if it does not.
-    `measured_peak_mb` (from `edgeq bench`) is used when there is one, else an estimate."""
-    if measured_peak_mb is not None:
-        peak, basis = measured_peak_mb, "measured peak RSS"
-    else:
-        peak, basis = expected_peak_mb(runtime, weights_bytes), "estimated peak RSS (whisper-base fit)"
+ESTIMATED = "estimated peak RSS (whisper-base fit)"
+MEASURED = "measured peak RSS"
+
+
+def check_memory(target: Target, what: str, peak_mb: float, basis: str = ESTIMATED) -> str:
+    """A line saying how `what`'s peak memory (`basis`: ESTIMATED from expected_peak_mb, or
+    MEASURED by `edgeq bench`) fits in the target's, or TargetError if it does not."""
+    peak = peak_mb
     line = f"{what}: {basis} {peak:,.0f} MB of {target.name}'s {target.memory_mb:,} MB"
     if peak > target.memory_mb:
         raise TargetError(f"{line}: it does not fit; choose a smaller recipe or another target")
