@@ -12,6 +12,7 @@ tensor; a tensor the model expects but the file lacks is an error, not a silent 
 
 from __future__ import annotations
 
+import errno
 import inspect
 import json
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.models.whisper.modeling_whisper import WhisperDecoder
@@ -29,7 +31,7 @@ from edgeq.errors import BundleError, DeviceError, ModelSourceError
 from edgeq.format.bundle import CONFIG, GENERATION_CONFIG, QUANTIZATION, TOKENIZER, WEIGHTS, Bundle
 from edgeq.spec.catalogue import load_backend
 from edgeq.spec.recipe import Recipe
-from edgeq.util import read_json
+from edgeq.util import one_line, read_json
 
 # transformers 5.x renamed the decoder's `past_key_values` argument to `cache` (the old name is a
 # deprecated alias until 5.40); ask the signature instead of pinning a narrow version range.
@@ -79,7 +81,12 @@ def save_model(model: torch.nn.Module, recipe: Recipe, folder: Path) -> None:
         if alias in tensors and target in tensors and tensors[alias].data_ptr() == tensors[target].data_ptr():
             del tensors[alias]
     tensors = {k: v.contiguous() for k, v in tensors.items()}
-    save_file(tensors, str(folder / WEIGHTS), metadata={"format": "pt", "producer": "edgeq"})
+    try:
+        save_file(tensors, str(folder / WEIGHTS), metadata={"format": "pt", "producer": "edgeq"})
+    except SafetensorError as err:
+        # safetensors reports a full or read-only disk as its own error, not an OSError; as an
+        # OSError, write_bundle names the bundle and the file in one line like every other write.
+        raise OSError(errno.EIO, one_line(err), str(folder / WEIGHTS)) from None
     (folder / QUANTIZATION).write_text(json.dumps({"backend": recipe.backend, **meta}, indent=1) + "\n")
 
 
