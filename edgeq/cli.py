@@ -318,7 +318,7 @@ def info(bundle: Path, no_verify: bool) -> None:
     _console().print(f"  runtime    {_esc(b.runtime)}; needs pip install {_esc(repr(f'edgeq[{b.manifest.requires.extra}]'))}")
     # open_bundle refused the bundle unless the manifest lists every file the runtime opens and
     # each one is a regular file inside the folder; with hashes, each also matched its sha256.
-    checked = f"{len(b.manifest.files)} listed files, including the {len(b.manifest.required_files)} the runtime needs,"
+    checked = f"{len(b.manifest.files)} listed files, including the {len(b.required_files())} the runtime needs,"
     verdict = "match their sha256" if not no_verify else "have their sizes (sha256 not checked)"
     _console().print(f"  integrity  {checked} {verdict}")
     extra = b.extra_files()

@@ -97,6 +97,16 @@ class Bundle:
             )
         return self.path / name
 
+    def required_files(self) -> list[str]:
+        """Every file this bundle's runtime opens: the fixed names, and an ONNX bundle's graphs
+        (named by onnx.json). Each is listed in the manifest, or BundleError."""
+        names = list(self.manifest.required_files)
+        if self.runtime == "onnxruntime":
+            from edgeq.format.layout import graph_files, read_layout
+
+            names += graph_files(self, read_layout(self))
+        return names
+
     def extra_files(self) -> list[str]:
         """Files in the folder the manifest does not list (nothing loads them; `info` shows them)."""
         return sorted(
@@ -171,7 +181,9 @@ def open_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
     path = Path(path).expanduser()
     manifest = read_manifest(path)
     verify(path, manifest, hashes=verify_hashes)
-    return Bundle(path, manifest)
+    bundle = Bundle(path, manifest)
+    bundle.required_files()  # an ONNX bundle's graphs: named by onnx.json, and listed
+    return bundle
 
 
 def file_entries(folder: Path) -> dict[str, dict[str, Any]]:

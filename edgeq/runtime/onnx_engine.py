@@ -19,8 +19,7 @@ import numpy as np
 
 from edgeq.errors import BundleError, DeviceError
 from edgeq.format.bundle import Bundle
-from edgeq.format.layout import LAYOUT_FILE, OnnxLayout
-from edgeq.util import read_json
+from edgeq.format.layout import LAYOUT_FILE, OnnxLayout, read_layout
 
 log = logging.getLogger(__name__)
 
@@ -105,18 +104,6 @@ class OnnxEngine:
         outputs = binding.get_outputs()
         logits = np.array(outputs[0].numpy()[0], dtype=np.float32)
         return logits, (cross, tuple(outputs[1:]))
-
-
-def read_layout(bundle: Bundle) -> OnnxLayout:
-    """onnx.json, validated; its graphs (and their external data) must be listed, verified files."""
-    layout = OnnxLayout.from_dict(read_json(bundle.file(LAYOUT_FILE), BundleError), bundle.path)
-    for name in (layout.encoder, layout.decoder):
-        bundle.file(name)  # listed (so verified), or BundleError
-        # ONNX Runtime reads a graph's external weights from beside it; the graph's bytes (hashed)
-        # name the file, and the file itself must be a listed, verified one like the graph.
-        if (bundle.path / f"{name}.data").exists():
-            bundle.file(f"{name}.data")
-    return layout
 
 
 def _providers(ort, device: str, layout: OnnxLayout, bundle: Bundle) -> tuple[list, list]:

@@ -267,6 +267,29 @@ def _rehash(folder: Path, name: str) -> None:
     (folder / MANIFEST).write_text(json.dumps(manifest))
 
 
+def test_graphs_onnx_json_names_must_be_listed(bundles, tmp_path):
+    from helpers import assert_one_line_error, edgeq
+
+    from edgeq.format.bundle import open_bundle
+
+    folder = _copy(_get(bundles, "onnx-int8-dynamic"), tmp_path)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    removed = manifest["files"].pop(DECODER_ONNX)
+    manifest["size"]["bundle_bytes"] -= removed["size"]
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"decoder.onnx is not listed in the manifest, so it was not verified"):
+        open_bundle(folder)
+    assert_one_line_error(edgeq("info", folder), r"decoder.onnx is not listed in the manifest")
+    # onnx.json naming a graph outside the bundle is refused by its name, before any graph loads.
+    folder = _copy(_get(bundles, "onnx-int8-dynamic"), tmp_path / "2")
+    layout = json.loads((folder / "onnx.json").read_text())
+    layout["decoder"] = "../decoder.onnx"
+    (folder / "onnx.json").write_text(json.dumps(layout))
+    _rehash(folder, "onnx.json")
+    with pytest.raises(BundleError, match=r"onnx.json: decoder: String should match pattern"):
+        open_bundle(folder)
+
+
 def test_corrupted_onnx_is_refused_by_hash(bundles, tmp_path):
     import edgeq
 
