@@ -316,11 +316,20 @@ def test_onnx_json_that_does_not_match_the_graphs(bundles, tmp_path):
     import edgeq
 
     folder = _copy(_get(bundles, "onnx-fp32"), tmp_path)
+    from edgeq.format.layout import OnnxLayout
+
     layout = json.loads((folder / "onnx.json").read_text())
-    layout["decoder_outputs"][1] = "present_key_0"
-    (folder / "onnx.json").write_text(json.dumps(layout))
+    bad = dict(layout, decoder_outputs=[*layout["decoder_outputs"][:1], "present_key_0", *layout["decoder_outputs"][2:]])
+    (folder / "onnx.json").write_text(json.dumps(bad))
     _rehash(folder, "onnx.json")
-    with pytest.raises(BundleError, match=r"decoder.onnx does not match onnx.json"):
+    with pytest.raises(BundleError, match=r"onnx.json: decoder_outputs do not follow layout version 1"):
+        edgeq.load(folder)  # refused by the layout contract, before a graph is loaded
+    # A layout that is consistent in itself (one layer more) but not with the graphs.
+    dims = {k: layout[k] for k in ("n_mels", "n_audio_ctx", "heads", "head_dim", "vocab_size", "max_target_positions")}
+    other = OnnxLayout.for_dims(n_layers=layout["n_layers"] + 1, **dims).to_dict()
+    (folder / "onnx.json").write_text(json.dumps(other))
+    _rehash(folder, "onnx.json")
+    with pytest.raises(BundleError, match=r"encoder.onnx does not match onnx.json"):
         edgeq.load(folder)
 
 
