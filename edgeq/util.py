@@ -129,17 +129,6 @@ def exclusive_lock(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def lock_is_held(path: Path) -> bool:
-    """Whether a live process holds `path`'s lock (False for a lock file of a dead process)."""
-    try:
-        with exclusive_lock(path):
-            return False
-    except LockHeld:
-        return True
-    except FileNotFoundError:
-        return False
-
-
 def loc_text(loc) -> str:
     """A validation error's location as `a.b.0`; keys that are not plain words (a newline, a dot,
     an empty string) are quoted, so a message stays one line and says which key it means."""

@@ -131,8 +131,10 @@ def target_fit(summaries: list[dict], target) -> list[tuple[bool, str]]:
 
     out = []
     for s in summaries:
+        if "failed" in s:
+            continue
         peak = s["memory"].get("peak_rss_os_mb") or s["memory"].get("peak_rss_sampled_mb")
-        if "failed" in s or peak is None:
+        if peak is None:
             continue
         try:
             out.append((True, check_memory(target, s["system"], peak, MEASURED)))

@@ -72,3 +72,15 @@ def test_any_bytes_as_results_or_summary(content):
     _file("s.json", content, lambda p: _answers(lambda: load_summaries([p])))
     _file("s.jsonl", content, lambda p: _answers(lambda: load_summaries([p])))
     _file("s.jsonl", content, lambda p: _answers(lambda: [summarize(load_records(p))]))
+
+
+def test_bench_target_compares_the_measured_peak(tmp_path):
+    from edgeq.bench.report import target_fit
+    from edgeq.spec.targets import load_target
+
+    small = tmp_path / "small.toml"
+    small.write_text('description = "d"\narch = "arm64"\nthreads = 1\nmemory_mb = 4\ntorch_engine = "qnnpack"\n')
+    summaries = [summarize([RUN, UTT, END]), {"system": "broken", "failed": "boom"}]
+    assert target_fit(summaries, load_target("rpi4")) == [(True, "s: measured peak RSS 5 MB of rpi4's 2,048 MB")]
+    ((fits, line),) = target_fit(summaries, load_target(str(small)))
+    assert not fits and line.startswith("s: measured peak RSS 5 MB of small's 4 MB: it does not fit")
