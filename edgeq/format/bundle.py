@@ -234,13 +234,17 @@ def sweep_stale_staging(parent: Path) -> list[Path]:
 
     Each build holds an OS lock on `.NAME.edgeq-staging-TOKEN.lock` while it runs; the kernel drops
     it when the process dies, so a lock nobody holds marks leftovers, and a live build's (locked)
-    folders are never touched. Returns what was removed.
+    folders are never touched. A bundle the dead build had moved aside to replace it (`.old`) is
+    put back if the new one never took its place. Returns what was removed.
     """
     removed = []
     for lock in sorted(parent.glob(f".*{STAGING}*.lock")):
         stem = lock.name[: -len(".lock")]
         try:
             with exclusive_lock(lock):
+                old, out = parent / f"{stem}.old", parent / stem[1 : stem.rindex(STAGING)]
+                if old.is_dir() and not out.exists() and not out.is_symlink():
+                    os.replace(old, out)  # killed between the two renames of _swap_in
                 for leftover in [parent / stem, *parent.glob(f"{stem}.*")]:
                     if leftover.is_dir() and not leftover.is_symlink():
                         shutil.rmtree(leftover, ignore_errors=True)
@@ -295,7 +299,7 @@ def write_bundle(
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
                 for scratch in out.parent.glob(f"{staging.name}.*"):
-                    if scratch != lock:
+                    if scratch not in (lock, staging.with_name(staging.name + ".old")):
                         shutil.rmtree(scratch, ignore_errors=True)
     finally:
         lock.unlink(missing_ok=True)
@@ -319,10 +323,16 @@ def _complete(fields: dict[str, Any], staging: Path) -> Manifest:
 
 def _swap_in(staging: Path, out: Path) -> None:
     if out.exists():
-        # Move the old folder aside first: at no moment is `out` a half-replaced bundle.
-        old = out.parent / f".{out.name}.edgeq-old-{uuid.uuid4().hex[:8]}"
+        # Move the old folder aside first: at no moment is `out` a half-replaced bundle. Named
+        # after the staging folder, so a build killed between the two renames has its old bundle
+        # put back by sweep_stale_staging.
+        old = staging.with_name(staging.name + ".old")
         os.replace(out, old)
-        os.replace(staging, out)
+        try:
+            os.replace(staging, out)
+        except BaseException:
+            os.replace(old, out)
+            raise
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(staging, out)

@@ -274,3 +274,16 @@ def test_a_killed_build_is_swept_by_the_next_one_and_a_live_one_is_not(tmp_path)
     finally:
         live.kill()
         live.wait()
+
+
+def test_a_bundle_moved_aside_by_a_killed_build_is_put_back(tmp_path):
+    first = write_bundle(tmp_path / "b", _populate)
+    # What a build killed between _swap_in's two renames leaves: its lock (nobody holds it), the
+    # new bundle still in staging, and the old one moved aside.
+    stem = ".b.edgeq-staging-deadbeef"
+    (tmp_path / f"{stem}.lock").write_text("12345\n")
+    (tmp_path / stem).mkdir()
+    first.path.rename(tmp_path / f"{stem}.old")
+    write_bundle(tmp_path / "c", _populate)  # any build next to it sweeps
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "c"]
+    assert open_bundle(tmp_path / "b").manifest == first.manifest
