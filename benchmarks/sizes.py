@@ -60,7 +60,7 @@ def main() -> None:
                 rows.append({"model": key, "recipe": recipe.name, "error": f"{type(err).__name__}: {err}"})
                 write_json("sizes.json", out)
                 continue
-            s = b.manifest["size"]
+            s = b.manifest.size.model_dump()
             rows.append({
                 "model": key, "recipe": recipe.name, "backend": recipe.backend, "scheme": recipe.scheme,
                 "weights": recipe.weights.format, "embeddings": recipe.modules.embeddings,

@@ -26,8 +26,16 @@ def _console(stderr: bool = False):
     return console
 
 
+def _esc(text) -> str:
+    """Text that is not ours (paths, names, messages) printed literally: '[/x]' in a path or
+    'edgeq[runtime]' in a hint is not rich markup."""
+    from rich.markup import escape
+
+    return escape(str(text))
+
+
 def _fail(message: str, code: int = 1):
-    _console(stderr=True).print(f"[bold red]edgeq: error:[/] {message}", markup=True, soft_wrap=True)
+    _console(stderr=True).print(f"[bold red]edgeq: error:[/] {_esc(message)}", markup=True, soft_wrap=True)
     sys.exit(code)
 
 
@@ -78,6 +86,8 @@ class EdgeqGroup(click.Group):
         try:
             return super().invoke(ctx)
         except EdgeqError as err:
+            if ctx.params.get("verbose"):  # -v: the traceback too, for bug reports
+                _console(stderr=True).print_exception()
             _fail(one_line(err), err.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
@@ -109,10 +119,10 @@ def recipes(ctx) -> None:
     for col in ("name", "library", "scheme", "bits", "granularity", "embeddings", "description"):
         table.add_column(col, overflow="fold")
     for r in list_recipes():
-        table.add_row(
+        table.add_row(*map(_esc, (
             r.name, BACKENDS[r.backend].library, r.scheme, r.weights.format, r.granularity_label,
             r.modules.embeddings, r.description,
-        )
+        )))
     _console().print(table)
 
 
@@ -136,8 +146,8 @@ def targets() -> None:
     for col in ("name", "device", "arch", "threads", "RAM", "torch engine", "recommended recipes", "description"):
         table.add_column(col, overflow="fold")
     for t in list_targets():
-        table.add_row(t.name, t.device, t.arch, str(t.threads), f"{t.memory_mb} MB", t.torch_engine,
-                      ", ".join(t.recommended), t.description)
+        table.add_row(*map(_esc, (t.name, t.device, t.arch, str(t.threads), f"{t.memory_mb} MB", t.torch_engine,
+                                  ", ".join(t.recommended), t.description)))
     _console().print(table)
 
 
@@ -162,33 +172,33 @@ def build(recipe: str, model: str, out: Path | None, calibration: str | None, la
     from edgeq.spec.recipe import apply_overrides, load_recipe
 
     resolved = apply_overrides(load_recipe(recipe), sets)
-    if target:
-        from edgeq.spec.targets import load_target
-
-        t = load_target(target)
-        if t.device not in resolved.devices:
-            raise EdgeqError(f"recipe {resolved.name} runs on {', '.join(resolved.devices)}; target {t.name} is {t.device}")
     with _progress() as progress:
         bundle = build_bundle(resolved, model=model, out=out, calibration=calibration,
-                              language=language, force=force, progress=progress)
-    _print_bundle_summary(bundle)
+                              language=language, force=force, progress=progress, target=target)
+    _print_bundle_summary(bundle, "built")
+    if target:
+        from edgeq.spec.targets import check_memory, expected_peak_mb, load_target
+
+        peak = expected_peak_mb(bundle.runtime, bundle.manifest.size.weights_bytes)
+        fit = check_memory(load_target(target), bundle.name, peak)
+        _console().print(f"  target     {_esc(fit)}")
 
 
 def _mb(n: int) -> str:
     return f"{n / 1e6:,.1f} MB"
 
 
-def _print_bundle_summary(bundle) -> None:
-    size = bundle.manifest["size"]
+def _print_bundle_summary(bundle, headline: str) -> None:
     m = bundle.manifest
+    size = m.size
     lines = [
-        f"[bold green]built[/] {bundle.path}",
-        f"  recipe     {m['recipe']['name']} ({m['backend']['library']} {m['backend']['version'] or ''})",
-        f"  source     {m['source']['model']}",
-        f"  weights    {_mb(size['reference_fp32_weights_bytes'])} fp32 -> {_mb(size['weights_bytes'])} "
-        f"([bold]{size.get('reduction_pct', 0):.1f}% smaller[/])",
-        f"  bundle     {_mb(size['bundle_bytes'])} in {len(m['files'])} files",
-        f"  took       {m['build']['seconds']:.1f} s",
+        f"[bold green]{headline}[/] {_esc(bundle.path)}",
+        f"  recipe     {_esc(m.recipe.name)} ({_esc(m.backend.library)} {_esc(m.backend.version or '')})",
+        f"  source     {_esc(m.source.model)}",
+        f"  weights    {_mb(size.reference_fp32_weights_bytes)} fp32 -> {_mb(size.weights_bytes)} "
+        f"([bold]{size.reduction_pct or 0:.1f}% smaller[/])",
+        f"  bundle     {_mb(size.bundle_bytes)} in {len(m.files)} files",
+        f"  took       {m.build.seconds:.1f} s to build",
     ]
     _console().print("\n".join(lines))
 
@@ -201,7 +211,7 @@ def _print_bundle_summary(bundle) -> None:
 @click.argument("audio", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file (text, tokens, timings).")
 @click.option("--device", default="cpu", type=click.Choice(["cpu", "cuda"]), show_default=True)
-@click.option("--threads", type=int, help="CPU threads for inference.")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for inference.")
 @click.option("--language", help="Override the bundle's language (e.g. en).")
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the bundle's files.")
 def transcribe(bundle: Path, audio: tuple[Path, ...], as_json: bool, device: str, threads: int | None,
@@ -217,7 +227,7 @@ def transcribe(bundle: Path, audio: tuple[Path, ...], as_json: bool, device: str
             result = transcriber.transcribe(path)
         except AudioError as err:
             failed += 1
-            _console(stderr=True).print(f"[red]edgeq: error:[/] {err}", soft_wrap=True)
+            _console(stderr=True).print(f"[red]edgeq: error:[/] {_esc(err)}", soft_wrap=True)
             continue
         if as_json:
             click.echo(json.dumps({"path": str(path), **result.to_dict()}))
@@ -236,9 +246,10 @@ def transcribe(bundle: Path, audio: tuple[Path, ...], as_json: bool, device: str
 @click.option("-d", "--dataset", help="LibriSpeech folder, manifest (.tsv/.jsonl), audio folder, or librispeech:test-clean.")
 @click.option("--limit", type=int, help="Only the first N utterances (sorted by id).")
 @click.option("--device", default=None, type=click.Choice(["cpu", "cuda"]), help="[default: cpu, or the target's]")
-@click.option("--threads", type=int, help="Inference threads [default: the runtime's, or the target's].")
+@click.option("--threads", type=click.IntRange(min=1), help="Inference threads [default: the runtime's, or the target's].")
 @click.option("--target", help="Take device and threads from a target (see `edgeq targets`).")
-@click.option("--warmup", default=1, show_default=True, help="Untimed transcriptions before measuring.")
+@click.option("--warmup", default=1, show_default=True, type=click.IntRange(min=0),
+              help="Untimed transcriptions before measuring.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("bench-results"), show_default=True)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run, skipping finished utterances.")
 @click.option("--force", is_flag=True, help="Start over, replacing earlier results in --out.")
@@ -253,6 +264,7 @@ def bench(bundles, models, dataset, limit, device, threads, target, warmup, out,
     """Measure WER, peak RAM and latency of BUNDLES (and --model checkpoints) on a dataset."""
     from edgeq.bench.report import load_summaries, plot, render_table
 
+    t = None  # the target, when --target is given
     if compare:
         # `--compare A B`: click gives --compare one value and B lands among BUNDLES; compare them all.
         summaries = load_summaries(list(compare) + list(bundles))
@@ -275,12 +287,21 @@ def bench(bundles, models, dataset, limit, device, threads, target, warmup, out,
                                  sampler=not no_sampler)
         with _progress() as progress:
             summaries = run_bench(systems, settings, progress)
-        _console(stderr=True).print(f"results in {out}/ (one .jsonl per system, summary.json)")
+        _console(stderr=True).print(f"results in {_esc(out)}/ (one .jsonl per system, summary.json)")
     _console().print(render_table(summaries))
+    if not compare and t is not None:
+        from edgeq.bench.report import target_fit
+
+        for fits, line in target_fit(summaries, t):
+            _console(stderr=not fits).print(("" if fits else "[yellow]warning:[/] ") + _esc(line))
     if plot_path:
-        _console(stderr=True).print(f"plot: {plot(summaries, plot_path)}")
-    if any("failed" in s for s in summaries):
+        _console(stderr=True).print(f"plot: {_esc(plot(summaries, plot_path))}")
+    failed = [s["system"] for s in summaries if "failed" in s]
+    if failed:
         sys.exit(1)
+    errors = sum(s["errors"] for s in summaries)
+    if errors and not compare:  # as `transcribe` does: a run where utterances failed is not a success
+        _fail(f"{errors} utterance(s) could not be transcribed (their 'error' lines are in {out}/)")
 
 
 # --------------------------------------------------------------------------- info
@@ -294,9 +315,17 @@ def info(bundle: Path, no_verify: bool) -> None:
     from edgeq.format.bundle import open_bundle
 
     b = open_bundle(bundle, verify_hashes=not no_verify)
-    _print_bundle_summary(b)
-    _console().print(f"  runtime    {b.runtime}; needs pip install 'edgeq[{b.manifest['requires']['extra']}]'")
-    _console().print(f"  integrity  {'all files match their sha256' if not no_verify else 'sizes checked'}")
+    _print_bundle_summary(b, "bundle")
+    _console().print(f"  runtime    {_esc(b.runtime)}; needs pip install {_esc(repr(f'edgeq[{b.manifest.requires.extra}]'))}")
+    # open_bundle refused the bundle unless the manifest lists every file the runtime opens and
+    # each one is a regular file inside the folder; with hashes, each also matched its sha256.
+    checked = f"{len(b.manifest.files)} listed files, including the {len(b.required_files())} the runtime needs,"
+    verdict = "match their sha256" if not no_verify else "have their sizes (sha256 not checked)"
+    _console().print(f"  integrity  {checked} {verdict}")
+    extra = b.extra_files()
+    if extra:
+        shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+        _console().print(f"  [yellow]unlisted[/]   {len(extra)} file(s) not in the manifest, never loaded: {_esc(shown)}")
 
 
 if __name__ == "__main__":  # pragma: no cover

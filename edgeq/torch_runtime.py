@@ -12,6 +12,7 @@ tensor; a tensor the model expects but the file lacks is an error, not a silent 
 
 from __future__ import annotations
 
+import errno
 import inspect
 import json
 from pathlib import Path
@@ -19,16 +20,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.models.whisper.modeling_whisper import WhisperDecoder
 
 from edgeq.backends.base import DTYPES, state_tensors
 from edgeq.backends.embedding import int8_embedding_skeleton
-from edgeq.errors import BundleError, DeviceError
+from edgeq.errors import BundleError, DeviceError, ModelSourceError
 from edgeq.format.bundle import CONFIG, GENERATION_CONFIG, QUANTIZATION, TOKENIZER, WEIGHTS, Bundle
 from edgeq.spec.catalogue import load_backend
 from edgeq.spec.recipe import Recipe
+from edgeq.util import one_line, read_json
 
 # transformers 5.x renamed the decoder's `past_key_values` argument to `cache` (the old name is a
 # deprecated alias until 5.40); ask the signature instead of pinning a narrow version range.
@@ -78,14 +81,19 @@ def save_model(model: torch.nn.Module, recipe: Recipe, folder: Path) -> None:
         if alias in tensors and target in tensors and tensors[alias].data_ptr() == tensors[target].data_ptr():
             del tensors[alias]
     tensors = {k: v.contiguous() for k, v in tensors.items()}
-    save_file(tensors, str(folder / WEIGHTS), metadata={"format": "pt", "producer": "edgeq"})
+    try:
+        save_file(tensors, str(folder / WEIGHTS), metadata={"format": "pt", "producer": "edgeq"})
+    except SafetensorError as err:
+        # safetensors reports a full or read-only disk as its own error, not an OSError; as an
+        # OSError, write_bundle names the bundle and the file in one line like every other write.
+        raise OSError(errno.EIO, one_line(err), str(folder / WEIGHTS)) from None
     (folder / QUANTIZATION).write_text(json.dumps({"backend": recipe.backend, **meta}, indent=1) + "\n")
 
 
 def load_model(bundle: Bundle, device: str = "cpu") -> torch.nn.Module:
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-    recipe = Recipe.model_validate(bundle.recipe)
+    recipe = bundle.recipe  # validated with the manifest
     backend = load_backend(recipe.backend)
     config = WhisperConfig.from_json_file(str(bundle.file(CONFIG)))
     dev = torch.device(device)
@@ -95,7 +103,9 @@ def load_model(bundle: Bundle, device: str = "cpu") -> torch.nn.Module:
     if recipe.modules.embeddings == "int8":
         int8_embedding_skeleton(model, DTYPES[recipe.dtype], dev)
     tensors = load_file(str(bundle.file(WEIGHTS)), device=str(dev))
-    meta = json.loads(bundle.file(QUANTIZATION).read_text())
+    meta = read_json(bundle.file(QUANTIZATION), BundleError)
+    if not isinstance(meta, dict) or not isinstance(meta.get("layers", {}), dict):
+        raise BundleError(f"{bundle.path}: {QUANTIZATION} is not a JSON object with a 'layers' table")
     # Float tensors first: torch.ao's quantized Linear reads its own keys unconditionally in
     # _load_from_state_dict, so the quantized modules must not exist yet when this runs.
     prefixes = tuple(f"{name}." for name in meta.get("layers", {}))
@@ -119,12 +129,16 @@ def _named_tensors(model: torch.nn.Module):
 
 def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None) -> TorchEngine:
     """The engine for a torch-runtime bundle (what `edgeq.load` calls through the catalogue)."""
+    if bundle.runtime != "torch":
+        raise BundleError(f"{bundle.path}: bundle {bundle.name} runs on {bundle.runtime}, not PyTorch")
     if device == "cuda" and not torch.cuda.is_available():
         raise DeviceError("--device cuda asked for, but this PyTorch has no usable CUDA device")
+    if threads is not None and threads < 1:
+        raise DeviceError(f"threads must be 1 or more, not {threads}")
     if threads:
         torch.set_num_threads(threads)
     model = load_model(bundle, device)
-    return TorchEngine(model, device, _activation_dtype(model, DTYPES[bundle.recipe["dtype"]]))
+    return TorchEngine(model, device, _activation_dtype(model, DTYPES[bundle.recipe.dtype]))
 
 
 def _activation_dtype(model, recipe_dtype):
@@ -147,14 +161,16 @@ def load_checkpoint(model: str, device: str = "cpu", threads: int | None = None,
     from edgeq.runtime.tokenizer import WhisperTokenizer
     from edgeq.runtime.transcriber import Transcriber
 
+    if threads is not None and threads < 1:
+        raise DeviceError(f"threads must be 1 or more, not {threads}")
     source = resolve_source(model)
     if threads:
         torch.set_num_threads(threads)
     if device == "cuda" and not torch.cuda.is_available():
         raise DeviceError("--device cuda asked for, but this PyTorch has no usable CUDA device")
     float_model = load_float_model(source).to(device)
-    generation = json.loads((source.path / GENERATION_CONFIG).read_text())
-    settings = DecodeSettings.from_configs(generation, source.config, language)
+    generation = read_json(source.path / GENERATION_CONFIG, ModelSourceError)
+    settings = DecodeSettings.from_configs(generation, source.config, language, where=str(source.path))
     size = sum(f.stat().st_size for f in source.path.glob("*.safetensors"))
     transcriber = Transcriber(TorchEngine(float_model, device), WhisperTokenizer(source.path / TOKENIZER),
                               settings, None, int(source.config.get("num_mel_bins", 80)), device)

@@ -1,10 +1,18 @@
-"""Small helpers several layers share (torch-free): file hashes, installed versions, one-line errors."""
+"""Small helpers several layers share (torch-free): file hashes, installed versions, one-line errors,
+reading user files at the boundary, safe file names, and an OS lock that dies with its process."""
 
 from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
+import os
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 _CHUNK = 1 << 20
 
@@ -33,3 +41,95 @@ def one_line(err: BaseException | str) -> str:
     """An exception's text on one line (libraries' messages span several), or its type's name."""
     text = " ".join(str(err).split())
     return text or (type(err).__name__ if isinstance(err, BaseException) else "")
+
+
+def os_reason(err: OSError) -> str:
+    """What went wrong, without the path (the caller names the file): 'Permission denied'."""
+    return err.strerror or one_line(err)
+
+
+# --------------------------------------------------------------------------- reading user files
+# Every file a user can hand us (recipes, manifests, datasets, results) is read through these, so
+# an unreadable, non-UTF-8 or malformed file is one `error` line naming it, never a traceback.
+
+
+def read_text(path: str | Path, error: type[Exception], what: str = "file") -> str:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise error(f"{path}: no such {what}") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a folder, not a {what}") from None
+    except OSError as err:
+        raise error(f"{path}: cannot read the {what} ({os_reason(err)})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise error(f"{path}: the {what} is not UTF-8 text (byte {err.start})") from None
+
+
+def parse_json(text: str, where: str, error: type[Exception]) -> Any:
+    try:
+        return json.loads(text)
+    # ValueError covers JSONDecodeError and Python's limit on huge integer literals;
+    # RecursionError a document nested thousands of levels deep.
+    except (ValueError, RecursionError) as err:
+        raise error(f"{where}: not valid JSON ({one_line(err)[:200]})") from None
+
+
+def read_json(path: str | Path, error: type[Exception], what: str = "JSON file") -> Any:
+    return parse_json(read_text(path, error, what), str(path), error)
+
+
+def read_toml(path: str | Path, error: type[Exception], what: str = "TOML file") -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    text = read_text(path, error, what)
+    try:
+        return tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, RecursionError, ValueError) as err:
+        raise error(f"{path}: not valid TOML: {one_line(err)[:200]}") from None
+
+
+def safe_name(text: str, fallback: str = "unnamed") -> str:
+    """`text` as one file name: no separators, no leading dot (so no '..' and nothing hidden)."""
+    name = re.sub(r"[^A-Za-z0-9._=,+\[\]-]+", "_", text).lstrip(".")
+    return name[:200] or fallback
+
+
+# --------------------------------------------------------------------------- locks
+
+
+class LockHeld(Exception):
+    """Another live process holds the lock."""
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive OS lock on `path` (created if missing) until the block ends.
+
+    flock(2): the kernel drops it when the process dies however it dies (kill -9 included), so a
+    lock file left behind by a dead process never blocks anyone; `LockHeld` when a live one holds it.
+    """
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockHeld(str(path)) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+def loc_text(loc) -> str:
+    """A validation error's location as `a.b.0`; keys that are not plain words (a newline, a dot,
+    an empty string) are quoted, so a message stays one line and says which key it means."""
+    return ".".join(str(p) if re.fullmatch(r"[\w<>|+-]+", str(p)) else repr(p) for p in loc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -61,3 +62,57 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, pattern: str) -> No
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
     assert re.search(pattern, lines[0]), lines[0]
+
+
+def manifest_fields(name: str = "demo", backend: str = "float", weights: str = "float32") -> dict:
+    """What a builder's populate() returns for a bundle written by hand in a test (write_bundle
+    adds `files` and the size totals, then validates the whole manifest)."""
+    from edgeq.spec.catalogue import BACKENDS
+
+    scheme = "none" if weights.startswith("float") else "dynamic"
+    return {
+        "edgeq_version": "0", "created": "2026-01-01T00:00:00+00:00", "runtime": BACKENDS[backend].runtime,
+        "source": {"model": "test", "revision": None, "weights_sha256": "0" * 64},
+        "recipe": {"name": name, "backend": backend, "scheme": scheme, "weights": {"format": weights}},
+        "backend": {"name": backend, "library": BACKENDS[backend].library, "version": None},
+        "requires": {"extra": BACKENDS[backend].device_extra, "packages": {}, "devices": ["cpu"]},
+        "decoding": {"language": None, "task": "transcribe"},
+        "build": {"seconds": 1.0, "host": {}, "libraries": {}},
+        "size": {"reference_fp32_weights_bytes": 4000},
+    }
+
+
+def json_values(max_leaves: int = 20):
+    """Hypothesis: any JSON document (for readers that must answer with a result or an EdgeqError)."""
+    from hypothesis import strategies as st
+
+    leaves = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
+    return st.recursive(leaves, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner,
+                                                                                            max_size=4),
+                        max_leaves=max_leaves)
+
+
+def mutated(valid, data):
+    """Hypothesis: `valid` (a JSON document) with one value somewhere replaced, or one key dropped or
+    added. Random documents rarely get past a reader's first check; these reach every later one."""
+    from hypothesis import strategies as st
+
+    doc = json.loads(json.dumps(valid))
+    node, path = doc, []
+    while isinstance(node, (dict, list)) and node and data.draw(st.booleans(), "descend"):
+        key = data.draw(st.sampled_from(sorted(node) if isinstance(node, dict) else range(len(node))), "key")
+        path.append(key)
+        node = node[key]
+    action = data.draw(st.sampled_from(["replace", "drop", "add"]), "action")
+    if not path:
+        return data.draw(json_values(), "document") if action == "replace" else doc
+    parent = doc
+    for key in path[:-1]:
+        parent = parent[key]
+    if action == "replace" or not isinstance(parent, dict):
+        parent[path[-1]] = data.draw(json_values(), "value")
+    elif action == "drop":
+        del parent[path[-1]]
+    else:
+        parent[data.draw(st.text(max_size=10), "new key")] = data.draw(json_values(), "value")
+    return doc

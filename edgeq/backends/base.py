@@ -6,7 +6,9 @@ restore), except `onnx`, which is the `BundleWriter` of the onnxruntime runtime.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,3 +51,19 @@ def state_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor],
         seen.add(t.data_ptr())
         out[name] = t.detach().contiguous()
     return out
+
+
+@contextmanager
+def quantized_tensors_allowed():
+    """Create torch.ao quantized (qint8) tensors without PyTorch's deprecation notice.
+
+    PyTorch 2.13 deprecates creating them (pytorch#184982) and says so, as a UserWarning attributed
+    to our code, on the first one a process makes: in every transcription of a torch.ao or an
+    int8-embedding (quanto, hqq, bnb) bundle. The dynamic int8 GEMM (quantized.linear_prepack /
+    linear_dynamic) takes nothing else, so edgeq keeps them; the notice is for PyTorch code, not
+    our users, and only that message, at these calls, is ignored.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel",
+                                category=UserWarning)
+        yield

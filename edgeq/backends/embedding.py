@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgeq.backends.base import quantized_tensors_allowed
+
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 per row: weight ~= qweight * scale[:, None]."""
@@ -51,7 +53,8 @@ class Int8Embedding(nn.Module):
         cached = self.__dict__.get("_packed")
         if cached is None or cached[0] != torch.backends.quantized.engine:
             zeros = torch.zeros(self.num_embeddings, dtype=torch.long)
-            weight = torch._make_per_channel_quantized_tensor(self.qweight, self.scale.double(), zeros, 0)
+            with quantized_tensors_allowed():
+                weight = torch._make_per_channel_quantized_tensor(self.qweight, self.scale.double(), zeros, 0)
             cached = (torch.backends.quantized.engine, torch.ops.quantized.linear_prepack(weight, None))
             self.__dict__["_packed"] = cached
         return cached[1]

@@ -54,8 +54,9 @@ def write(model, recipe, calibration, folder: Path, progress) -> None:
     _check_recipe(recipe)
     opts = recipe.typed_options
     folder = Path(folder)
-    # Scratch next to the bundle (same disk), removed whatever happens.
-    with tempfile.TemporaryDirectory(prefix=".edgeq-onnx-", dir=folder.parent) as tmp:
+    # Scratch next to the bundle (same disk), removed whatever happens; named after the staging
+    # folder so that a killed build's scratch is swept with it (format.bundle.sweep_stale_staging).
+    with tempfile.TemporaryDirectory(prefix=folder.name + ".onnx-", dir=folder.parent) as tmp:
         scratch = Path(tmp)
         progress("exporting to ONNX", 0, 1)
         layout = export_float(model, scratch, opts.opset)

@@ -27,6 +27,7 @@ import torch.ao.nn.quantized.dynamic as nnqd
 import torch.ao.quantization as tq
 from torch import nn
 
+from edgeq.backends.base import quantized_tensors_allowed
 from edgeq.builder.plan import set_module
 from edgeq.errors import RecipeError
 
@@ -115,9 +116,10 @@ def _plain(name: str, qweight: torch.Tensor, tensors: dict) -> dict:
 def _qweight(name: str, layer: dict, tensors: dict) -> torch.Tensor:
     w = tensors[f"{name}.qweight"]
     scale, zp = tensors[f"{name}.w_scale"].double(), tensors[f"{name}.w_zero_point"].long()
-    if layer["qscheme"] == "per-channel":
-        return torch._make_per_channel_quantized_tensor(w, scale, zp, layer["axis"])
-    return torch._make_per_tensor_quantized_tensor(w, float(scale[0]), int(zp[0]))
+    with quantized_tensors_allowed():
+        if layer["qscheme"] == "per-channel":
+            return torch._make_per_channel_quantized_tensor(w, scale, zp, layer["axis"])
+        return torch._make_per_tensor_quantized_tensor(w, float(scale[0]), int(zp[0]))
 
 
 def export(model, recipe):

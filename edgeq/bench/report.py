@@ -2,30 +2,26 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from edgeq.bench.records import check_summary
 from edgeq.bench.summary import load_records, summarize
 from edgeq.errors import EdgeqError
+from edgeq.util import read_json
 
 
 def load_summaries(paths: list[str | Path]) -> list[dict]:
     """Summaries from .summary.json / summary.json files or raw .jsonl results files."""
     out: list[dict] = []
     for p in map(Path, paths):
-        if not p.is_file():
-            raise EdgeqError(f"{p}: no such results file")
         if p.suffix == ".jsonl":
-            out.append(summarize(load_records(p)))
+            out.append(summarize(load_records(p), str(p)))
             continue
-        try:
-            data = json.loads(p.read_text())
-        except json.JSONDecodeError as err:
-            raise EdgeqError(f"{p}: not a JSON summary ({err})") from None
+        data = read_json(p, EdgeqError, "results file")
         items = data if isinstance(data, list) else [data]
-        if not all(isinstance(d, dict) and "system" in d for d in items):
-            raise EdgeqError(f"{p}: not an edgeq bench summary")
-        out.extend(items)
+        if not items:
+            raise EdgeqError(f"{p}: holds no bench summary")
+        out.extend(check_summary(item, str(p)) for item in items)
     return out
 
 
@@ -63,12 +59,13 @@ def rows(summaries: list[dict]) -> list[dict]:
 
 
 def render_table(summaries: list[dict], title: str = "edgeq bench"):
+    from rich.markup import escape
     from rich.table import Table
 
     data = rows(summaries)
     machines = {(r.get("cpu"), r.get("threads")) for r in data if "failed" not in r}
     caption = "; ".join(f"{cpu}, {t or 'default'} threads" for cpu, t in machines)
-    table = Table(title=title, caption=caption)
+    table = Table(title=title, caption=escape(caption))
     cols = [("system", None), ("recipe", None), ("size MB", ".1f"), ("WER %", ".2f"), ("S/D/I", None),
             ("p50 s", ".2f"), ("p90 s", ".2f"), ("RTF", ".3f"), ("enc p50 s", ".3f"), ("ms/token", ".1f"),
             ("tok/s", ".1f"), ("load s", ".2f"), ("peak RSS MB", ".0f"), ("utts", None), ("errors", None)]
@@ -77,11 +74,13 @@ def render_table(summaries: list[dict], title: str = "edgeq bench"):
     for name, _ in cols:
         table.add_column(name, justify="left" if name in ("system", "recipe", "S/D/I") else "right")
     for r in data:
+        # Names and messages come from files and users: shown literally, never read as rich markup.
         if "failed" in r:
-            table.add_row(r["system"], f"[red]failed: {r['failed']}[/]", *[""] * (len(cols) - 2))
+            table.add_row(escape(str(r["system"])), f"[red]failed: {escape(str(r['failed']))}[/]",
+                          *[""] * (len(cols) - 2))
             continue
         table.add_row(*[
-            str(r[k]) if fmt is None else _f(r[k], fmt) for k, (_, fmt) in zip(keys, cols)
+            escape(str(r[k])) if fmt is None else _f(r[k], fmt) for k, (_, fmt) in zip(keys, cols)
         ])
     return table
 
@@ -123,3 +122,22 @@ def plot(summaries: list[dict], path: str | Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def target_fit(summaries: list[dict], target) -> list[tuple[bool, str]]:
+    """(fits, line) per measured system: its measured peak RSS against `target`'s memory."""
+    from edgeq.errors import TargetError
+    from edgeq.spec.targets import MEASURED, check_memory
+
+    out = []
+    for s in summaries:
+        if "failed" in s:
+            continue
+        peak = s["memory"].get("peak_rss_os_mb") or s["memory"].get("peak_rss_sampled_mb")
+        if peak is None:
+            continue
+        try:
+            out.append((True, check_memory(target, s["system"], peak, MEASURED)))
+        except TargetError as err:
+            out.append((False, str(err)))
+    return out

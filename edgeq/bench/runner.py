@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -10,8 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeq.bench.report import load_summaries
 from edgeq.bench.summary import load_records, summarize
 from edgeq.errors import EdgeqError
+from edgeq.util import LockHeld, exclusive_lock, os_reason
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ def make_systems(bundles: list[str], models: list[str]) -> list[System]:
 
 
 def _preflight(systems: list[System], settings: BenchSettings, progress=None) -> None:
-    """Fail in one line before any process starts: bad dataset, bad bundle, results in the way."""
+    """Fail in one line before any process starts or any folder is made: bad dataset, bad bundle."""
     from edgeq.data.datasets import open_dataset
     from edgeq.format.bundle import open_bundle
 
@@ -59,15 +62,42 @@ def _preflight(systems: list[System], settings: BenchSettings, progress=None) ->
     for s in systems:
         if s.kind == "bundle":
             open_bundle(s.ref, verify_hashes=False)  # the worker checks hashes when it loads
+
+
+def _check_results(systems: list[System], settings: BenchSettings) -> None:
+    """Results of an earlier run in the way (checked while holding the folder's lock)."""
+    for s in systems:
         results = settings.out / f"{s.name}.jsonl"
         if results.exists() and not (settings.resume or settings.force):
             raise EdgeqError(f"{results} exists: pass --resume to continue that run or --force to start over")
 
 
+LOCK = ".edgeq-bench.lock"
+
+
 def run_bench(systems: list[System], settings: BenchSettings,
               progress: Callable[[str, int, int], None] | None = None) -> list[dict]:
+    """Measure each system; one run at a time owns `settings.out` (an OS lock, dropped when the
+    process dies, so a killed run never blocks the next one)."""
     _preflight(systems, settings, progress)
-    settings.out.mkdir(parents=True, exist_ok=True)
+    try:
+        settings.out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise EdgeqError(f"{settings.out}: cannot create the results folder ({os_reason(err)}); choose another -o") from None
+    try:
+        with exclusive_lock(settings.out / LOCK):
+            return _run_locked(systems, settings, progress)
+    except LockHeld:
+        raise EdgeqError(
+            f"{settings.out}: another edgeq bench is writing there (it holds {LOCK}); "
+            "wait for it or pass another -o"
+        ) from None
+    except OSError as err:
+        raise EdgeqError(f"{settings.out}: cannot write results ({os_reason(err)}: {err.filename or settings.out})") from None
+
+
+def _run_locked(systems: list[System], settings: BenchSettings, progress) -> list[dict]:
+    _check_results(systems, settings)
     summaries = []
     for system in systems:
         results = settings.out / f"{system.name}.jsonl"
@@ -83,12 +113,29 @@ def run_bench(systems: list[System], settings: BenchSettings,
         if fatal:
             summaries.append({"system": system.name, "failed": fatal})
             continue
-        summary = summarize(load_records(results))
+        summary = summarize(load_records(results), str(results))
         summary_path = settings.out / f"{system.name}.summary.json"
         summary_path.write_text(json.dumps(summary, indent=1) + "\n")
         summaries.append(summary)
-    (settings.out / "summary.json").write_text(json.dumps(summaries, indent=1) + "\n")
+    _update_summary(settings.out / "summary.json", [s for s in summaries if "failed" not in s])
     return summaries
+
+
+def _update_summary(path: Path, measured: list[dict]) -> None:
+    """summary.json holds the last measurement of each system: this run's measured ones replace
+    theirs, the others stay. A system that failed here (a refused --resume, a broken bundle)
+    measured nothing, so it never overwrites what an earlier run measured."""
+    if not measured:
+        return
+    try:
+        earlier = load_summaries([path]) if path.is_file() else []
+    except EdgeqError:
+        earlier = []  # unreadable: this run's results replace it
+    names = {s["system"] for s in measured}
+    kept = [s for s in earlier if s["system"] not in names and "failed" not in s]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(kept + measured, indent=1) + "\n")
+    os.replace(tmp, path)
 
 
 def _run_worker(job: dict, name: str, progress) -> str | None:

@@ -6,7 +6,9 @@ import json
 import math
 from pathlib import Path
 
+from edgeq.bench.records import check_record
 from edgeq.errors import EdgeqError
+from edgeq.util import read_text
 
 LATENCY_FIELDS = ("latency_s", "encoder_s", "per_token_s", "rtf", "tokens_per_s")
 
@@ -15,19 +17,17 @@ def load_records(path: str | Path) -> list[dict]:
     """Read a results file; a line cut by a crash (the last one) is ignored, not fatal."""
     path = Path(path)
     records = []
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        raise EdgeqError(f"{path}: no such results file") from None
+    lines = read_text(path, EdgeqError, "results file").splitlines()
     for n, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
             if n == len(lines) - 1:
                 break  # written while the process died
             raise EdgeqError(f"{path}:{n + 1}: not a JSON line") from None
+        records.append(check_record(record, f"{path}:{n + 1}"))
     return records
 
 
@@ -52,10 +52,11 @@ def _stats(values: list[float]) -> dict:
     }
 
 
-def summarize(records: list[dict]) -> dict:
+def summarize(records: list[dict], where: str = "results") -> dict:
+    """One system's summary from its (checked: load_records) records."""
     runs = [r for r in records if r.get("type") == "run"]
     if not runs:
-        raise EdgeqError("results hold no run header")
+        raise EdgeqError(f"{where}: holds no run header (not a results file, or the run never started)")
     utts = {}
     for r in records:
         if r.get("type") == "utterance":

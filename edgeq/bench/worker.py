@@ -60,10 +60,10 @@ def _load_system(system: dict, job: dict):
                  language=job.get("language"), verify=True)
         m = t.bundle.manifest
         info = {
-            "kind": "bundle", "path": str(Path(system["ref"]).resolve()), "recipe": m["recipe"]["name"],
-            "backend": m["backend"], "runtime": m["runtime"], "manifest_sha256": t.bundle.manifest_sha256,
-            "source": m["source"]["model"], "size_mb": m["size"]["bundle_bytes"] / 1e6,
-            "weights_mb": m["size"]["weights_bytes"] / 1e6, "reduction_pct": m["size"].get("reduction_pct"),
+            "kind": "bundle", "path": str(Path(system["ref"]).resolve()), "recipe": m.recipe.name,
+            "backend": m.backend.model_dump(), "runtime": m.runtime, "manifest_sha256": t.bundle.manifest_sha256,
+            "source": m.source.model, "size_mb": m.size.bundle_bytes / 1e6,
+            "weights_mb": m.size.weights_bytes / 1e6, "reduction_pct": m.size.reduction_pct,
         }
         return t, info
     from edgeq.torch_runtime import load_checkpoint

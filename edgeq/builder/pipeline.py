@@ -22,11 +22,13 @@ from edgeq.format.bundle import (
     TOKENIZER,
     Bundle,
     check_destination,
+    is_weights_file,
     write_bundle,
 )
 from edgeq.spec.catalogue import backend_spec, library_version, load_writer
 from edgeq.spec.recipe import Recipe, as_recipe, recipe_to_toml
-from edgeq.util import installed_versions
+from edgeq.spec.targets import Target, check_memory, check_recipe, expected_peak_mb, load_target
+from edgeq.util import installed_versions, read_json, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,8 @@ def _noop(stage: str, done: int, total: int) -> None:
 
 
 def default_out(model: str, recipe: Recipe) -> Path:
-    return Path("bundles") / f"{Path(model.rstrip('/')).name}-{recipe.name}"
+    # One folder inside bundles/, whatever the model id or recipe name holds ('/', '..', '[...]').
+    return Path("bundles") / safe_name(f"{Path(model.rstrip('/')).name}-{recipe.name}", "bundle")
 
 
 def fp32_weights_bytes(model) -> int:
@@ -61,15 +64,23 @@ def build(
     language: str | None = None,
     force: bool = False,
     progress: Progress | None = None,
+    target: Target | str | None = None,
 ) -> Bundle:
-    """Load `model`, apply `recipe`, and write a self-contained bundle to `out`."""
+    """Load `model`, apply `recipe`, and write a self-contained bundle to `out`.
+
+    With `target`, refuse (TargetError, before the bundle is swapped in) a recipe the target
+    cannot run: its device kind, PyTorch engine, or the bundle's expected peak memory.
+    """
     progress = progress or _noop
     started = time.perf_counter()
     recipe = as_recipe(recipe)
     spec = backend_spec(recipe.backend)
-    writer = load_writer(spec, f"recipe {recipe.name}")
+    if target is not None:
+        target = load_target(target) if isinstance(target, str) else target
+        check_recipe(target, recipe)
     out = Path(out) if out else default_out(model, recipe)
-    check_destination(out.expanduser().resolve(), force)  # fail before the slow part
+    check_destination(out.expanduser().resolve(), force)  # fail before the slow part (and torch's import)
+    writer = load_writer(spec, f"recipe {recipe.name}")
     calibration_spec = calibration or (recipe.calibration.dataset if recipe.calibration else None)
     if spec.needs_calibration(recipe.scheme) and not calibration_spec:
         raise RecipeError(
@@ -82,6 +93,11 @@ def build(
     progress("loading model", 0, 1)
     float_model = load_float_model(source)
     reference_bytes = fp32_weights_bytes(float_model)
+    if target is not None:
+        # Every weight at the recipe's bits is less than any bundle of it holds: if even that
+        # does not fit, say so now rather than after quantizing.
+        lower = expected_peak_mb(spec.runtime, reference_bytes * recipe.weights.bits // 32)
+        check_memory(target, f"recipe {recipe.name}", lower)
     settings = _decode_settings(source, language)
     calibration_audio = None
     if spec.needs_calibration(recipe.scheme):
@@ -95,6 +111,9 @@ def build(
 
     def populate(folder: Path) -> dict[str, Any]:
         writer.write(float_model, recipe, calibration_audio, folder, progress)
+        if target is not None:
+            weights = sum(f.stat().st_size for f in folder.iterdir() if is_weights_file(f.name))
+            check_memory(target, f"recipe {recipe.name}", expected_peak_mb(spec.runtime, weights))
         _write_common_files(source, recipe, folder)
         return _manifest(source, recipe, reference_bytes, language, started)
 
@@ -107,15 +126,15 @@ def _decode_settings(source: SourceModel, language: str | None):
     from edgeq.runtime.decoding import DecodeSettings
 
     generation = _generation_config(source)
-    return DecodeSettings.from_configs(generation, source.config, language)
+    return DecodeSettings.from_configs(generation, source.config, language, where=str(source.path))
 
 
 def _generation_config(source: SourceModel) -> dict:
     path = source.path / GENERATION_CONFIG
     if not path.is_file():
         raise ModelSourceError(f"{source.id}: no generation_config.json (Whisper's prompt token ids live there)")
-    generation = json.loads(path.read_text())
-    if "decoder_start_token_id" not in generation or "eos_token_id" not in generation:
+    generation = read_json(path, ModelSourceError)
+    if not isinstance(generation, dict) or "decoder_start_token_id" not in generation or "eos_token_id" not in generation:
         raise ModelSourceError(f"{source.id}: generation_config.json lacks decoder_start_token_id/eos_token_id")
     return generation
 

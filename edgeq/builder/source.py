@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgeq.errors import ModelSourceError
+from edgeq.util import read_json
 
 DEFAULT_MODEL = "openai/whisper-small"
 # What a checkpoint folder needs; tokenizer files come in either the fast or the slow layout.
@@ -77,15 +77,13 @@ def _from_hub(model: str) -> SourceModel:
 
 
 def _read_config(path: Path, model: str) -> dict:
-    try:
-        config = json.loads((path / "config.json").read_text())
-    except FileNotFoundError:
-        raise ModelSourceError(f"{model}: no config.json; not a transformers Whisper checkpoint") from None
-    except json.JSONDecodeError as err:
-        raise ModelSourceError(f"{model}: config.json is not valid JSON ({err})") from None
-    if config.get("model_type") != "whisper":
+    if not (path / "config.json").is_file():
+        raise ModelSourceError(f"{model}: no config.json; not a transformers Whisper checkpoint")
+    config = read_json(path / "config.json", ModelSourceError)
+    if not isinstance(config, dict) or config.get("model_type") != "whisper":
         raise ModelSourceError(
-            f"{model}: model_type is {config.get('model_type')!r}, edgeq handles Whisper checkpoints only"
+            f"{model}: model_type is {config.get('model_type') if isinstance(config, dict) else None!r}, "
+            "edgeq handles Whisper checkpoints only"
         )
     if not any(path.glob("*.safetensors")):
         raise ModelSourceError(
@@ -98,6 +96,7 @@ def _read_config(path: Path, model: str) -> dict:
 def load_float_model(source: SourceModel):
     """The checkpoint as a float WhisperForConditionalGeneration on the CPU, in eval mode."""
     import torch
+    from safetensors import SafetensorError
     from transformers import WhisperForConditionalGeneration
     from transformers.utils import logging as hf_logging
 
@@ -108,7 +107,8 @@ def load_float_model(source: SourceModel):
         model = WhisperForConditionalGeneration.from_pretrained(
             source.path, dtype=torch.float32, use_safetensors=True
         )
-    except (OSError, ValueError, RuntimeError) as err:
+    # SafetensorError: a truncated or damaged weights file (it is not an OSError).
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
         raise ModelSourceError(f"{source.id}: cannot load weights ({' '.join(str(err).split())[:300]})") from None
     model.eval()
     return model

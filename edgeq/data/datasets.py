@@ -17,12 +17,13 @@ A dataset spec is one of:
 from __future__ import annotations
 
 import csv
-import json
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgeq.errors import DatasetError
+from edgeq.util import one_line, parse_json, read_text
 
 AUDIO_SUFFIXES = (".flac", ".wav", ".mp3", ".ogg", ".opus")
 _AUDIO_KEYS = ("file", "path", "audio", "audio_path", "audio_filepath", "filename")
@@ -96,7 +97,7 @@ def _folder(root: Path) -> list[Utterance]:
 
 def _librispeech_chapter(trans: Path) -> list[Utterance]:
     utts = []
-    for n, line in enumerate(trans.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_text(trans, DatasetError, "transcript file").splitlines(), 1):
         if not line.strip():
             continue
         utt_id, _, text = line.strip().partition(" ")
@@ -108,31 +109,44 @@ def _librispeech_chapter(trans: Path) -> list[Utterance]:
 
 
 def _manifest(path: Path) -> list[Utterance]:
+    text = read_text(path, DatasetError, "dataset manifest")
+    rows: list[tuple[str, dict]] = []  # (where, row)
     if path.suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in enumerate(text.splitlines(), 1):
             if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise DatasetError(f"{path}:{n}: not valid JSON ({err})") from None
+                row = parse_json(line, f"{path}:{n}", DatasetError)
+                if not isinstance(row, dict):
+                    raise DatasetError(f"{path}:{n}: not a JSON object (expected {{\"file\": ..., \"text\": ...}})")
+                rows.append((f"{path}:{n}", row))
     else:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f, delimiter="\t"))
+        try:
+            reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t")
+            table = [r for r in reader if r]
+        except csv.Error as err:
+            raise DatasetError(f"{path}: not a valid TSV file ({one_line(err)})") from None
+        header = table[0] if table else []
+        for n, cells in enumerate(table[1:], 2):
+            if len(cells) != len(header):
+                raise DatasetError(f"{path}:{n}: {len(cells)} columns, the header has {len(header)} (a tab too many or too few?)")
+            rows.append((f"{path}:{n}", dict(zip(header, cells))))
     if not rows:
         return []
-    keys = set(rows[0])
+    keys = set(rows[0][1])
     audio_key = next((k for k in _AUDIO_KEYS if k in keys), None)
     text_key = next((k for k in _TEXT_KEYS if k in keys), None)
     if audio_key is None:
         raise DatasetError(f"{path}: no audio column; name one of {', '.join(_AUDIO_KEYS)}")
     utts, seen = [], set()
-    for row in rows:
-        audio = Path(str(row[audio_key]))
+    for where, row in rows:
+        value, ref = row.get(audio_key), row.get(text_key) if text_key else None
+        if not isinstance(value, str) or not value or "\x00" in value:
+            raise DatasetError(f"{where}: {audio_key!r} must be an audio file path")
+        if ref is not None and not isinstance(ref, str):
+            raise DatasetError(f"{where}: {text_key!r} must be text")
+        audio = Path(value)
         audio = audio if audio.is_absolute() else path.parent / audio
-        ref = row.get(text_key) if text_key else None
-        rel = audio.relative_to(path.parent) if not Path(str(row[audio_key])).is_absolute() else audio
-        utt_id = Path(rel).with_suffix("").as_posix()
+        rel = audio.relative_to(path.parent) if not Path(value).is_absolute() else audio
+        utt_id = os.path.splitext(Path(rel).as_posix())[0] or value
         # The same file listed twice (e.g. with two references) is two utterances: resume and the
         # per-utterance results key on the id, so the second one gets its row number.
         if utt_id in seen:

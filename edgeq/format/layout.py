@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgeq.errors import BundleError
+from edgeq.util import loc_text
 
 LAYOUT_FILE = "onnx.json"
 LAYOUT_VERSION = 1
@@ -103,7 +104,7 @@ class OnnxLayout(BaseModel):
             layout = cls.model_validate(data)
         except ValidationError as err:
             e = err.errors()[0]
-            key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+            key = loc_text(e["loc"]) or "(top level)"
             raise BundleError(f"{prefix}{LAYOUT_FILE}: {key}: {e['msg']}; rebuild the bundle") from None
         expected = cls.for_dims(n_mels=layout.n_mels, n_audio_ctx=layout.n_audio_ctx, n_layers=layout.n_layers,
                                 heads=layout.heads, head_dim=layout.head_dim, vocab_size=layout.vocab_size,
@@ -114,3 +115,21 @@ class OnnxLayout(BaseModel):
         if layout.n_frames != 2 * layout.n_audio_ctx:
             raise BundleError(f"{prefix}{LAYOUT_FILE}: n_frames must be twice n_audio_ctx")
         return layout
+
+
+def read_layout(bundle) -> OnnxLayout:
+    """A bundle's onnx.json, validated; its graphs (and their external data) must be listed, so
+    verified, files of the bundle (`bundle` is an edgeq.format.bundle.Bundle)."""
+    from edgeq.util import read_json
+
+    layout = OnnxLayout.from_dict(read_json(bundle.file(LAYOUT_FILE), BundleError), bundle.path)
+    for name in graph_files(bundle, layout):
+        bundle.file(name)  # listed (so verified), or BundleError
+    return layout
+
+
+def graph_files(bundle, layout: OnnxLayout) -> list[str]:
+    """The graphs and, where present, their external weights: ONNX Runtime reads `NAME.onnx.data`
+    from beside the graph (the graph's own, hashed, bytes name it), so it must be verified too."""
+    names = [layout.encoder, layout.decoder]
+    return names + [f"{n}.data" for n in names if (bundle.path / f"{n}.data").exists()]

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeq.format import configs
 from edgeq.spec.protocols import Engine
 
 
@@ -37,21 +38,24 @@ class DecodeSettings:
 
     @classmethod
     def from_configs(
-        cls, generation: dict, config: dict, language: str | None = None, task: str = "transcribe"
+        cls, generation: dict, config: dict, language: str | None = None, task: str = "transcribe",
+        where: str = "",
     ) -> "DecodeSettings":
-        langs = {k.strip("<|>"): v for k, v in (generation.get("lang_to_id") or {}).items()}
-        max_positions = int(config.get("max_target_positions", 448))
+        """From the two JSON files' contents (`where`: the folder they came from, for errors)."""
+        prefix = f"{where}/" if where else ""
+        gen = configs.parse(configs.GenerationConfig, generation, f"{prefix}generation_config.json")
+        cfg = configs.parse(configs.ModelConfig, config, f"{prefix}config.json")
         settings = cls(
-            sot=int(generation["decoder_start_token_id"]),
-            eot=int(generation["eos_token_id"]),
-            no_timestamps=generation.get("no_timestamps_token_id"),
-            vocab_size=int(config["vocab_size"]),
+            sot=gen.decoder_start_token_id,
+            eot=gen.eos_token_id,
+            no_timestamps=gen.no_timestamps_token_id,
+            vocab_size=cfg.vocab_size,
             # Whisper's own sample length: half the text context (224 for 448 positions).
-            max_new_tokens=max_positions // 2,
-            lang_ids=langs,
-            task_ids=dict(generation.get("task_to_id") or {}),
-            suppress=tuple(generation.get("suppress_tokens") or ()),
-            begin_suppress=tuple(generation.get("begin_suppress_tokens") or ()),
+            max_new_tokens=cfg.max_target_positions // 2,
+            lang_ids={k.strip("<|>"): v for k, v in (gen.lang_to_id or {}).items()},
+            task_ids=dict(gen.task_to_id or {}),
+            suppress=tuple(gen.suppress_tokens or ()),
+            begin_suppress=tuple(gen.begin_suppress_tokens or ()),
         )
         return settings.with_options(language=language, task=task)
 

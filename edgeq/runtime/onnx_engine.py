@@ -10,7 +10,6 @@ decoder step copies only the new token in and the logits out.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 
 from edgeq.errors import BundleError, DeviceError
 from edgeq.format.bundle import Bundle
-from edgeq.format.layout import LAYOUT_FILE, OnnxLayout
+from edgeq.format.layout import LAYOUT_FILE, OnnxLayout, read_layout
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +29,8 @@ _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None) -> "OnnxEngine":
     import onnxruntime as ort  # edgeq.load checked it is installed (catalogue.require_runtime)
 
+    if bundle.runtime != "onnxruntime":
+        raise BundleError(f"{bundle.path}: bundle {bundle.name} runs on {bundle.runtime}, not ONNX Runtime")
     layout = read_layout(bundle)
     enc_providers, dec_providers = _providers(ort, device, layout, bundle)
     # The encoder runs once per 30 s window on large activations; ONNX Runtime's CPU arena and
@@ -105,21 +106,6 @@ class OnnxEngine:
         outputs = binding.get_outputs()
         logits = np.array(outputs[0].numpy()[0], dtype=np.float32)
         return logits, (cross, tuple(outputs[1:]))
-
-
-def read_layout(bundle: Bundle) -> OnnxLayout:
-    path = bundle.file(LAYOUT_FILE)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BundleError(f"{bundle.path}: {LAYOUT_FILE} is missing; this ONNX bundle is incomplete, rebuild it") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BundleError(f"{bundle.path}: {LAYOUT_FILE} is not valid JSON ({err})") from None
-    layout = OnnxLayout.from_dict(data, bundle.path)
-    for name in (layout.encoder, layout.decoder):
-        if name not in bundle.manifest["files"]:
-            raise BundleError(f"{bundle.path}: {name} is not listed in the manifest")
-    return layout
 
 
 def _providers(ort, device: str, layout: OnnxLayout, bundle: Bundle) -> tuple[list, list]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -10,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from edgeq.errors import DeviceError
+from edgeq.errors import BundleError, DeviceError, EdgeqError
+from edgeq.format import configs
 from edgeq.format.bundle import CONFIG, GENERATION_CONFIG, TOKENIZER, Bundle, open_bundle
 from edgeq.runtime import heap
 from edgeq.runtime.audio import SAMPLE_RATE, load_audio, split_long_audio, to_mono_16k
@@ -18,6 +18,7 @@ from edgeq.runtime.decoding import DecodeSettings, Engine, GreedyDecoder
 from edgeq.runtime.features import log_mel_spectrogram
 from edgeq.runtime.tokenizer import WhisperTokenizer
 from edgeq.spec.catalogue import backend_spec, load_engine_module
+from edgeq.util import read_json
 
 
 @dataclass
@@ -104,25 +105,29 @@ def load(path: str | Path, device: str = "cpu", threads: int | None = None,
     Only the bundle is read: no original checkpoint, no network. An ONNX bundle is run by ONNX
     Runtime and never imports torch.
     """
+    if threads is not None and threads < 1:
+        raise EdgeqError(f"threads must be 1 or more, not {threads}")
     bundle = open_bundle(path, verify_hashes=verify)
-    config = json.loads(bundle.file(CONFIG).read_text())
-    generation = json.loads(bundle.file(GENERATION_CONFIG).read_text())
-    default_language = bundle.manifest.get("decoding", {}).get("language")
-    settings = DecodeSettings.from_configs(generation, config, language or default_language)
+    # Through bundle.file: only files the manifest lists (and open_bundle verified) are read.
+    config = read_json(bundle.file(CONFIG), BundleError)
+    generation = read_json(bundle.file(GENERATION_CONFIG), BundleError)
+    default_language = bundle.manifest.decoding.language
+    settings = DecodeSettings.from_configs(generation, config, language or default_language, where=str(bundle.path))
     device = _check_device(bundle, device)
-    backend = backend_spec(bundle.recipe["backend"])
+    backend = backend_spec(bundle.recipe.backend)
     # By name from the catalogue: a torch bundle's engine imports torch, an ONNX one never does.
     engines = load_engine_module(backend, f"bundle {bundle.name}")
     with heap.loading():  # weight staging buffers go back to the kernel: see runtime/heap.py
         engine = engines.load_engine(bundle, device=device, threads=threads)
         tokenizer = WhisperTokenizer(bundle.file(TOKENIZER))
-    return Transcriber(engine, tokenizer, settings, bundle, int(config.get("num_mel_bins", 80)), device)
+    n_mels = configs.parse(configs.ModelConfig, config, f"{bundle.path}/{CONFIG}").num_mel_bins
+    return Transcriber(engine, tokenizer, settings, bundle, n_mels, device)
 
 
 def _check_device(bundle: Bundle, device: str) -> str:
     if device not in ("cpu", "cuda"):
         raise DeviceError(f"unknown device {device!r}; choose cpu or cuda")
-    allowed = bundle.recipe.get("devices", ["cpu", "cuda"])
+    allowed = bundle.recipe.devices
     if device not in allowed:
         raise DeviceError(
             f"bundle {bundle.name} runs on {', '.join(allowed)} only (its recipe says so), not {device}"

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from edgeq.errors import RecipeError
 from edgeq.spec.catalogue import BACKENDS
+from edgeq.util import read_toml
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -278,13 +279,9 @@ def recipe_from_dict(data: dict[str, Any], source: str) -> Recipe:
 
 def load_recipe_file(path: str | Path) -> Recipe:
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise RecipeError(f"recipe file not found: {path}") from None
-    except tomllib.TOMLDecodeError as err:
-        raise RecipeError(f"{path}: not valid TOML: {err}") from None
+    if not path.exists():
+        raise RecipeError(f"recipe file not found: {path}")
+    data = read_toml(path, RecipeError, "recipe file")
     data.setdefault("name", path.stem)
     return recipe_from_dict(data, str(path))
 

@@ -16,11 +16,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgeq.errors import TargetError
+from edgeq.util import read_toml
 
 if sys.version_info >= (3, 11):
-    import tomllib
+    pass
 else:  # pragma: no cover
-    import tomli as tomllib
+    pass
 
 
 class Target(BaseModel):
@@ -47,10 +48,7 @@ def targets_dir() -> Path:
 
 
 def _load(path: Path) -> Target:
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise TargetError(f"{path}: not valid TOML: {err}") from None
+    data = read_toml(path, TargetError, "target file")
     data.setdefault("name", path.stem)
     try:
         return Target.model_validate(data)
@@ -77,3 +75,48 @@ def load_target(name_or_path: str) -> Target:
     close = difflib.get_close_matches(name_or_path, names, n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else f"; choose one of {', '.join(names)}"
     raise TargetError(f"unknown target {name_or_path!r}{hint}")
+
+
+# --------------------------------------------------------------------------- does a recipe fit
+
+
+# Peak RSS of a whole transcribing process ~ BASE + SLOPE x weights MB, fitted to the whisper-base
+# measurements in README ("Every recipe on whisper-base": 8 LibriSpeech utterances, 2 threads):
+# onnxruntime fp32 295 MB -> 606 MB peak, int8 86 -> 300, int4 61 -> 296 (fit: 603, 299, 263);
+# torch fp32 294 -> 817, int8 84 -> 700, hqq-int2 53 -> 608 (fit: 855, 687, 662). BASE is
+# imports, tokenizer and one 30 s window's activations; larger checkpoints have larger windows,
+# so this is an estimate, and is said to be one wherever it is shown.
+_PEAK_FIT = {"onnxruntime": (175.0, 1.45), "torch": (620.0, 0.8)}
+
+
+def check_recipe(target: Target, recipe) -> None:
+    """What can be known from the recipe alone: the device kind and the PyTorch engine."""
+    if target.device not in recipe.devices:
+        raise TargetError(
+            f"recipe {recipe.name} runs on {', '.join(recipe.devices)}; target {target.name} is {target.device}"
+        )
+    engine = getattr(recipe.typed_options, "engine", "auto")
+    if engine in ("x86", "fbgemm") and target.arch != "x86_64":
+        raise TargetError(
+            f"recipe {recipe.name} uses PyTorch's {engine} engine, which runs on x86_64 only; target "
+            f"{target.name} is {target.arch}: use --set options.engine={target.torch_engine} (or auto)"
+        )
+
+
+def expected_peak_mb(runtime: str, weights_bytes: int) -> float:
+    base, slope = _PEAK_FIT[runtime]
+    return base + slope * weights_bytes / 1e6
+
+
+ESTIMATED = "estimated peak RSS (whisper-base fit)"
+MEASURED = "measured peak RSS"
+
+
+def check_memory(target: Target, what: str, peak_mb: float, basis: str = ESTIMATED) -> str:
+    """A line saying how `what`'s peak memory (`basis`: ESTIMATED from expected_peak_mb, or
+    MEASURED by `edgeq bench`) fits in the target's, or TargetError if it does not."""
+    peak = peak_mb
+    line = f"{what}: {basis} {peak:,.0f} MB of {target.name}'s {target.memory_mb:,} MB"
+    if peak > target.memory_mb:
+        raise TargetError(f"{line}: it does not fit; choose a smaller recipe or another target")
+    return line

@@ -81,7 +81,7 @@ def _graphs(bundle):
 @pytest.mark.parametrize("name", ONNX_RECIPES)
 def test_recipe_builds_an_onnx_bundle(name, bundles):
     bundle = _get(bundles, name)
-    m = bundle.manifest
+    m = bundle.manifest.to_dict()
     assert m["runtime"] == "onnxruntime" and m["requires"]["extra"] == "runtime"
     assert {ENCODER_ONNX, DECODER_ONNX, "onnx.json", "tokenizer.json", "generation_config.json",
             "config.json", "recipe.toml"} <= set(m["files"])
@@ -263,7 +263,31 @@ def _rehash(folder: Path, name: str) -> None:
     """Make the manifest agree with a changed file (a bundle that is consistent but broken)."""
     manifest = json.loads((folder / MANIFEST).read_text())
     manifest["files"][name] = {"sha256": sha256_file(folder / name), "size": (folder / name).stat().st_size}
+    manifest["size"]["bundle_bytes"] = sum(f["size"] for f in manifest["files"].values())
     (folder / MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_graphs_onnx_json_names_must_be_listed(bundles, tmp_path):
+    from helpers import assert_one_line_error, edgeq
+
+    from edgeq.format.bundle import open_bundle
+
+    folder = _copy(_get(bundles, "onnx-int8-dynamic"), tmp_path)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    removed = manifest["files"].pop(DECODER_ONNX)
+    manifest["size"]["bundle_bytes"] -= removed["size"]
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"decoder.onnx is not listed in the manifest, so it was not verified"):
+        open_bundle(folder)
+    assert_one_line_error(edgeq("info", folder), r"decoder.onnx is not listed in the manifest")
+    # onnx.json naming a graph outside the bundle is refused by its name, before any graph loads.
+    folder = _copy(_get(bundles, "onnx-int8-dynamic"), tmp_path / "2")
+    layout = json.loads((folder / "onnx.json").read_text())
+    layout["decoder"] = "../decoder.onnx"
+    (folder / "onnx.json").write_text(json.dumps(layout))
+    _rehash(folder, "onnx.json")
+    with pytest.raises(BundleError, match=r"onnx.json: decoder: String should match pattern"):
+        open_bundle(folder)
 
 
 def test_corrupted_onnx_is_refused_by_hash(bundles, tmp_path):
@@ -292,13 +316,24 @@ def _swap_graphs(layout: dict) -> None:
     layout["encoder"], layout["decoder"] = layout["decoder"], layout["encoder"]
 
 
+def _one_layer_more(layout: dict) -> None:
+    """A layout consistent in itself, but not with the graphs."""
+    from edgeq.format.layout import OnnxLayout
+
+    dims = {k: layout[k] for k in ("n_mels", "n_audio_ctx", "heads", "head_dim", "vocab_size", "max_target_positions")}
+    other = OnnxLayout.for_dims(n_layers=layout["n_layers"] + 1, **dims).to_dict()
+    layout.clear()
+    layout.update(other)
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda layout: layout["decoder_outputs"].__setitem__(1, "present_key_0"),
      r"onnx.json: decoder_outputs do not follow layout version 1"),
     (lambda layout: layout.update(layout_version=2), r"onnx.json has layout version 2; this edgeq reads version 1"),
     (lambda layout: layout.update(heads="8"), r"onnx.json: heads: Input should be a valid integer"),
     (_swap_graphs, r"decoder.onnx does not match onnx.json"),  # names follow the contract, graphs don't
-], ids=["names", "version", "type", "graphs"])
+    (_one_layer_more, r"encoder.onnx does not match onnx.json"),
+], ids=["names", "version", "type", "graphs", "layers"])
 def test_onnx_json_is_checked_against_the_layout_contract(bundles, tmp_path, edit, message):
     import edgeq
 

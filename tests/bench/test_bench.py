@@ -186,7 +186,7 @@ def test_run_record_carries_the_environment_and_the_bundle(fp32_run, bundles):
     assert env["edgeq"]["version"] == lib.__version__
     bundle = open_bundle(bundles["tiny-fp32"], verify_hashes=False)
     assert run["system_info"]["manifest_sha256"] == bundle.manifest_sha256
-    assert run["system_info"]["recipe"] == "fp32" == bundle.manifest["recipe"]["name"]
+    assert run["system_info"]["recipe"] == "fp32" == bundle.manifest.recipe.name
     assert isinstance(run["pid"], int)
     (summary,) = _summary(fp32_run)
     assert summary["env"] == env and summary["system_info"] == run["system_info"]
@@ -232,6 +232,49 @@ def test_resume_after_a_crash_keeps_finished_utterances(bundles, dataset, tmp_pa
     assert _summary(out) == [summary]
 
 
+def test_a_refused_resume_keeps_the_good_summary(bundles, dataset, tmp_path):
+    out = tmp_path / "out"
+    args = ("bench", bundles["tiny-fp32"], "-d", dataset, "--threads", "1", "--warmup", "0", "-o", out)
+    _ok(edgeq(*args, "--limit", "2"))
+    good = (out / "summary.json").read_text()
+    # Another --limit: the worker refuses to resume into these results and measures nothing.
+    proc = edgeq(*args, "--limit", "3", "--resume")
+    assert proc.returncode == 1 and "cannot resume" in proc.stdout + proc.stderr
+    assert (out / "summary.json").read_text() == good
+
+
+def test_one_run_at_a_time_owns_the_results_folder(bundles, dataset, tmp_path):
+    from edgeq.bench.runner import LOCK
+    from edgeq.util import exclusive_lock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with exclusive_lock(out / LOCK):  # a run in progress
+        proc = edgeq("bench", bundles["tiny-fp32"], "-d", dataset, "--threads", "1", "-o", out)
+    assert_one_line_error(proc, r"^edgeq: error: .*out: another edgeq bench is writing there")
+    assert sorted(p.name for p in out.iterdir()) == [LOCK]  # it wrote nothing
+    # The lock went with its holder: the next run goes ahead.
+    _ok(edgeq("bench", bundles["tiny-fp32"], "-d", dataset, "--threads", "1", "--warmup", "0", "--limit", "1",
+              "-o", out))
+
+
+def test_two_runs_started_together_one_is_refused(bundles, dataset, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "edgeq.cli", "bench", str(bundles["tiny-fp32"]), "-d", str(dataset),
+           "--threads", "1", "--warmup", "0", "--limit", "2", "-o", str(out)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 1], results
+    refused = next(err for code, err in results if code == 1)
+    assert "another edgeq bench is writing there" in refused and "Traceback" not in refused
+    records = _records(out / "tiny-fp32.jsonl")  # one run's lines, not two interleaved
+    assert [r["type"] for r in records].count("run") == 1
+
+
 # --------------------------------------------------------------------------- 4. compare
 
 
@@ -254,6 +297,14 @@ def test_compare_missing_or_foreign_file_is_a_one_line_error(fp32_run, tmp_path)
     (tmp_path / "other.json").write_text('{"hello": 1}')
     assert_one_line_error(edgeq("bench", "--compare", tmp_path / "other.json"),
                           r"^edgeq: error: .*other\.json: not an edgeq bench summary")
+    # A summary cut short or edited: named, not a KeyError in the table.
+    summary = json.loads((fp32_run / "summary.json").read_text())[0]
+    del summary["latency"]["encoder_s"]
+    (tmp_path / "partial.json").write_text(json.dumps(summary))
+    assert_one_line_error(edgeq("bench", "--compare", tmp_path / "partial.json"),
+                          r"partial\.json: not an edgeq bench summary \(lacks 'latency\.encoder_s'\)")
+    (tmp_path / "latin1.json").write_bytes(b'{"system": "caf\xe9"}')
+    assert_one_line_error(edgeq("bench", "--compare", tmp_path / "latin1.json"), r"latin1\.json: .*not UTF-8")
 
 
 # --------------------------------------------------------------------------- 5. bad input
@@ -261,7 +312,9 @@ def test_compare_missing_or_foreign_file_is_a_one_line_error(fp32_run, tmp_path)
 
 def test_bad_rows_are_recorded_and_the_run_goes_on(bad_run):
     proc, out = bad_run
-    _ok(proc)
+    # The run goes on, and like `transcribe`, exits non-zero saying how many utterances failed.
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr + proc.stdout
+    assert proc.stderr.strip().splitlines()[-1].startswith("edgeq: error: 2 utterance(s) could not be transcribed")
     records = _records(out / "tiny-int8.jsonl")
     errors = {r["id"]: r for r in records if r["type"] == "error"}
     assert set(errors) == {"missing", "corrupt"}

@@ -77,7 +77,7 @@ def test_bundle_reloads_to_the_same_model(name, built, reloaded):
 @pytest.mark.parametrize("name", TORCH_RECIPES)
 def test_manifest_describes_the_bundle(name, built):
     bundle, _ = _get(built, name)
-    m = bundle.manifest
+    m = bundle.manifest.to_dict()
     assert m["recipe"]["name"] == name
     assert m["source"]["weights_sha256"] and len(m["source"]["weights_sha256"]) == 64
     assert m["backend"]["version"]

@@ -79,6 +79,6 @@ def test_quantized_wer(name, results):
 @pytest.mark.parametrize("name", list(LIMITS))
 def test_quantized_size(name, results):
     _, ratio = LIMITS[name]
-    weights = _get(results, name)["bundle"].manifest["size"]["weights_bytes"]
-    fp32 = _get(results, "onnx-fp32")["bundle"].manifest["size"]["weights_bytes"]
+    weights = _get(results, name)["bundle"].manifest.size.weights_bytes
+    fp32 = _get(results, "onnx-fp32")["bundle"].manifest.size.weights_bytes
     assert weights <= ratio * fp32, f"{name}: {weights / 1e6:.1f} MB vs fp32 {fp32 / 1e6:.1f} MB"

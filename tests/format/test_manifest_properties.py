@@ -1,0 +1,107 @@
+"""Hostile input to the bundle readers: any bytes, any JSON, any one-edit change of a valid file.
+Each reader answers with a result or an `EdgeqError` (one line for the user), never another exception."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from helpers import json_values, manifest_fields, mutated
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edgeq.errors import EdgeqError
+from edgeq.format.bundle import MANIFEST, WEIGHTS, open_bundle, read_manifest, write_bundle
+from edgeq.format.layout import OnnxLayout
+
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _populate(folder):
+    (folder / WEIGHTS).write_bytes(b"w" * 100)
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "quantization.json"):
+        (folder / name).write_text("{}")
+    return manifest_fields("demo")
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    return write_bundle(tmp_path_factory.mktemp("prop") / "b", _populate).path
+
+
+def _answers(read) -> None:
+    try:
+        read()
+    except EdgeqError as err:
+        assert "\n" not in str(err) and str(err)
+
+
+def _with_manifest(bundle: Path, content: bytes):
+    """A copy of `bundle` whose manifest.json holds `content` (the copy is removed afterwards)."""
+    tmp = Path(tempfile.mkdtemp())
+    copy = tmp / "b"
+    shutil.copytree(bundle, copy)
+    (copy / MANIFEST).write_bytes(content)
+    return tmp, copy
+
+
+@FAST
+@given(content=st.binary(max_size=300) | json_values().map(lambda v: json.dumps(v).encode()))
+def test_any_manifest_bytes(bundle, content):
+    tmp, copy = _with_manifest(bundle, content)
+    try:
+        _answers(lambda: read_manifest(copy))
+    finally:
+        shutil.rmtree(tmp)
+
+
+@FAST
+@given(data=st.data())
+def test_any_edit_of_a_valid_manifest(bundle, data):
+    doc = mutated(json.loads((bundle / MANIFEST).read_text()), data)
+    tmp, copy = _with_manifest(bundle, json.dumps(doc).encode())
+    try:
+        _answers(lambda: open_bundle(copy))
+    finally:
+        shutil.rmtree(tmp)
+
+
+_LAYOUT = OnnxLayout.for_dims(n_mels=80, n_audio_ctx=1500, n_layers=2, heads=4, head_dim=16, vocab_size=100,
+                              max_target_positions=448).to_dict()
+
+
+@FAST
+@given(data=st.data())
+def test_any_edit_of_onnx_json(data):
+    _answers(lambda: OnnxLayout.from_dict(mutated(_LAYOUT, data), "b"))
+
+
+@FAST
+@given(value=json_values())
+def test_any_onnx_json(value):
+    _answers(lambda: OnnxLayout.from_dict(value, "b"))
+
+
+_GENERATION = {"decoder_start_token_id": 1, "eos_token_id": 2, "no_timestamps_token_id": 3,
+               "lang_to_id": {"<|en|>": 4}, "task_to_id": {"transcribe": 5}, "suppress_tokens": [6],
+               "begin_suppress_tokens": [7]}
+_CONFIG = {"vocab_size": 100, "max_target_positions": 448, "num_mel_bins": 80}
+
+
+@FAST
+@given(data=st.data(), which=st.sampled_from(["generation", "config"]))
+def test_any_edit_of_the_decoder_configs(data, which):
+    from edgeq.runtime.decoding import DecodeSettings
+
+    generation = mutated(_GENERATION, data) if which == "generation" else _GENERATION
+    config = mutated(_CONFIG, data) if which == "config" else _CONFIG
+    _answers(lambda: DecodeSettings.from_configs(generation, config, where="b"))
+
+
+@pytest.mark.parametrize("name", ["../x.onnx", "/abs/x.onnx", "sub/x.onnx", "..onnx", "x.onnx.data"])
+def test_onnx_graph_names_stay_inside_the_bundle(name):
+    with pytest.raises(EdgeqError, match=r"onnx.json: encoder: String should match pattern"):
+        OnnxLayout.from_dict({**_LAYOUT, "encoder": name}, "b")
