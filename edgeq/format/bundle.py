@@ -204,14 +204,15 @@ def write_bundle(
             os.fsync(f.fileno())
         os.replace(tmp, staging / MANIFEST)
         _fsync_dir(staging)
-        _swap_in(staging, out)
+        swap_in(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return Bundle(out, manifest)
 
 
-def _swap_in(staging: Path, out: Path) -> None:
+def swap_in(staging: Path, out: Path) -> None:
+    """Rename a complete staging folder to `out` (builds, `edgeq unpack`), replacing what was there."""
     if out.exists():
         # Move the old folder aside first: at no moment is `out` a half-replaced bundle.
         old = out.parent / f".{out.name}.edgeq-old-{uuid.uuid4().hex[:8]}"
