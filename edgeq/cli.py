@@ -26,7 +26,10 @@ def _console(stderr: bool = False):
 
 
 def _fail(message: str, code: int = 1):
-    _console(stderr=True).print(f"[bold red]edgeq: error:[/] {message}", markup=True, soft_wrap=True)
+    from rich.markup import escape
+
+    # Escaped: "pip install 'edgeq[runtime]'" must not lose "[runtime]" as a style tag.
+    _console(stderr=True).print(f"[bold red]edgeq: error:[/] {escape(message)}", markup=True, soft_wrap=True)
     sys.exit(code)
 
 
@@ -299,7 +302,7 @@ def info(bundle: Path, no_verify: bool) -> None:
 
     b = open_bundle(bundle, verify_hashes=not no_verify)
     _print_bundle_summary(b)
-    _console().print(f"  runtime    {b.runtime}; needs pip install 'edgeq[{b.manifest['requires']['extra']}]'")
+    _console().print(f"  runtime    {b.runtime}; needs pip install 'edgeq[{b.manifest['requires']['extra']}]'", markup=False)
     _console().print(f"  integrity  {'all files match their sha256' if not no_verify else 'sizes checked'}")
 
 
@@ -325,6 +328,8 @@ _MARK = {"ok": "[green]ok  [/]", "warn": "[yellow]warn[/]", "fail": "[bold red]F
 @click.option("--json", "as_json", is_flag=True, help="The host facts and checks as one JSON object.")
 def doctor(bundle: Path | None, target: str | None, device: str | None, as_json: bool) -> None:
     """Check that this host can run BUNDLE (or a --target), and say what fixes what is missing."""
+    from rich.markup import escape
+
     from edgeq.deploy.doctor import doctor as run_doctor
 
     report = run_doctor(bundle, target=target, device=device)
@@ -342,9 +347,9 @@ def doctor(bundle: Path | None, target: str | None, device: str | None, as_json:
             + (f"; Jetson L4T {h['jetson']['l4t']} = JetPack {h['jetson']['jetpack']}" if h["jetson"] else ""),
         ]
         for c in report.checks:
-            lines.append(f"{_MARK[c.status]}  {c.name:<12} {c.message}")
+            lines.append(f"{_MARK[c.status]}  {c.name:<12} {escape(c.message)}")
             if c.fix and c.status != "ok":
-                lines.append(f"      {'':<12} fix: [bold]{c.fix}[/]")
+                lines.append(f"      {'':<12} fix: [bold]{escape(c.fix)}[/]")
         _console().print("\n".join(lines), soft_wrap=True)
     if not report.ok:
         sys.exit(1)
