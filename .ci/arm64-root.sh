@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepares (once) the emulated Raspberry Pi that `pytest -m arm64` runs edgeq in: an arm64 Debian 12
 # root under qemu-user, with a venv that already holds edgeq[runtime]'s dependencies for aarch64.
+# `.ci/arm64-root.sh run CMD...` runs CMD in the (ready) root, with a clean environment.
 # Idempotent and cached outside the clone (CI runs in a fresh clone on the same machine):
 #   EDGEQ_ARM64_ROOT (default /var/cache/edgeq-ci/arm64-root), ~400 MB root + ~250 MB venv.
 # A root appears only complete: it is built in ROOT.partial and renamed at the end.
@@ -33,6 +34,13 @@ in_root() {
     root="$1"; shift
     mount -t proc proc "$root/proc" && mount --rbind /dev "$root/dev" && exec chroot "$root" "$@"' sh "$root" "$@"
 }
+
+if [ "${1:-}" = run ]; then
+  shift
+  [ -f "$ROOT/opt/edgeq-venv/.deps-key" ] || { echo "arm64: no ready root at $ROOT: run $0 first" >&2; exit 2; }
+  in_root "$ROOT" /usr/bin/env -i PATH=/opt/edgeq-venv/bin:/usr/bin:/bin HOME=/root LANG=C.UTF-8 "$@"
+  exit $?
+fi
 
 if [ ! -f "$ROOT/.edgeq-root-complete" ]; then
   PARTIAL="$ROOT.partial"

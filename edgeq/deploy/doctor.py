@@ -218,6 +218,9 @@ def _cpu_checks(host: dict, b) -> list[Check]:
     model = host["cpu"]["model"]
     int8 = b is not None and b.recipe.get("weights", {}).get("format") in ("int8", "int4")
     if host["arch"] == "arm64":
+        if "sse2" in flags:  # an arm64 Python reading an x86 /proc/cpuinfo: qemu-user emulation (as in CI)
+            return [Check("cpu", "warn", f"arm64 emulated on {model} (qemu-user): correct results, but speed and CPU "
+                          "features here say nothing about a real device", None)]
         if "asimd" not in flags and flags:
             return [Check("cpu", "fail", f"{model}: no NEON/asimd; ONNX Runtime's arm64 kernels need it", None)]
         if int8 and "asimddp" not in flags:

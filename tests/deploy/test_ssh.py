@@ -151,8 +151,9 @@ def test_bench_on_the_device_brings_back_the_files_of_a_local_run(device, tiny_o
 
     r, lo = records(tmp_path / "remote"), records(tmp_path / "local")
     assert [x["type"] for x in r] == [x["type"] for x in lo]
-    utts = {x["id"]: x["tokens"] for x in r if x["type"] == "utterance"}
-    assert utts == {x["id"]: x["tokens"] for x in lo if x["type"] == "utterance"} and set(utts) == {"a", "b"}
+    utts = {x["id"]: (x["hypothesis"], x["tokens"]) for x in r if x["type"] == "utterance"}
+    assert utts == {x["id"]: (x["hypothesis"], x["tokens"]) for x in lo if x["type"] == "utterance"}
+    assert set(utts) == {"a", "b"}
     run = next(x for x in r if x["type"] == "run")
     # The device's fingerprint (here the same machine, reached over SSH): CPU, governor, temperature keys.
     assert {"governor", "freq_mhz", "temperature_c", "model", "key_flags"} <= set(run["env"]["cpu"])
