@@ -64,6 +64,11 @@ async def _bench(local, remote: Remote, settings: BenchSettings, edgeq: str, pro
         result = await run(conn, argv, check=False, remote=remote)
         if progress:
             progress(f"bench on {remote.host}", 1, 1)
+        refused = [line for line in str(result.stderr or "").splitlines() if "edgeq: error:" in line]
+        if result.exit_status != 0 and refused:
+            # Refused before measuring (e.g. results there and no --resume): a summary.json there is an
+            # earlier run's and must not come back as this one's.
+            raise SSHError(f"{remote}: {refused[-1].split('edgeq: error:', 1)[1].strip()}")
         fetched = await _fetch(conn, out, settings.out)
         if "summary.json" not in fetched:
             lines = [line for line in str(result.stderr or "").splitlines() if line.strip()]

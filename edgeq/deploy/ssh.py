@@ -94,11 +94,17 @@ async def connect(remote: Remote) -> AsyncIterator:
 
 async def run(conn, argv: list[str], check: bool = True, remote: Remote | None = None):
     """Run argv on the device (quoted, no shell surprises); stdout, stderr and exit status come back."""
-    result = await conn.run(" ".join(shlex.quote(a) for a in argv), check=False)
+    result = await conn.run(command_line(argv), check=False)
     if check and result.exit_status != 0:
         lines = [line for line in str(result.stderr or "").splitlines() if line.strip()]
         raise SSHError(f"{remote or 'device'}: `{' '.join(argv)}` failed: {lines[-1] if lines else result.exit_status}")
     return result
+
+
+def command_line(argv: list[str]) -> str:
+    """argv quoted for the device's shell, except that a leading `~/` still means the remote home
+    (`--remote-edgeq '~/venv/bin/edgeq'`)."""
+    return " ".join("~/" + shlex.quote(a[2:]) if a.startswith("~/") else shlex.quote(a) for a in argv)
 
 
 def run_sync(coro):

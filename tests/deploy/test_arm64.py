@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def arm64(tmp_path_factory):
     src = tmp_path_factory.mktemp("wheel-src") / "src"
     # A copy: building the wheel must not write into the checkout under test.
     shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv*", "*.egg-info", "__pycache__", "build"))
-    wheel = subprocess.run([os.sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(work), str(src)],
+    wheel = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(work), str(src)],
                            capture_output=True, text=True, timeout=600)
     assert wheel.returncode == 0, wheel.stderr[-3000:]
     (whl,) = work.glob("edgeq-*.whl")
