@@ -56,9 +56,13 @@ async def push_over(conn, b: Bundle, remote: Remote, force: bool, progress=None)
         await run(conn, ["mkdir", "-p", "--", folder], remote=remote)
         held = await _read(sftp, posixpath.join(final, MANIFEST))
         if held == manifest_bytes:
-            await _verify_remote(conn, remote, final, b, where)
-            return PushResult(final, 0, 0, already_there=True)
-        if held is not None or await sftp.exists(final):
+            bad = await _mismatched(conn, remote, final, b)
+            if not bad:
+                return PushResult(final, 0, 0, already_there=True)
+            if not force:
+                raise SSHError(f"{where} has this bundle's manifest but {', '.join(bad)} differ from it (corrupt "
+                               "there); push again with --force to replace it")
+        elif held is not None or await sftp.exists(final):
             if not force:
                 raise SSHError(f"{where} already holds a different bundle; pass --force to replace it")
         await run(conn, ["mkdir", "-p", "--", staging], remote=remote)
@@ -75,6 +79,7 @@ async def push_over(conn, b: Bundle, remote: Remote, force: bool, progress=None)
             bad = await _mismatched(conn, remote, staging, b)
             if not bad:
                 break
+            have = {n: e["size"] for n, e in files}
             # A file whose bytes differ on the far side (a cut write, or something else wrote there):
             # remove it and send it whole, once; a second mismatch is not a transfer problem.
             for n in bad:
@@ -185,10 +190,3 @@ async def _mismatched(conn, remote: Remote, folder: str, b: Bundle) -> list[str]
 def one_line_stderr(result) -> str:
     lines = [line for line in str(result.stderr or "").splitlines() if line.strip()]
     return lines[-1] if lines else f"exit status {result.exit_status}"
-
-
-async def _verify_remote(conn, remote: Remote, folder: str, b: Bundle, where: str) -> None:
-    bad = await _mismatched(conn, remote, folder, b)
-    if bad:
-        raise SSHError(f"{where} has this bundle's manifest but {', '.join(bad)} differ from it (corrupt there); "
-                       "push again with --force to replace it")

@@ -222,3 +222,29 @@ def test_addresses_and_remote_command_lines():
     assert parse_remote("jetson:/data/b").path("edgeq-bundles") == "/data/b"
     assert parse_remote("jetson:~/b").path("x") == "b" and parse_remote("jetson").path("edgeq-bundles") == "edgeq-bundles"
     assert command_line(["~/venv/bin/edgeq", "bench", "a b", "$(rm -rf /)"]) == "~/venv/bin/edgeq bench 'a b' '$(rm -rf /)'"
+
+
+def test_a_corrupt_copy_on_the_device_is_found_and_replaced_only_with_force(device, tiny_onnx):
+    dest = device.far / "push-corrupt"
+    assert push(device, tiny_onnx.path, f"device:{dest}").returncode == 0
+    target = dest / tiny_onnx.path.name / "decoder.onnx"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 1
+    target.write_bytes(bytes(data))
+    assert_one_line_error(push(device, tiny_onnx.path, f"device:{dest}"),
+                          r"has this bundle's manifest but decoder.onnx differ from it .*--force")
+    forced = push(device, tiny_onnx.path, f"device:{dest}", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert open_bundle(dest / tiny_onnx.path.name).manifest == tiny_onnx.manifest
+
+
+def test_a_staged_file_that_is_not_a_prefix_of_ours_is_sent_again_whole(device, tiny_onnx):
+    dest = device.far / "push-wrong-prefix"
+    key = sha256_file(tiny_onnx.path / MANIFEST)[:12]
+    staging = dest / f".{tiny_onnx.path.name}.edgeq-push-{key}"
+    staging.mkdir(parents=True)
+    (staging / "decoder.onnx").write_bytes(b"\0" * 1000)  # looks like a cut copy, but the bytes are wrong
+    proc = push(device, tiny_onnx.path, f"device:{dest}")
+    assert proc.returncode == 0, proc.stderr
+    assert open_bundle(dest / tiny_onnx.path.name).manifest == tiny_onnx.manifest  # every hash verified
+    assert [p.name for p in dest.iterdir()] == [tiny_onnx.path.name]
