@@ -74,6 +74,8 @@ def doctor(bundle: str | Path | None = None, target: str | None = None, device: 
         report.checks += _target_checks(host, t)
     if b:
         report.checks += _runtime_checks(host, b)
+    elif bundle is None:
+        report.checks.append(_onnxruntime_check(host))
     report.checks += _cuda_checks(host, needs, b)
     report.checks += _cpu_checks(host, b)
     if b:
@@ -149,6 +151,16 @@ def _runtime_checks(host: dict, b) -> list[Check]:
     else:
         out.append(Check("runtime", "ok", f"{lib} {have} (bundle built with {built})"))
     return out
+
+
+def _onnxruntime_check(host: dict) -> Check:
+    """Without a bundle: can this host run ONNX bundles, the ones a device is meant for?"""
+    providers = host["onnxruntime_providers"]
+    if providers is None:
+        return Check("runtime", "warn", "onnxruntime is not installed: ONNX bundles will not run",
+                     "pip install 'edgeq[runtime]'")
+    version = host["libraries"].get("onnxruntime") or host["libraries"].get("onnxruntime-gpu")
+    return Check("runtime", "ok", f"onnxruntime {version} ({', '.join(providers)})")
 
 
 def _older(have: str, built: str) -> bool:

@@ -149,3 +149,11 @@ def test_torch_cuda_build_is_read_without_importing_torch():
         assert out[0] == "False"
     elif "+cpu" in installed:  # this checkout's venv: the CPU build
         assert out[0] == "None"
+
+
+def test_doctor_without_a_bundle_describes_the_host_and_its_runtime():
+    rc, rep = report()
+    assert rc == 0, rep["checks"]
+    c = checks(rep)
+    assert c["runtime"]["status"] == "ok" and "CPUExecutionProvider" in c["runtime"]["message"]
+    assert rep["reads_format_version"] == 1 and rep["host"]["arch"] in ("x86_64", "arm64")
