@@ -59,6 +59,9 @@ async def _bench(local, remote: Remote, settings: BenchSettings, edgeq: str, pro
             if value is not None:
                 argv += [flag, str(value)]
         argv += ["--resume"] * settings.resume + ["--force"] * settings.force
+        # summary.json is rewritten at the end of every run: without the old one, a run that dies on the
+        # device can never come back looking like a finished one.
+        await run(conn, ["rm", "-f", "--", posixpath.join(out, "summary.json")], remote=remote)
         if progress:
             progress(f"bench on {remote.host}", 0, 1)
         result = await run(conn, argv, check=False, remote=remote)
