@@ -44,10 +44,13 @@ fi
 
 if [ ! -f "$ROOT/.edgeq-root-complete" ]; then
   PARTIAL="$ROOT.partial"
-  rm -rf "$PARTIAL"; mkdir -p "$(dirname "$ROOT")"
+  # mmdebstrap mounts /proc, /sys and /dev inside the root; it runs in its own mount namespace (below)
+  # so a killed build leaves none behind, and --one-file-system keeps rm out of any that still are.
+  findmnt -rn -o TARGET | grep "^$PARTIAL/" | sort -r | xargs -r -n1 umount -l || true
+  rm -rf --one-file-system "$PARTIAL"; mkdir -p "$(dirname "$ROOT")"
   start=$(date +%s)
   say "building the arm64 Debian root in $PARTIAL (mmdebstrap; 3-17 min)"
-  nice -n 19 mmdebstrap --quiet --arch=arm64 --variant=apt \
+  nice -n 19 unshare --mount --fork -- mmdebstrap --quiet --arch=arm64 --variant=apt \
     --aptopt='Acquire::Check-Valid-Until "false"' \
     --include=python3,python3-venv,python3-pip,libsndfile1,ca-certificates \
     bookworm "$PARTIAL"
