@@ -79,7 +79,6 @@ PY
   cert="${PIP_CERT:-$(python3 -m pip config get global.cert 2>/dev/null || true)}"
   if [ -n "$cert" ] && [ -f "$cert" ]; then
     mkdir -p "$PARTIAL$(dirname "$cert")"; cp "$cert" "$PARTIAL$cert"
-    printf 'export PIP_CERT=%s\n' "$cert" > "$PARTIAL/etc/profile.d/pip-cert.sh"
   fi
   touch "$PARTIAL/.edgeq-root-complete"
   mv "$PARTIAL" "$ROOT"
@@ -103,9 +102,15 @@ print("\n".join(p["dependencies"] + p["optional-dependencies"]["runtime"]))
 PY
   # The key is written last: a venv without it (cut install) is removed and built again.
   rm -rf "$ROOT/opt/edgeq-venv"
-  cert_env=()
-  [ -n "${PIP_CERT:-}" ] && cert_env=(env "PIP_CERT=$PIP_CERT")
-  in_root "$ROOT" "${cert_env[@]}" sh -c '
+  # A clean environment: the host's PIP_FIND_LINKS and file:// indexes name folders the root lacks;
+  # network settings pass through (the CA bundle and pip.conf were copied in above).
+  pass_env=()
+  for var in PIP_CERT PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_TRUSTED_HOST http_proxy https_proxy no_proxy; do
+    val="${!var:-}"
+    case "$val" in ""|/*|file:*) ;; *) pass_env+=("$var=$val") ;; esac
+  done
+  [ -n "${PIP_CERT:-}" ] && [ -f "$ROOT$PIP_CERT" ] && pass_env+=("PIP_CERT=$PIP_CERT")
+  in_root "$ROOT" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/root LANG=C.UTF-8 "${pass_env[@]}" sh -c '
     python3 -m venv /opt/edgeq-venv &&
     /opt/edgeq-venv/bin/pip install -q --disable-pip-version-check -r /tmp/edgeq-requirements.txt'
   echo "$deps_key" > "$ROOT/opt/edgeq-venv/.deps-key"
