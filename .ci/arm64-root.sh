@@ -5,7 +5,7 @@
 # Idempotent and cached outside the clone (CI runs in a fresh clone on the same machine):
 #   EDGEQ_ARM64_ROOT (default /var/cache/edgeq-ci/arm64-root), ~400 MB root + ~250 MB venv.
 # A root appears only complete: it is built in ROOT.partial and renamed at the end.
-# Measured (2 shared cores): mmdebstrap 3-17 min, the venv's pip install of onnxruntime & co ~5 min.
+# Measured (2 cores shared with other work): mmdebstrap 170-402 s, the venv (onnxruntime & co) 127-200 s.
 # Needs root (binfmt_misc, chroot). Exits 0 with "arm64: unavailable: why" where the host cannot.
 set -euo pipefail
 ROOT="${EDGEQ_ARM64_ROOT:-/var/cache/edgeq-ci/arm64-root}"
@@ -49,7 +49,7 @@ if [ ! -f "$ROOT/.edgeq-root-complete" ]; then
   findmnt -rn -o TARGET | grep "^$PARTIAL/" | sort -r | xargs -r -n1 umount -l || true
   rm -rf --one-file-system "$PARTIAL"; mkdir -p "$(dirname "$ROOT")"
   start=$(date +%s)
-  say "building the arm64 Debian root in $PARTIAL (mmdebstrap; 3-17 min)"
+  say "building the arm64 Debian root in $PARTIAL (mmdebstrap; 3-7 min)"
   nice -n 19 unshare --mount --fork -- mmdebstrap --quiet --arch=arm64 --variant=apt \
     --aptopt='Acquire::Check-Valid-Until "false"' \
     --include=python3,python3-venv,python3-pip,libsndfile1,ca-certificates \
@@ -84,7 +84,7 @@ PY
   mv "$PARTIAL" "$ROOT"
 fi
 
-# The venv with edgeq[runtime]'s aarch64 dependencies (onnxruntime ~5 min to install under emulation).
+# The venv with edgeq[runtime]'s aarch64 dependencies (installed under emulation).
 # Rebuilt when pyproject.toml's dependencies change; the test then installs the fresh wheel into it.
 deps_key="$(python3 - "$REPO/pyproject.toml" <<'PY'
 import hashlib, sys, tomllib
@@ -94,7 +94,7 @@ PY
 )"
 if [ "$(cat "$ROOT/opt/edgeq-venv/.deps-key" 2>/dev/null)" != "$deps_key" ]; then
   start=$(date +%s)
-  say "installing edgeq[runtime]'s dependencies for aarch64 into $ROOT/opt/edgeq-venv (~5 min)"
+  say "installing edgeq[runtime]'s dependencies for aarch64 into $ROOT/opt/edgeq-venv (2-4 min)"
   python3 - "$REPO/pyproject.toml" > "$ROOT/tmp/edgeq-requirements.txt" <<'PY'
 import sys, tomllib
 p = tomllib.load(open(sys.argv[1], "rb"))["project"]
