@@ -3,7 +3,7 @@
 # root under qemu-user, with a venv that already holds edgeq[runtime]'s dependencies for aarch64.
 # `.ci/arm64-root.sh run CMD...` runs CMD in the (ready) root, with a clean environment.
 # Idempotent and cached outside the clone (CI runs in a fresh clone on the same machine):
-#   EDGEQ_ARM64_ROOT (default /var/cache/edgeq-ci/arm64-root), ~400 MB root + ~250 MB venv.
+#   EDGEQ_ARM64_ROOT (default /var/cache/edgeq-ci/arm64-root), 526 MB with its venv.
 # A root appears only complete: it is built in ROOT.partial and renamed at the end.
 # Measured (2 cores shared with other work): mmdebstrap 170-402 s, the venv (onnxruntime & co) 127-200 s.
 # Needs root (binfmt_misc, chroot). Exits 0 with "arm64: unavailable: why" where the host cannot.
