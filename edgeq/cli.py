@@ -259,8 +259,10 @@ def transcribe(bundle: Path, audio: tuple[Path, ...], as_json: bool, device: str
                    "side by side instead of running.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Also save a PNG: WER vs size, RTF.")
 @click.option("--no-sampler", is_flag=True, hidden=True, help="Disable the RSS sampler thread (overhead checks).")
+@click.option("--on", "on", metavar="USER@HOST", help="Run on this device over SSH and bring the results back.")
+@click.option("--remote-edgeq", default="edgeq", show_default=True, help="The edgeq command on the --on device.")
 def bench(bundles, models, dataset, limit, device, threads, target, warmup, out, resume, force, language,
-          compare, plot_path, no_sampler) -> None:
+          compare, plot_path, no_sampler, on, remote_edgeq) -> None:
     """Measure WER, peak RAM and latency of BUNDLES (and --model checkpoints) on a dataset."""
     from edgeq.bench.report import load_summaries, plot, render_table
 
@@ -286,7 +288,10 @@ def bench(bundles, models, dataset, limit, device, threads, target, warmup, out,
                                  warmup=warmup, resume=resume, force=force, language=language,
                                  sampler=not no_sampler)
         with _progress() as progress:
-            summaries = run_bench(systems, settings, progress)
+            if on:
+                summaries = _bench_on(on, models, bundles, settings, remote_edgeq, progress)
+            else:
+                summaries = run_bench(systems, settings, progress)
         _console(stderr=True).print(f"results in {_esc(out)}/ (one .jsonl per system, summary.json)")
     _console().print(render_table(summaries))
     if not compare and t is not None:
@@ -326,6 +331,99 @@ def info(bundle: Path, no_verify: bool) -> None:
     if extra:
         shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
         _console().print(f"  [yellow]unlisted[/]   {len(extra)} file(s) not in the manifest, never loaded: {_esc(shown)}")
+
+
+# --------------------------------------------------------------------------- deploy
+
+
+def _bench_on(on: str, models, bundles, settings, remote_edgeq: str, progress) -> list[dict]:
+    from edgeq.deploy.remote import remote_bench
+    from edgeq.deploy.ssh import parse_remote
+
+    if models:
+        raise click.UsageError("--model baselines run locally only; --on measures bundles")
+    return remote_bench([str(b) for b in bundles], parse_remote(on), settings, remote_edgeq, progress)
+
+
+_MARK = {"ok": "[green]ok  [/]", "warn": "[yellow]warn[/]", "fail": "[bold red]FAIL[/]"}
+
+
+@main.command()
+@click.argument("bundle", required=False, type=click.Path(path_type=Path))
+@click.option("--target", help="Also check this host against a target (see `edgeq targets`).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="The device the bundle will run on [default: its own].")
+@click.option("--json", "as_json", is_flag=True, help="The host facts and checks as one JSON object.")
+def doctor(bundle: Path | None, target: str | None, device: str | None, as_json: bool) -> None:
+    """Check that this host can run BUNDLE (or a --target), and say what fixes what is missing."""
+    from rich.markup import escape
+
+    from edgeq.deploy.doctor import doctor as run_doctor
+
+    report = run_doctor(bundle, target=target, device=device)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=1))
+    else:
+        h = report.host
+        cuda = h["cuda"]
+        lines = [
+            f"[bold]host[/]  {h['arch']}, {h['cpu']['model']}{' (' + h['cpu']['board'] + ')' if h['cpu']['board'] else ''}, "
+            f"{h['cpu']['logical_cores']} cores, {h['memory_available_mb']}/{h['memory_total_mb']} MB free, "
+            f"{h['disk_free_mb']} MB disk free",
+            f"      flags: {' '.join(h['cpu']['key_flags']) or '-'}; GPU: {cuda['gpu'] or 'none'}"
+            + (f" (CUDA {cuda['toolkit'] or cuda['driver_cuda']})" if cuda["gpu"] else "")
+            + (f"; Jetson L4T {h['jetson']['l4t']} = JetPack {h['jetson']['jetpack']}" if h["jetson"] else ""),
+        ]
+        for c in report.checks:
+            lines.append(f"{_MARK[c.status]}  {c.name:<12} {escape(c.message)}")
+            if c.fix and c.status != "ok":
+                lines.append(f"      {'':<12} fix: [bold]{escape(c.fix)}[/]")
+        _console().print("\n".join(lines), soft_wrap=True)
+    if not report.ok:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), help="Archive file [default: BUNDLE.tar.gz].")
+@click.option("--force", is_flag=True, help="Replace an archive already at --out.")
+def pack(bundle: Path, out: Path | None, force: bool) -> None:
+    """Write BUNDLE (verified first) as one .tar.gz file to copy to a device."""
+    from edgeq.deploy.pack import pack as pack_bundle
+
+    path = pack_bundle(bundle, out or Path(f"{Path(bundle).resolve().name}.tar.gz"), force=force)
+    _console().print(f"[bold green]packed[/] {path} ({_mb(path.stat().st_size)})")
+
+
+@main.command()
+@click.argument("archive", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), help="Bundle folder [default: the archive's folder name].")
+@click.option("--force", is_flag=True, help="Replace a bundle already at --out.")
+def unpack(archive: Path, out: Path | None, force: bool) -> None:
+    """Extract a packed bundle; every file is checked against the manifest before the folder appears."""
+    from edgeq.deploy.pack import unpack as unpack_archive
+
+    b = unpack_archive(archive, out, force=force)
+    _console().print(f"[bold green]unpacked[/] {b.path} ({b.name}, {len(b.manifest.files)} files, all sha256 match)")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("destination", metavar="USER@HOST[:DIR]")
+@click.option("--force", is_flag=True, help="Replace a different bundle of the same name there.")
+def push(bundle: Path, destination: str, force: bool) -> None:
+    """Copy BUNDLE to a device over SSH (resumable; hashes checked there) into DIR [default: ~/edgeq-bundles]."""
+    from edgeq.deploy.push import push as push_bundle
+    from edgeq.deploy.ssh import parse_remote
+
+    remote = parse_remote(destination)
+    with _progress() as progress:
+        result = push_bundle(bundle, remote, force=force, progress=progress)
+    where = f"{remote}:{result.remote_path}"
+    if result.already_there:
+        _console().print(f"[bold green]up to date[/] {where} (same bundle, every sha256 matches there)")
+    else:
+        resumed = f", {_mb(result.resumed_bytes)} resumed from a cut push" if result.resumed_bytes else ""
+        _console().print(f"[bold green]pushed[/] {where} ({_mb(result.sent_bytes)} sent{resumed}; every sha256 matches there)")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -52,6 +52,31 @@ def _device_tree_model() -> str | None:
         return None
 
 
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def cpu_clock() -> dict:
+    """Frequency governor, current/max clock and SoC temperature where Linux exposes them (a Pi or Jetson
+    that throttles when hot runs slower than the same board cold: results must say which)."""
+    freq = _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq")
+    top = _read("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
+    temps = []
+    for zone in sorted(Path("/sys/class/thermal").glob("thermal_zone*")):
+        t = _read(str(zone / "temp"))
+        if t and t.lstrip("-").isdigit():
+            temps.append(int(t) / 1000)
+    return {
+        "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+        "freq_mhz": int(freq) // 1000 if freq and freq.isdigit() else None,
+        "max_freq_mhz": int(top) // 1000 if top and top.isdigit() else None,
+        "temperature_c": max(temps) if temps else None,
+    }
+
+
 def _git_commit() -> str | None:
     repo = Path(__file__).resolve().parents[2]
     if not (repo / ".git").exists():
@@ -78,6 +103,7 @@ def fingerprint() -> dict:
             "flags": flags,
             "logical_cores": os.cpu_count(),
             "physical_cores": psutil.cpu_count(logical=False),
+            **cpu_clock(),
         },
         "memory_total_mb": round(psutil.virtual_memory().total / 2**20),
         "os": f"{platform.system()} {platform.release()}",

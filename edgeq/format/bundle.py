@@ -240,7 +240,7 @@ def sweep_stale_staging(parent: Path) -> list[Path]:
             with exclusive_lock(lock):
                 old, out = parent / f"{stem}.old", parent / stem[1 : stem.rindex(STAGING)]
                 if old.is_dir() and not out.exists() and not out.is_symlink():
-                    os.replace(old, out)  # killed between the two renames of _swap_in
+                    os.replace(old, out)  # killed between the two renames of swap_in
                 for leftover in [parent / stem, *parent.glob(f"{stem}.*")]:
                     if leftover.is_dir() and not leftover.is_symlink():
                         shutil.rmtree(leftover, ignore_errors=True)
@@ -288,7 +288,7 @@ def write_bundle(
                     os.fsync(f.fileno())
                 os.replace(tmp, staging / MANIFEST)
                 _fsync_dir(staging)
-                _swap_in(staging, out)
+                swap_in(staging, out)
             except OSError as err:
                 where = err.filename or staging
                 raise BundleError(f"{out}: cannot write the bundle ({os_reason(err)}: {where})") from None
@@ -317,7 +317,8 @@ def _complete(fields: dict[str, Any], staging: Path) -> Manifest:
                                     "size": size, "files": files})
 
 
-def _swap_in(staging: Path, out: Path) -> None:
+def swap_in(staging: Path, out: Path) -> None:
+    """Rename a complete staging folder to `out` (builds, `edgeq unpack`), replacing what was there."""
     if out.exists():
         # Move the old folder aside first: at no moment is `out` a half-replaced bundle. Named
         # after the staging folder, so a build killed between the two renames has its old bundle

@@ -278,7 +278,7 @@ def test_a_killed_build_is_swept_by_the_next_one_and_a_live_one_is_not(tmp_path)
 
 def test_a_bundle_moved_aside_by_a_killed_build_is_put_back(tmp_path):
     first = write_bundle(tmp_path / "b", _populate)
-    # What a build killed between _swap_in's two renames leaves: its lock (nobody holds it), the
+    # What a build killed between swap_in's two renames leaves: its lock (nobody holds it), the
     # new bundle still in staging, and the old one moved aside.
     stem = ".b.edgeq-staging-deadbeef"
     (tmp_path / f"{stem}.lock").write_text("12345\n")

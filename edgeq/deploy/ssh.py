@@ -1,0 +1,112 @@
+"""SSH to a device with asyncssh: `user@host[:dir]`, keys and options from the user's agent and ~/.ssh/config.
+
+Why asyncssh (over paramiko or fabric): it reads ~/.ssh/config itself (Host aliases, HostName, Port,
+User, IdentityFile, ProxyJump, UserKnownHostsFile) and verifies host keys against known_hosts by
+default, where paramiko leaves both to the caller and fabric adds invoke on top of paramiko; its
+SFTP client writes at any offset, which is what resuming a cut transfer needs; it is pure Python
+over `cryptography`, so it installs from wheels on a Pi, and it is actively maintained.
+
+Every failure a user can cause (host unreachable, key refused, unknown host key, connection cut)
+becomes one `SSHError` line that says what to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from edgeq.errors import EdgeqError, MissingDependencyError
+from edgeq.util import one_line
+
+CONNECT_TIMEOUT_S = 20
+
+
+class SSHError(EdgeqError):
+    """The device cannot be reached, refuses us, or the connection was cut."""
+
+
+@dataclass(frozen=True)
+class Remote:
+    host: str  # as the user wrote it: a name, an address, or a ~/.ssh/config Host alias
+    user: str | None = None
+    dir: str | None = None  # relative paths are relative to the remote user's home
+
+    def __str__(self) -> str:
+        return f"{self.user + '@' if self.user else ''}{self.host}"
+
+    def path(self, default: str) -> str:
+        d = self.dir or default
+        return d[2:] if d.startswith("~/") else ("." if d == "~" else d)
+
+
+def parse_remote(spec: str) -> Remote:
+    """`[user@]host[:dir]`, as scp writes it."""
+    user, _, rest = spec.rpartition("@") if "@" in spec else (None, "", spec)
+    host, _, folder = rest.partition(":")
+    if not host or (user is not None and not user):
+        raise SSHError(f"{spec!r} is not a device address; write user@host or user@host:folder")
+    return Remote(host=host, user=user or None, dir=folder or None)
+
+
+def _asyncssh():
+    try:
+        import asyncssh
+    except ImportError:
+        raise MissingDependencyError("talking to a device needs asyncssh: pip install 'edgeq[deploy]'") from None
+    return asyncssh
+
+
+def sftp_error() -> type[Exception]:
+    """asyncssh's SFTP error class (no such file, permission denied, failure), for except clauses."""
+    return _asyncssh().SFTPError
+
+
+@asynccontextmanager
+async def connect(remote: Remote) -> AsyncIterator:
+    """An open connection; a cut during the block becomes one SSHError that says to run again."""
+    asyncssh = _asyncssh()
+    options = {"connect_timeout": CONNECT_TIMEOUT_S}
+    if remote.user:
+        options["username"] = remote.user
+    try:
+        conn = await asyncssh.connect(remote.host, **options)
+    except asyncssh.PermissionDenied:
+        raise SSHError(f"{remote} refused every key offered (agent and ~/.ssh/config IdentityFile); "
+                       f"add your public key there with `ssh-copy-id {remote}`") from None
+    except asyncssh.HostKeyNotVerifiable as err:
+        raise SSHError(f"{remote}: host key not trusted ({one_line(err.reason)}); "
+                       f"connect once with `ssh {remote}` to check and accept it") from None
+    except (OSError, asyncio.TimeoutError) as err:
+        raise SSHError(f"cannot reach {remote.host}: {one_line(err) or 'timed out'}; "
+                       "check the address, that the device is on and that sshd runs there") from None
+    except asyncssh.Error as err:
+        raise SSHError(f"ssh to {remote} failed: {one_line(err.reason)}") from None
+    try:
+        async with conn:
+            yield conn
+    except (asyncssh.ConnectionLost, asyncssh.DisconnectError, ConnectionError) as err:
+        raise SSHError(f"connection to {remote.host} was cut ({one_line(err)}); "
+                       "run the same command again to continue where it stopped") from None
+
+
+async def run(conn, argv: list[str], check: bool = True, remote: Remote | None = None):
+    """Run argv on the device (quoted, no shell surprises); stdout, stderr and exit status come back."""
+    result = await conn.run(command_line(argv), check=False)
+    if check and result.exit_status != 0:
+        lines = [line for line in str(result.stderr or "").splitlines() if line.strip()]
+        raise SSHError(f"{remote or 'device'}: `{' '.join(argv)}` failed: {lines[-1] if lines else result.exit_status}")
+    return result
+
+
+def command_line(argv: list[str]) -> str:
+    """argv quoted for the device's shell, except that a leading `~/` still means the remote home
+    (`--remote-edgeq '~/venv/bin/edgeq'`)."""
+    return " ".join("~/" + shlex.quote(a[2:]) if a.startswith("~/") else shlex.quote(a) for a in argv)
+
+
+def run_sync(coro):
+    """asyncio.run, with Ctrl-C left to the CLI."""
+    return asyncio.run(coro)
