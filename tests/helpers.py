@@ -116,3 +116,37 @@ def mutated(valid, data):
     else:
         parent[data.draw(st.text(max_size=10), "new key")] = data.draw(json_values(), "value")
     return doc
+
+
+def answers_or_one_line_error(read):
+    """Property tests: `read()` returns a result or raises an EdgeqError of one non-empty line;
+    any other exception propagates and fails the test."""
+    from edgeq.errors import EdgeqError
+
+    try:
+        return read()
+    except EdgeqError as err:
+        assert "\n" not in str(err) and str(err)
+        return None
+
+
+def with_file(name: str, content: bytes, run) -> None:
+    """Call `run(path)` with `content` written to a fresh temporary folder as `name`, then remove it
+    (hypothesis calls a test many times per pytest invocation, so tmp_path cannot be used)."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp())
+    try:
+        (folder / name).write_bytes(content)
+        run(folder / name)
+    finally:
+        shutil.rmtree(folder)
+
+
+def property_settings():
+    """Hypothesis settings of the fast tier's property tests: 150 examples, no deadline (a
+    loaded CI machine is slow, not wrong)."""
+    from hypothesis import HealthCheck, settings
+
+    return settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,12 +96,19 @@ def _folder(root: Path) -> list[Utterance]:
     return utts
 
 
+_UTTERANCE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
 def _librispeech_chapter(trans: Path) -> list[Utterance]:
     utts = []
     for n, line in enumerate(read_text(trans, DatasetError, "transcript file").splitlines(), 1):
         if not line.strip():
             continue
         utt_id, _, text = line.strip().partition(" ")
+        # The id names the audio file next to the transcript: a separator, ".." or a NUL byte in
+        # it would point elsewhere (or make the path unusable), so only LibriSpeech-like ids pass.
+        if not _UTTERANCE_ID.fullmatch(utt_id):
+            raise DatasetError(f"{trans}:{n}: {utt_id[:40]!r} is not an utterance id (letters, digits, '-', '_', '.')")
         audio = trans.parent / f"{utt_id}.flac"
         if not text:
             raise DatasetError(f"{trans}:{n}: no transcript after the utterance id")

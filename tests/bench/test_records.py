@@ -4,19 +4,15 @@ file holds, the reader answers with summaries or one `EdgeqError` line naming th
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
-from pathlib import Path
 
-from helpers import json_values, mutated
-from hypothesis import HealthCheck, given, settings
+from helpers import answers_or_one_line_error, json_values, mutated, property_settings, with_file
+from hypothesis import given
 from hypothesis import strategies as st
 
-from edgeq.bench.report import load_summaries, render_table
+from edgeq.bench.report import load_summaries
 from edgeq.bench.summary import load_records, summarize
-from edgeq.errors import EdgeqError
 
-FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = property_settings()
 
 RUN = {"type": "run", "system": "s", "system_info": {"recipe": "r", "size_mb": 1.0}, "settings": {"threads": 1},
        "load": {"seconds": 1.0, "rss_before_mb": 1.0, "rss_after_mb": 2.0, "peak_rss_mb": 3.0},
@@ -27,51 +23,36 @@ UTT = {"type": "utterance", "id": "u", "audio_s": 1.0, "latency_s": 0.5, "decode
 END = {"type": "end", "remaining": 0, "peak_rss_os_mb": 5.0}
 
 
-def _answers(read) -> None:
-    try:
-        summaries = read()
-        render_table(summaries)  # what --compare shows next: a validated summary renders
-    except EdgeqError as err:
-        assert "\n" not in str(err) and str(err)
-
-
-def _file(name: str, content: bytes, run) -> None:
-    tmp = Path(tempfile.mkdtemp())
-    try:
-        (tmp / name).write_bytes(content)
-        run(tmp / name)
-    finally:
-        shutil.rmtree(tmp)
 
 
 def test_valid_records_summarize_and_render():
     summary = summarize([RUN, UTT, END])
     assert summary["wer"]["wer_pct"] == 50.0
-    _file("s.json", json.dumps([summary]).encode(), lambda p: _answers(lambda: load_summaries([p])))
+    with_file("s.json", json.dumps([summary]).encode(), lambda p: answers_or_one_line_error(lambda: load_summaries([p])))
 
 
 @FAST
 @given(data=st.data(), which=st.sampled_from([0, 1, 2]))
-def test_any_edit_of_a_results_file(data, which):
+def test_any_edit_of_a_resultswith_file(data, which):
     records = [RUN, UTT, END]
     records[which] = mutated(records[which], data)
     content = "\n".join(json.dumps(r) for r in records).encode() + b"\n"
-    _file("s.jsonl", content, lambda p: _answers(lambda: load_summaries([p])))
+    with_file("s.jsonl", content, lambda p: answers_or_one_line_error(lambda: load_summaries([p])))
 
 
 @FAST
 @given(data=st.data())
 def test_any_edit_of_a_summary(data):
     doc = mutated([summarize([RUN, UTT, END])], data)
-    _file("s.json", json.dumps(doc).encode(), lambda p: _answers(lambda: load_summaries([p])))
+    with_file("s.json", json.dumps(doc).encode(), lambda p: answers_or_one_line_error(lambda: load_summaries([p])))
 
 
 @FAST
 @given(content=st.binary(max_size=200) | json_values().map(lambda v: json.dumps(v).encode()))
 def test_any_bytes_as_results_or_summary(content):
-    _file("s.json", content, lambda p: _answers(lambda: load_summaries([p])))
-    _file("s.jsonl", content, lambda p: _answers(lambda: load_summaries([p])))
-    _file("s.jsonl", content, lambda p: _answers(lambda: [summarize(load_records(p))]))
+    with_file("s.json", content, lambda p: answers_or_one_line_error(lambda: load_summaries([p])))
+    with_file("s.jsonl", content, lambda p: answers_or_one_line_error(lambda: load_summaries([p])))
+    with_file("s.jsonl", content, lambda p: answers_or_one_line_error(lambda: [summarize(load_records(p))]))
 
 
 def test_bench_target_compares_the_measured_peak(tmp_path):

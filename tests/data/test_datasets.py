@@ -4,35 +4,18 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
-from pathlib import Path
 
 import pytest
-from helpers import json_values
-from hypothesis import HealthCheck, given, settings
+from helpers import answers_or_one_line_error, json_values, property_settings, with_file
+from hypothesis import given
 from hypothesis import strategies as st
 
 from edgeq.data.datasets import open_dataset
-from edgeq.errors import DatasetError, EdgeqError
+from edgeq.errors import DatasetError
 
-FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def _answers(read) -> None:
-    try:
-        read()
-    except EdgeqError as err:
-        assert "\n" not in str(err) and str(err)
+FAST = property_settings()
 
 
-def _in_folder(name: str, content: bytes, run) -> None:
-    tmp = Path(tempfile.mkdtemp())
-    try:
-        (tmp / name).write_bytes(content)
-        run(tmp / name)
-    finally:
-        shutil.rmtree(tmp)
 
 
 _ROWS = st.lists(st.lists(st.text(max_size=12), max_size=4).map("\t".join), max_size=5).map("\n".join)
@@ -41,7 +24,7 @@ _ROWS = st.lists(st.lists(st.text(max_size=12), max_size=4).map("\t".join), max_
 @FAST
 @given(content=st.binary(max_size=200) | _ROWS.map(lambda rows: ("file\ttranscript\n" + rows).encode()))
 def test_any_tsv_manifest(content):
-    _in_folder("m.tsv", content, lambda p: _answers(lambda: open_dataset(p)))
+    with_file("m.tsv", content, lambda p: answers_or_one_line_error(lambda: open_dataset(p)))
 
 
 @FAST
@@ -50,13 +33,13 @@ def test_any_tsv_manifest(content):
        | st.lists(st.fixed_dictionaries({"file": json_values(5), "text": json_values(5)}), max_size=3)
        .map(lambda rows: "\n".join(map(json.dumps, rows)).encode()))
 def test_any_jsonl_manifest(content):
-    _in_folder("m.jsonl", content, lambda p: _answers(lambda: open_dataset(p)))
+    with_file("m.jsonl", content, lambda p: answers_or_one_line_error(lambda: open_dataset(p)))
 
 
 @FAST
 @given(content=st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
 def test_any_librispeech_transcript_file(content):
-    _in_folder("1-2.trans.txt", content, lambda p: _answers(lambda: open_dataset(p.parent)))
+    with_file("1-2.trans.txt", content, lambda p: answers_or_one_line_error(lambda: open_dataset(p.parent)))
 
 
 def test_ragged_tsv_row_names_the_row(tmp_path):
@@ -74,4 +57,11 @@ def test_jsonl_line_that_is_not_an_object(tmp_path):
 def test_non_utf8_transcripts(tmp_path):
     (tmp_path / "1-2.trans.txt").write_bytes(b"1-2-0000 CAF\xc9\n")
     with pytest.raises(DatasetError, match=r"1-2.trans.txt: the transcript file is not UTF-8 text"):
+        open_dataset(tmp_path)
+
+
+@pytest.mark.parametrize("utt_id", ["../../etc/passwd", "a\x00b", "/abs"])
+def test_transcript_ids_cannot_point_outside_the_chapter(tmp_path, utt_id):
+    (tmp_path / "1-2.trans.txt").write_text(f"{utt_id} HELLO\n")
+    with pytest.raises(DatasetError, match=r"1-2.trans.txt:1: .* is not an utterance id"):
         open_dataset(tmp_path)

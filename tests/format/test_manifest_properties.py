@@ -9,15 +9,15 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from helpers import json_values, manifest_fields, mutated
-from hypothesis import HealthCheck, given, settings
+from helpers import answers_or_one_line_error, json_values, manifest_fields, mutated, property_settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from edgeq.errors import EdgeqError
 from edgeq.format.bundle import MANIFEST, WEIGHTS, open_bundle, read_manifest, write_bundle
 from edgeq.format.layout import OnnxLayout
 
-FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = property_settings()
 
 
 def _populate(folder):
@@ -31,12 +31,6 @@ def _populate(folder):
 def bundle(tmp_path_factory) -> Path:
     return write_bundle(tmp_path_factory.mktemp("prop") / "b", _populate).path
 
-
-def _answers(read) -> None:
-    try:
-        read()
-    except EdgeqError as err:
-        assert "\n" not in str(err) and str(err)
 
 
 def _with_manifest(bundle: Path, content: bytes):
@@ -53,7 +47,7 @@ def _with_manifest(bundle: Path, content: bytes):
 def test_any_manifest_bytes(bundle, content):
     tmp, copy = _with_manifest(bundle, content)
     try:
-        _answers(lambda: read_manifest(copy))
+        answers_or_one_line_error(lambda: read_manifest(copy))
     finally:
         shutil.rmtree(tmp)
 
@@ -64,7 +58,7 @@ def test_any_edit_of_a_valid_manifest(bundle, data):
     doc = mutated(json.loads((bundle / MANIFEST).read_text()), data)
     tmp, copy = _with_manifest(bundle, json.dumps(doc).encode())
     try:
-        _answers(lambda: open_bundle(copy))
+        answers_or_one_line_error(lambda: open_bundle(copy))
     finally:
         shutil.rmtree(tmp)
 
@@ -76,13 +70,13 @@ _LAYOUT = OnnxLayout.for_dims(n_mels=80, n_audio_ctx=1500, n_layers=2, heads=4, 
 @FAST
 @given(data=st.data())
 def test_any_edit_of_onnx_json(data):
-    _answers(lambda: OnnxLayout.from_dict(mutated(_LAYOUT, data), "b"))
+    answers_or_one_line_error(lambda: OnnxLayout.from_dict(mutated(_LAYOUT, data), "b"))
 
 
 @FAST
 @given(value=json_values())
 def test_any_onnx_json(value):
-    _answers(lambda: OnnxLayout.from_dict(value, "b"))
+    answers_or_one_line_error(lambda: OnnxLayout.from_dict(value, "b"))
 
 
 _GENERATION = {"decoder_start_token_id": 1, "eos_token_id": 2, "no_timestamps_token_id": 3,
@@ -98,7 +92,7 @@ def test_any_edit_of_the_decoder_configs(data, which):
 
     generation = mutated(_GENERATION, data) if which == "generation" else _GENERATION
     config = mutated(_CONFIG, data) if which == "config" else _CONFIG
-    _answers(lambda: DecodeSettings.from_configs(generation, config, where="b"))
+    answers_or_one_line_error(lambda: DecodeSettings.from_configs(generation, config, where="b"))
 
 
 @pytest.mark.parametrize("name", ["../x.onnx", "/abs/x.onnx", "sub/x.onnx", "..onnx", "x.onnx.data"])

@@ -8,22 +8,16 @@ from pathlib import Path
 
 import pytest
 import tomli_w
-from helpers import json_values, mutated
-from hypothesis import HealthCheck, given, settings
+from helpers import answers_or_one_line_error, json_values, mutated, property_settings
+from hypothesis import given
 from hypothesis import strategies as st
 
-from edgeq.errors import EdgeqError, RecipeError
+from edgeq.errors import RecipeError
 from edgeq.spec.recipe import apply_overrides, load_recipe, load_recipe_file, recipe_to_toml
 from edgeq.spec.targets import load_target, targets_dir
 
-FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = property_settings()
 
-
-def _answers(read) -> None:
-    try:
-        read()
-    except EdgeqError as err:
-        assert "\n" not in str(err) and str(err)
 
 
 def _file(content: bytes, name: str) -> Path:
@@ -45,8 +39,8 @@ def _toml(doc) -> bytes:
 @FAST
 @given(content=st.binary(max_size=300) | st.text(max_size=300).map(str.encode))
 def test_any_recipe_or_target_bytes(content):
-    _answers(lambda: load_recipe_file(_file(content, "r.toml")))
-    _answers(lambda: load_target(str(_file(content, "t.toml"))))
+    answers_or_one_line_error(lambda: load_recipe_file(_file(content, "r.toml")))
+    answers_or_one_line_error(lambda: load_target(str(_file(content, "t.toml"))))
 
 
 @FAST
@@ -55,7 +49,7 @@ def test_any_edit_of_a_shipped_recipe(data, name):
     import tomllib
 
     doc = mutated(tomllib.loads(recipe_to_toml(load_recipe(name))), data)
-    _answers(lambda: load_recipe_file(_file(_toml(doc), "r.toml")))
+    answers_or_one_line_error(lambda: load_recipe_file(_file(_toml(doc), "r.toml")))
 
 
 @FAST
@@ -64,14 +58,14 @@ def test_any_edit_of_a_shipped_target(data):
     import tomllib
 
     doc = mutated(tomllib.loads((targets_dir() / "rpi4.toml").read_text()), data)
-    _answers(lambda: load_target(str(_file(_toml(doc), "t.toml"))))
+    answers_or_one_line_error(lambda: load_target(str(_file(_toml(doc), "t.toml"))))
 
 
 @FAST
 @given(sets=st.lists(st.text(max_size=30) | st.sampled_from(["weights.format=int4", "options.engine=x86",
                                                               "modules=1", "a.b.c=[1, {x = 2}]"]), max_size=3))
 def test_any_set(sets):
-    _answers(lambda: apply_overrides(load_recipe("pytorch-int8-dynamic"), sets))
+    answers_or_one_line_error(lambda: apply_overrides(load_recipe("pytorch-int8-dynamic"), sets))
 
 
 @FAST
@@ -79,7 +73,7 @@ def test_any_set(sets):
 def test_any_value_anywhere_in_a_recipe_dict(value):
     from edgeq.spec.recipe import recipe_from_dict
 
-    _answers(lambda: recipe_from_dict({"name": "x", "backend": "hqq", "scheme": "weight-only",
+    answers_or_one_line_error(lambda: recipe_from_dict({"name": "x", "backend": "hqq", "scheme": "weight-only",
                                        "weights": {"format": "int4", "granularity": "group", "group_size": 64},
                                        "options": value}, "r"))
 
