@@ -12,6 +12,7 @@ from pathlib import Path
 
 from edgeq.bench.summary import load_records, summarize
 from edgeq.errors import EdgeqError
+from edgeq.runtime.decoding import STUDY_OPTIONS, DecodeOptions
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class BenchSettings:
     force: bool = False
     language: str | None = None
     sampler: bool = True
+    decode: DecodeOptions = STUDY_OPTIONS  # greedy, no timestamps, no fallback: the study's numbers
 
 
 def make_systems(bundles: list[str], models: list[str]) -> list[System]:
@@ -78,6 +80,7 @@ def run_bench(systems: list[System], settings: BenchSettings,
             "results": str(results), "dataset": settings.dataset, "limit": settings.limit,
             "device": settings.device, "threads": settings.threads, "warmup": settings.warmup,
             "resume": settings.resume, "language": settings.language, "sampler": settings.sampler,
+            "decode": settings.decode.to_dict(),
         }
         fatal = _run_worker(job, system.name, progress)
         if fatal:
