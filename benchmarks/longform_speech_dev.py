@@ -17,7 +17,7 @@ import time
 
 from _common import SPEECH_DEV, WHISPER_BASE, require_shared, write_json
 
-METHODS = ("clips", "windows", "longform", "longform-nocond", "longform-nofallback", "longform-beam5")
+METHODS = ("clips", "windows", "longform", "longform-nocond", "longform-nofallback", "longform-beam5", "longform-vad")
 
 
 def main() -> None:
@@ -36,6 +36,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dataset", default=str(SPEECH_DEV))
     ap.add_argument("--bundle", help="measure this bundle instead of the float checkpoint")
+    ap.add_argument("--pause", type=float, default=0.0, help="seconds of room noise between utterances (VAD)")
+    ap.add_argument("--pause-noise", type=float, default=0.003, help="deviation of that noise")
+    ap.add_argument("--name", default="", help="suffix of the results file")
     args = ap.parse_args()
     require_shared()
     if args.bundle:
@@ -44,19 +47,22 @@ def main() -> None:
         transcriber = edgeq.load(args.bundle, threads=args.threads, language="en")
         system = transcriber.bundle.manifest["recipe"]["name"]
     else:
-    
+        from edgeq.torch_runtime import load_checkpoint
+
         transcriber, _ = load_checkpoint(str(WHISPER_BASE), threads=args.threads, language="en")
         system = "whisper-base-fp32"
     dataset = open_dataset(args.dataset)
-    joined = join_utterances(dataset, args.minutes * 60)
+    joined = join_utterances(dataset, args.minutes * 60, pause_s=args.pause, pause_noise=args.pause_noise)
     options = {
         "longform": DecodeOptions(),
         "longform-nocond": DecodeOptions(condition_on_previous_text=False),
         "longform-nofallback": replace(STUDY_OPTIONS, timestamps=True),
         "longform-beam5": DecodeOptions(beam_size=5),
+        "longform-vad": DecodeOptions(vad=True),
     }
     out = {"model": "whisper-base", "system": system, "threads": args.threads, "dataset": args.dataset,
-           "audio_s": joined.seconds, "utterances": len(joined.parts), "methods": {}}
+           "audio_s": joined.seconds, "utterances": len(joined.parts), "pause_s": args.pause,
+           "pause_noise": args.pause_noise if args.pause else None, "methods": {}}
     for method in args.methods.split(","):
         t0 = time.perf_counter()
         extra = {}
@@ -73,7 +79,7 @@ def main() -> None:
             text = r.text
             extra = {"windows": r.windows, "segments": len(r.segments), "gaps": [g.__dict__ for g in r.gaps],
                      "decoder_steps": r.timings.decoder_steps, "encoder_s": r.timings.encoder_s,
-                     "decode_s": r.timings.decode_s}
+                     "decode_s": r.timings.decode_s, "vad_skipped_s": r.vad_skipped_s}
         seconds = time.perf_counter() - t0
         errors = word_errors(joined.reference, text)
         runs = error_runs(joined.reference, text)
@@ -85,7 +91,7 @@ def main() -> None:
                "longest_inserted_run": max(runs["inserted"], default=0), **extra}
         out["methods"][method] = row
         print(method, {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items() if k != "gaps"}, flush=True)
-    path = write_json(f"longform_{system}_{args.minutes:g}min.json", out)
+    path = write_json(f"longform_{system}_{args.minutes:g}min{args.name}.json", out)
     print(f"wrote {path}")
 
 

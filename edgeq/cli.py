@@ -205,6 +205,8 @@ def _decode_choices(fallback_default: str):
                      help=f"Re-decode a looping or unlikely window at higher temperatures [default: {fallback_default}]."),
         click.option("--condition-on-previous-text/--no-condition-on-previous-text", "condition", default=None,
                      help="Prompt each 30 s window with the text before it [default: on]."),
+        click.option("--vad/--no-vad", default=None,
+                     help="Skip silence found by Silero VAD (pip install 'edgeq[vad]') [default: off]."),
     ]
 
     def wrap(f):
@@ -214,11 +216,11 @@ def _decode_choices(fallback_default: str):
     return wrap
 
 
-def _options(preset, beam_size, patience, length_penalty, fallback, condition, timestamps=None):
+def _options(preset, beam_size, patience, length_penalty, fallback, condition, vad, timestamps=None):
     from edgeq.runtime.decoding import choose_options
 
     return choose_options(preset, beam_size=beam_size, patience=patience, length_penalty=length_penalty,
-                          fallback=fallback, condition_on_previous_text=condition, timestamps=timestamps)
+                          fallback=fallback, condition_on_previous_text=condition, timestamps=timestamps, vad=vad)
 
 
 @main.command()
@@ -236,7 +238,7 @@ def _options(preset, beam_size, patience, length_penalty, fallback, condition, t
 @_decode_choices("on")
 def transcribe(bundle: Path, audio: tuple[Path, ...], fmt: str | None, output_dir: Path | None, force: bool,
                as_json: bool, device: str, threads: int | None, language: str | None, no_verify: bool,
-               beam_size, patience, length_penalty, fallback, condition) -> None:
+               beam_size, patience, length_penalty, fallback, condition, vad) -> None:
     """Transcribe AUDIO files (wav/flac/mp3/ogg, any rate, any length) with BUNDLE."""
     from edgeq.errors import AudioError
     from edgeq.runtime.decoding import DecodeOptions
@@ -244,7 +246,7 @@ def transcribe(bundle: Path, audio: tuple[Path, ...], fmt: str | None, output_di
     from edgeq.runtime.writers import check_format, output_paths, render, write_atomic
 
     fmt = check_format(fmt or ("json" if as_json else "txt"))
-    options = _options(DecodeOptions(), beam_size, patience, length_penalty, fallback, condition)
+    options = _options(DecodeOptions(), beam_size, patience, length_penalty, fallback, condition, vad)
     targets = output_paths(list(audio), fmt, output_dir, force) if output_dir else [None] * len(audio)
     transcriber = load(bundle, device=device, threads=threads, language=language, verify=not no_verify)
     meta = {"bundle": str(bundle), "manifest_sha256": transcriber.bundle.manifest_sha256}
@@ -300,7 +302,8 @@ def transcribe(bundle: Path, audio: tuple[Path, ...], fmt: str | None, output_di
                    "longer audio always uses them].")
 @_decode_choices("off")
 def bench(bundles, models, dataset, limit, device, threads, target, warmup, out, resume, force, language,
-          compare, plot_path, no_sampler, timestamps, beam_size, patience, length_penalty, fallback, condition) -> None:
+          compare, plot_path, no_sampler, timestamps, beam_size, patience, length_penalty, fallback, condition,
+          vad) -> None:
     """Measure WER, peak RAM and latency of BUNDLES (and --model checkpoints) on a dataset."""
     from edgeq.bench.report import load_summaries, plot, render_table
 
@@ -323,7 +326,7 @@ def bench(bundles, models, dataset, limit, device, threads, target, warmup, out,
         from edgeq.runtime.decoding import STUDY_OPTIONS
 
         systems = make_systems([str(b) for b in bundles], list(models))
-        decode = _options(STUDY_OPTIONS, beam_size, patience, length_penalty, fallback, condition, timestamps)
+        decode = _options(STUDY_OPTIONS, beam_size, patience, length_penalty, fallback, condition, vad, timestamps)
         settings = BenchSettings(dataset=dataset, out=out, limit=limit, device=device or "cpu", threads=threads,
                                  warmup=warmup, resume=resume, force=force, language=language,
                                  sampler=not no_sampler, decode=decode)

@@ -28,8 +28,10 @@ class JoinedAudio:
         return len(self.samples) / SAMPLE_RATE
 
 
-def join_utterances(dataset: Dataset, min_seconds: float = 0.0, pause_s: float = 0.0, seed: int = 0) -> JoinedAudio:
-    """All utterances of `dataset` once, then again in new seeded orders until `min_seconds`."""
+def join_utterances(dataset: Dataset, min_seconds: float = 0.0, pause_s: float = 0.0, pause_noise: float = 0.0,
+                    seed: int = 0) -> JoinedAudio:
+    """All utterances of `dataset` once, then again in new seeded orders until `min_seconds`,
+    with `pause_s` of silence between them (Gaussian noise of deviation `pause_noise`: a room)."""
     utts = [u for u in dataset.utterances if u.reference]
     if not utts:
         raise DatasetError(f"{dataset.spec}: no utterance has a reference to join")
@@ -43,9 +45,9 @@ def join_utterances(dataset: Dataset, min_seconds: float = 0.0, pause_s: float =
             seconds += len(audio[utts[i].id]) / SAMPLE_RATE
             if seconds >= min_seconds:
                 break
-    pause = np.zeros(int(pause_s * SAMPLE_RATE), dtype=np.float32)
     pieces = []
     for u in order:
+        pause = (pause_noise * rng.standard_normal(int(pause_s * SAMPLE_RATE))).astype(np.float32)
         pieces += [audio[u.id], pause]
     samples = np.concatenate(pieces[:-1]) if pieces else np.zeros(0, np.float32)
     return JoinedAudio(samples, " ".join(u.reference for u in order), tuple(order))

@@ -133,6 +133,8 @@ class DecodeOptions:
     """Prompt each window with the text before it (reset after a window decoded above 0.5)."""
     seed: int = 0
     """Random generator seed for temperature sampling, so a run can be repeated exactly."""
+    vad: bool = False
+    """Jump over silence found by Silero VAD (pip install 'edgeq[vad]') instead of decoding it."""
 
     def __post_init__(self):
         if self.beam_size < 1:
@@ -415,7 +417,8 @@ class WindowDecoder:
 
 def choose_options(base: DecodeOptions, beam_size: int | None = None, patience: float | None = None,
                    length_penalty: float | None = None, fallback: bool | None = None,
-                   condition_on_previous_text: bool | None = None, timestamps: bool | None = None) -> DecodeOptions:
+                   condition_on_previous_text: bool | None = None, timestamps: bool | None = None,
+                   vad: bool | None = None) -> DecodeOptions:
     """`base` with the choices a user made (None: keep base's). Fallback on restores Whisper's
     thresholds too; off keeps them for the silence skip and gap reports, at temperature 0 only."""
     changes: dict[str, Any] = {}
@@ -426,7 +429,8 @@ def choose_options(base: DecodeOptions, beam_size: int | None = None, patience: 
     elif fallback is False:
         changes["temperatures"] = (0.0,)
     for name, value in (("beam_size", beam_size), ("patience", patience), ("length_penalty", length_penalty),
-                        ("condition_on_previous_text", condition_on_previous_text), ("timestamps", timestamps)):
+                        ("condition_on_previous_text", condition_on_previous_text), ("timestamps", timestamps),
+                        ("vad", vad)):
         if value is not None:
             changes[name] = value
     return replace(base, **changes)

@@ -11,9 +11,9 @@ no speech. What still cannot be transcribed (a window that ran to the token limi
 complete segment, or whose best decoding is still a loop) is reported as a `Gap`, never dropped
 silently.
 
-Features are computed per window from the samples, so memory does not grow with the length of
-the recording beyond the samples themselves (a 3-hour file: 690 MB of float32 samples, no
-whole-file spectrogram).
+Features are computed per window from the samples, which come from an `AudioStream` when
+transcribing a file: memory does not grow with the length of the recording (a 3-hour file would
+be 690 MB of float32 samples and a 350 MB spectrogram if either were held whole).
 """
 
 from __future__ import annotations
@@ -25,12 +25,16 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from edgeq.runtime.audio import AudioStream
 from edgeq.runtime.decoding import TIME_PRECISION, DecodeOptions, DecodeResult, DecodeSettings, WindowDecoder
 from edgeq.runtime.features import HOP_LENGTH, N_FRAMES, SAMPLE_RATE, log_mel_spectrogram
 from edgeq.runtime.tokenizer import WhisperTokenizer
+from edgeq.runtime.vad import SpeechFinder
 from edgeq.spec.protocols import Engine, Progress
 
 FRAMES_PER_TOKEN = 2  # the encoder halves the 3000 mel frames into 1500 positions of 0.02 s
+VAD_PAD_S = 0.4
+VAD_MIN_SILENCE_S = 2.0
 
 
 @dataclass
@@ -78,6 +82,7 @@ class LongformResult:
     windows: int  # windows decoded (a window re-decoded at a higher temperature counts once)
     decodes: int  # decodings, temperature fallbacks included
     skipped_silence: int  # windows skipped as no speech
+    vad_skipped_s: float  # seconds jumped over as silence by voice activity detection
     timings: Timings = field(default_factory=Timings)
 
 
@@ -98,7 +103,8 @@ class LongformTranscriber:
         self.options = options
         self.n_mels = n_mels
 
-    def run(self, samples: np.ndarray, progress: Progress | None = None) -> LongformResult:
+    def run(self, samples: np.ndarray | AudioStream, progress: Progress | None = None) -> LongformResult:
+        """Transcribe `samples` (mono 16 kHz): an array, or a stream read forward window by window."""
         options = self.options
         if len(samples) > N_FRAMES * HOP_LENGTH and not options.timestamps:
             # Long audio is always sought by timestamps: fixed windows lose words at their edges.
@@ -115,9 +121,17 @@ class LongformTranscriber:
         gaps: list[Gap] = []
         language, language_prob = self.settings.language, None
         windows = decodes = skipped = 0
+        vad_skipped = 0.0
+        finder = SpeechFinder() if options.vad else None
         while seek < content_frames:
             if progress:
                 progress("transcribing", int(seek * HOP_LENGTH / SAMPLE_RATE), int(total_s))
+            if finder is not None:
+                while seek < content_frames and (jump := self._silence_ahead(finder, samples, seek, content_frames)):
+                    vad_skipped += jump * HOP_LENGTH / SAMPLE_RATE
+                    seek += jump
+                if seek >= content_frames:
+                    break
             offset = seek * HOP_LENGTH / SAMPLE_RATE
             size = min(N_FRAMES, content_frames - seek)
             duration = size * HOP_LENGTH / SAMPLE_RATE
@@ -183,7 +197,20 @@ class LongformTranscriber:
         if progress:
             progress("transcribing", int(total_s), int(total_s))
         timings.tokens = len(all_tokens)
-        return LongformResult(segments, all_tokens, language, language_prob, gaps, windows, decodes, skipped, timings)
+        return LongformResult(segments, all_tokens, language, language_prob, gaps, windows, decodes, skipped,
+                              round(vad_skipped, 2), timings)
+
+    @staticmethod
+    def _silence_ahead(finder: SpeechFinder, samples, seek: int, content_frames: int) -> int:
+        """Frames of silence to jump from `seek`: a whole window without speech, or the silence
+        before the first speech when it is long enough to matter (faster-whisper's VAD defaults:
+        speech padded by 0.4 s, silences under 2 s kept)."""
+        end = min(seek + N_FRAMES, content_frames)
+        speech = finder.next_speech(samples, seek * HOP_LENGTH, end * HOP_LENGTH)
+        if speech is None:
+            return end - seek
+        lead = (speech - seek * HOP_LENGTH) / SAMPLE_RATE - VAD_PAD_S
+        return int(lead * SAMPLE_RATE) // HOP_LENGTH if lead >= VAD_MIN_SILENCE_S else 0
 
     def _decode_with_fallback(self, decoder: WindowDecoder, encoder_state, language: str | None,
                               previous: list[int], rng: np.random.Generator,

