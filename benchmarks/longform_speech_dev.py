@@ -17,7 +17,8 @@ import time
 
 from _common import SPEECH_DEV, WHISPER_BASE, require_shared, write_json
 
-METHODS = ("clips", "windows", "longform", "longform-nocond", "longform-nofallback", "longform-beam5", "longform-vad")
+METHODS = ("clips", "windows", "longform", "whisper", "longform-nocond", "longform-nofallback", "longform-beam5",
+           "longform-vad")
 
 
 def main() -> None:
@@ -55,6 +56,7 @@ def main() -> None:
     joined = join_utterances(dataset, args.minutes * 60, pause_s=args.pause, pause_noise=args.pause_noise)
     options = {
         "longform": DecodeOptions(),
+        "whisper": DecodeOptions(recheck_sparse_segments=False),  # openai-whisper's algorithm alone
         "longform-nocond": DecodeOptions(condition_on_previous_text=False),
         "longform-nofallback": replace(STUDY_OPTIONS, timestamps=True),
         "longform-beam5": DecodeOptions(beam_size=5),
@@ -79,7 +81,7 @@ def main() -> None:
             text = r.text
             extra = {"windows": r.windows, "segments": len(r.segments), "gaps": [g.__dict__ for g in r.gaps],
                      "decoder_steps": r.timings.decoder_steps, "encoder_s": r.timings.encoder_s,
-                     "decode_s": r.timings.decode_s, "vad_skipped_s": r.vad_skipped_s}
+                     "decode_s": r.timings.decode_s, "vad_skipped_s": r.vad_skipped_s, "rechecks": r.rechecks}
         seconds = time.perf_counter() - t0
         errors = word_errors(joined.reference, text)
         runs = error_runs(joined.reference, text)

@@ -133,6 +133,9 @@ class DecodeOptions:
     """Prompt each window with the text before it (reset after a window decoded above 0.5)."""
     seed: int = 0
     """Random generator seed for temperature sampling, so a run can be repeated exactly."""
+    recheck_sparse_segments: bool = True
+    """Decode again, alone, a segment whose span holds seconds its text does not explain (Whisper
+    skipped a sentence in it); beyond openai-whisper, see edgeq.runtime.longform."""
     vad: bool = False
     """Jump over silence found by Silero VAD (pip install 'edgeq[vad]') instead of decoding it."""
 

@@ -35,6 +35,7 @@ class Transcription:
     language_prob: float | None = None  # probability of the detected language (None: it was given)
     options: dict[str, Any] = field(default_factory=dict)  # the DecodeOptions used
     vad_skipped_s: float = 0.0  # seconds jumped over as silence (options.vad)
+    rechecks: int = 0  # segments decoded again alone because their text left seconds unexplained
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -78,7 +79,7 @@ class Transcriber:
             text=" ".join(seg.text for seg in result.segments), tokens=result.tokens, language=result.language,
             audio_s=len(samples) / SAMPLE_RATE, segments=result.segments, windows=result.windows,
             truncated=truncated, timings=timings, gaps=result.gaps, language_prob=result.language_prob,
-            options=options.to_dict(), vad_skipped_s=result.vad_skipped_s,
+            options=options.to_dict(), vad_skipped_s=result.vad_skipped_s, rechecks=result.rechecks,
         )
 
 

@@ -193,7 +193,12 @@ def test_previous_text_prompt_is_capped_at_half_the_context():
 # --------------------------------------------------------------------------- the seek loop
 
 
-def transcribe(engine, seconds, options=DecodeOptions()):
+# The seek-loop tests script every window; the recheck of sparse segments (one fake word over
+# seconds) would decode extra ones, so it is off except in its own tests.
+PLAIN = DecodeOptions(recheck_sparse_segments=False)
+
+
+def transcribe(engine, seconds, options=PLAIN):
     audio = np.random.default_rng(0).normal(0, 0.1, int(seconds * 16000)).astype(np.float32)
     return LongformTranscriber(engine, Words(), SETTINGS, options).run(audio)
 
@@ -218,7 +223,7 @@ def test_seek_goes_to_the_last_complete_timestamp_and_conditions_on_the_text():
 
 def test_no_conditioning_when_turned_off():
     engine = ScriptedEngine(follow([[ts(0), 1, ts(2), ts(2), 2, ts(5), ts(5), 3], [ts(0), 3, ts(1)]]))
-    transcribe(engine, 40.0, DecodeOptions(condition_on_previous_text=False))
+    transcribe(engine, 40.0, replace(PLAIN, condition_on_previous_text=False))
     assert all(p[0] == SOT for p in engine.prompts)
 
 
@@ -279,7 +284,7 @@ def test_a_half_hour_file_is_read_in_bounded_memory_with_progress(tmp_path):
     engine = ScriptedEngine(follow([[ts(0), 1, ts(29.0)]]))
     seen = []
     tracemalloc.start()
-    r = LongformTranscriber(engine, Words(), SETTINGS, STUDY_OPTIONS).run(
+    r = LongformTranscriber(engine, Words(), SETTINGS, replace(STUDY_OPTIONS, recheck_sparse_segments=False)).run(
         AudioStream(path), progress=lambda stage, done, total: seen.append((done, total)))
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
@@ -305,7 +310,24 @@ def test_voice_activity_detection_jumps_over_silence(monkeypatch):
     audio = np.zeros(100 * 16000, dtype=np.float32)
     audio[40 * 16000 : 45 * 16000] = 0.3 * np.sign(np.sin(np.arange(5 * 16000)))
     engine = ScriptedEngine(follow([[ts(0), 1, ts(5.0)]]))
-    r = LongformTranscriber(engine, Words(), SETTINGS, replace(STUDY_OPTIONS, vad=True)).run(audio)
+    r = LongformTranscriber(engine, Words(), SETTINGS, replace(PLAIN, vad=True, temperatures=(0.0,))).run(audio)
     assert [(s.start, s.end) for s in r.segments] == [(39.6, 44.6)]
     assert engine.windows + 1 == r.windows == 1
     assert r.vad_skipped_s == pytest.approx(70.0, abs=0.05)
+
+
+def test_a_segment_whose_span_its_text_does_not_explain_is_decoded_again_alone():
+    # One word over 10 s: decoded alone, the span gives eight words in two segments.
+    engine = ScriptedEngine(follow([[ts(0), 1, ts(10.0)],
+                                    [ts(0), 1, 2, 3, 4, 5, 6, ts(4.0), ts(4.0), 7, 8, ts(9.0)]]))
+    r = transcribe(engine, 10.0, DecodeOptions())
+    assert [(s.start, s.end, s.text) for s in r.segments] == [(0.0, 4.0, "w1 w2 w3 w4 w5 w6"), (4.0, 9.0, "w7 w8")]
+    assert r.rechecks == 1 and engine.windows == 1 and not r.gaps
+    assert engine.prompts[1][0] == SOT  # decoded alone: no previous text
+
+
+def test_a_recheck_that_finds_nothing_more_reports_a_gap():
+    engine = ScriptedEngine(follow([[ts(0), 1, ts(10.0)]]))
+    r = transcribe(engine, 10.0, DecodeOptions())
+    assert [s.text for s in r.segments] == ["w1"] and r.rechecks == 1
+    assert [(g.start, g.end) for g in r.gaps] == [(0.0, 10.0)] and "speech may be missing" in r.gaps[0].reason
