@@ -102,15 +102,6 @@ def _chars_per_second(segments: list[Segment]) -> float:
     return float(np.median(rates)) if len(rates) >= 8 else DEFAULT_CHARS_PER_S
 
 
-def _new_text(found: list[Segment] | None, text: str) -> bool:
-    """`found` holds at least RECHECK_MIN_GAIN_CHARS of words that `text` does not already say."""
-    if not found:
-        return False
-    known = set(text.lower().split())
-    fresh = [w for f in found for w in f.text.lower().split() if w not in known]
-    return sum(len(w) + 1 for w in fresh) >= RECHECK_MIN_GAIN_CHARS
-
-
 def compression_ratio(text: str) -> float:
     """How much better than 1:1 the text gzip-compresses: a loop ("the the the ...") is > 2.4."""
     data = text.encode("utf-8")
@@ -255,51 +246,39 @@ class LongformTranscriber:
         """Decode again, alone, a segment whose span holds far more time than its text needs.
 
         In a dense window Whisper can skip a whole sentence inside one long segment (on 20 minutes
-        of joined speech-dev clips, base int8: 5.4 s skipped in a 10 s segment of 10 words; 81
-        words lost in runs). Decoded alone, without the sentences around it, the span usually
-        gives its words back; when it does not, the unexplained part alone (after the text, then
-        before it) is decoded. Speech rate is this recording's own (median characters per second).
+        of joined speech-dev clips, base int8: 5.4 s skipped in a 10 s segment of 10 words; 78
+        words in runs). Decoded alone, with no other sentence around it, the span gives its
+        words back. Speech rate is this recording's own (median characters per second so far).
         """
         rate = _chars_per_second(before)
-        explained = len(seg.text) / rate
-        excess = (seg.end - seg.start) - explained
+        excess = (seg.end - seg.start) - len(seg.text) / rate
         if excess < RECHECK_EXCESS_S:
             return [seg], False
-        found = self._decode_span(seg.start, seg.end, samples, decoder, language, rng, timings)
-        if found is not None and sum(len(f.text) for f in found) - len(seg.text) >= RECHECK_MIN_GAIN_CHARS:
-            log.debug("recheck %.2f-%.2f s (%.1f s unexplained): decoded alone", seg.start, seg.end, excess)
-            return found, True
-        cut = round(seg.start + explained, 2)
-        tail = self._decode_span(cut, seg.end, samples, decoder, language, rng, timings)
-        if _new_text(tail, seg.text):
-            log.debug("recheck %.2f-%.2f s (%.1f s unexplained): the part after its text", seg.start, seg.end, excess)
-            return [replace(seg, end=cut), *tail], True
-        if excess >= GAP_EXCESS_S:
-            gaps.append(Gap(seg.start, seg.end, f"{excess:.1f} s of this segment are not explained by its text, "
-                                                "and decoding them again found nothing more: speech may be missing"))
-        return [seg], True
-
-    def _decode_span(self, start: float, end: float, samples, decoder: WindowDecoder, language: str | None,
-                     rng: np.random.Generator, timings: Timings) -> list[Segment] | None:
-        """[start, end) seconds decoded as a clip of its own: its segments, None if it loops."""
+        a, b = round(seg.start * SAMPLE_RATE), round(seg.end * SAMPLE_RATE)
         t0 = time.perf_counter()
-        features = log_mel_spectrogram(samples[round(start * SAMPLE_RATE) : round(end * SAMPLE_RATE)], self.n_mels)
+        features = log_mel_spectrogram(samples[a:b], self.n_mels)
         t1 = time.perf_counter()
         encoder_state = self.engine.encode(features)
         timings.features_s += t1 - t0
         timings.encoder_s += time.perf_counter() - t1
         result, ratio, _ = self._decode_with_fallback(decoder, encoder_state, language, [], rng, timings)
         o = decoder.options
-        if o.compression_ratio_threshold is not None and ratio > o.compression_ratio_threshold:
-            return None
-        pieces, _ = split_segments(result.tokens, self.settings.timestamp_begin, start, end - start)
+        pieces, _ = split_segments(result.tokens, self.settings.timestamp_begin, seg.start, seg.end - seg.start)
         found = []
-        for a, b, piece in pieces:
+        for start, end, piece in pieces:
             text = self._text(piece)
-            if text and b > a:
-                found.append(Segment(round(a, 2), round(min(b, end), 2), text, piece, result.avg_logprob,
+            if text and end > start:
+                found.append(Segment(round(start, 2), round(min(end, seg.end), 2), text, piece, result.avg_logprob,
                                      result.no_speech_prob, ratio, result.temperature))
-        return found
+        repetitive = o.compression_ratio_threshold is not None and ratio > o.compression_ratio_threshold
+        gained = sum(len(f.text) for f in found) - len(seg.text)
+        log.debug("recheck %.2f-%.2f s (%.1f s unexplained): %+d characters", seg.start, seg.end, excess, gained)
+        if found and not repetitive and gained >= RECHECK_MIN_GAIN_CHARS:
+            return found, True
+        if excess >= GAP_EXCESS_S:
+            gaps.append(Gap(seg.start, seg.end, f"{excess:.1f} s of this segment are not explained by its text, "
+                                                "and decoding it alone found nothing more: speech may be missing"))
+        return [seg], True
 
     def _decode_with_fallback(self, decoder: WindowDecoder, encoder_state, language: str | None,
                               previous: list[int], rng: np.random.Generator,

@@ -332,11 +332,3 @@ def test_a_recheck_that_finds_nothing_more_reports_a_gap():
     assert [s.text for s in r.segments] == ["w1"] and r.rechecks == 1
     assert [(g.start, g.end) for g in r.gaps] == [(0.0, 10.0)] and "speech may be missing" in r.gaps[0].reason
 
-
-def test_when_the_whole_span_gives_nothing_more_the_part_after_its_text_is_decoded():
-    engine = ScriptedEngine(follow([[ts(0), 1, 2, ts(10.0)], [ts(0), 1, 2, ts(10.0)],
-                                    [ts(0), 3, 4, 5, 6, ts(8.0)]]))
-    r = transcribe(engine, 10.0, DecodeOptions())
-    # "w1 w2" explains 5 / 15 s at the default rate: the rest, from 0.33 s, is decoded alone
-    assert [(s.start, s.end, s.text) for s in r.segments] == [(0.0, 0.33, "w1 w2"), (0.33, 8.33, "w3 w4 w5 w6")]
-    assert engine.windows == 2 and not r.gaps
