@@ -43,6 +43,7 @@ RECHECK_EXCESS_S = 1.5
 RECHECK_MIN_GAIN_CHARS = 10  # about two words more, or the first decoding stays
 GAP_EXCESS_S = 4.0  # still unexplained after the recheck: reported as a Gap
 DEFAULT_CHARS_PER_S = 15.0  # English read speech, until the recording has its own median
+DIGITAL_SILENCE = 1e-4  # peak amplitude (-80 dBFS) of a window that holds no sound at all
 VAD_PAD_S = 0.4
 VAD_MIN_SILENCE_S = 2.0
 
@@ -177,7 +178,14 @@ class LongformTranscriber:
             size = min(N_FRAMES, content_frames - seek)
             duration = size * HOP_LENGTH / SAMPLE_RATE
             t0 = time.perf_counter()
-            features = log_mel_spectrogram(samples[seek * HOP_LENGTH : (seek + size) * HOP_LENGTH], self.n_mels)
+            chunk = samples[seek * HOP_LENGTH : (seek + size) * HOP_LENGTH]
+            if float(np.max(np.abs(chunk))) < DIGITAL_SILENCE:
+                # Whisper reads digital silence as "you you you" with confidence (whisper-base: avg
+                # log-prob above -1, so the no-speech rule keeps it): nothing to decode here.
+                skipped += 1
+                seek += size
+                continue
+            features = log_mel_spectrogram(chunk, self.n_mels)
             t1 = time.perf_counter()
             encoder_state = self.engine.encode(features)
             t2 = time.perf_counter()
