@@ -206,33 +206,83 @@ def _print_bundle_summary(bundle, headline: str) -> None:
 # --------------------------------------------------------------------------- transcribe
 
 
+def _decode_choices(fallback_default: str):
+    """Decoding options shared by `transcribe` and `bench` (None: the command's preset decides)."""
+    options = [
+        click.option("--beam-size", type=int, help="Beam search with N beams (1: greedy) [default: 1]."),
+        click.option("--patience", type=float, help="Beam search: stop after beam-size * patience ended beams [default: 1.0]."),
+        click.option("--length-penalty", type=float, help="Rank beams by logprob / ((5+len)/6)**A, not / len."),
+        click.option("--temperature-fallback/--no-temperature-fallback", "fallback", default=None,
+                     help=f"Re-decode a looping or unlikely window at higher temperatures [default: {fallback_default}]."),
+        click.option("--condition-on-previous-text/--no-condition-on-previous-text", "condition", default=None,
+                     help="Prompt each 30 s window with the text before it [default: on]."),
+        click.option("--vad/--no-vad", default=None,
+                     help="Skip silence found by Silero VAD (pip install 'edgeq[vad]') [default: off]."),
+    ]
+
+    def wrap(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+    return wrap
+
+
+def _options(preset, beam_size, patience, length_penalty, fallback, condition, vad, timestamps=None):
+    from edgeq.runtime.decoding import choose_options
+
+    return choose_options(preset, beam_size=beam_size, patience=patience, length_penalty=length_penalty,
+                          fallback=fallback, condition_on_previous_text=condition, timestamps=timestamps, vad=vad)
+
+
 @main.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.argument("audio", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per file (text, tokens, timings).")
+@click.option("-f", "--format", "fmt", help="txt, srt, vtt, json or tsv: one file per input in --output-dir "
+                                             "(printed when no --output-dir is given).")
+@click.option("-o", "--output-dir", type=click.Path(path_type=Path), help="Write <audio stem>.<format> here.")
+@click.option("--force", is_flag=True, help="Replace transcript files that exist.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file on stdout (same as --format json).")
 @click.option("--device", default="cpu", type=click.Choice(["cpu", "cuda"]), show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for inference.")
 @click.option("--language", help="Override the bundle's language (e.g. en).")
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the bundle's files.")
-def transcribe(bundle: Path, audio: tuple[Path, ...], as_json: bool, device: str, threads: int | None,
-               language: str | None, no_verify: bool) -> None:
+@_decode_choices("on")
+def transcribe(bundle: Path, audio: tuple[Path, ...], fmt: str | None, output_dir: Path | None, force: bool,
+               as_json: bool, device: str, threads: int | None, language: str | None, no_verify: bool,
+               beam_size, patience, length_penalty, fallback, condition, vad) -> None:
     """Transcribe AUDIO files (wav/flac/mp3/ogg, any rate, any length) with BUNDLE."""
     from edgeq.errors import AudioError
+    from edgeq.runtime.decoding import DecodeOptions
     from edgeq.runtime.transcriber import load
+    from edgeq.runtime.writers import check_format, output_paths, render, write_atomic
 
+    fmt = check_format(fmt or ("json" if as_json else "txt"))
+    options = _options(DecodeOptions(), beam_size, patience, length_penalty, fallback, condition, vad)
+    targets = output_paths(list(audio), fmt, output_dir, force) if output_dir else [None] * len(audio)
     transcriber = load(bundle, device=device, threads=threads, language=language, verify=not no_verify)
+    meta = {"bundle": str(bundle), "manifest_sha256": transcriber.bundle.manifest_sha256}
+    err = _console(stderr=True)
     failed = 0
-    for path in audio:
+    for path, target in zip(audio, targets):
         try:
-            result = transcriber.transcribe(path)
-        except AudioError as err:
+            with _progress() as progress:
+                result = transcriber.transcribe(path, options=options, progress=progress)
+        except AudioError as error:
             failed += 1
-            _console(stderr=True).print(f"[red]edgeq: error:[/] {_esc(err)}", soft_wrap=True)
+            err.print(f"[red]edgeq: error:[/] {_esc(error)}", soft_wrap=True, markup=True)
             continue
-        if as_json:
-            click.echo(json.dumps({"path": str(path), **result.to_dict()}))
-        else:
+        for gap in result.gaps:
+            err.print(f"edgeq: warning: {path} {gap.start:.2f}-{gap.end:.2f} s not transcribed: {gap.reason}",
+                      soft_wrap=True, markup=False)
+        if target is not None:
+            write_atomic(target, render(result, fmt, {"path": str(path), **meta}))
+            err.print(f"{path} -> {target}", soft_wrap=True, markup=False)
+        elif fmt == "json":
+            click.echo(json.dumps({"path": str(path), **meta, **result.to_dict()}, ensure_ascii=False))
+        elif fmt == "txt":
             click.echo(f"{path}: {result.text}")
+        else:
+            click.echo(render(result, fmt), nl=False)
     if failed:
         sys.exit(1)
 
@@ -261,8 +311,13 @@ def transcribe(bundle: Path, audio: tuple[Path, ...], as_json: bool, device: str
 @click.option("--no-sampler", is_flag=True, hidden=True, help="Disable the RSS sampler thread (overhead checks).")
 @click.option("--on", "on", metavar="USER@HOST", help="Run on this device over SSH and bring the results back.")
 @click.option("--remote-edgeq", default="edgeq", show_default=True, help="The edgeq command on the --on device.")
+@click.option("--timestamps/--no-timestamps", default=None,
+              help="Decode clips of 30 s or less with timestamp tokens [default: off, as the study; "
+                   "longer audio always uses them].")
+@_decode_choices("off")
 def bench(bundles, models, dataset, limit, device, threads, target, warmup, out, resume, force, language,
-          compare, plot_path, no_sampler, on, remote_edgeq) -> None:
+          compare, plot_path, no_sampler, on, remote_edgeq, timestamps, beam_size, patience, length_penalty, fallback,
+          condition, vad) -> None:
     """Measure WER, peak RAM and latency of BUNDLES (and --model checkpoints) on a dataset."""
     from edgeq.bench.report import load_summaries, plot, render_table
 
@@ -283,10 +338,13 @@ def bench(bundles, models, dataset, limit, device, threads, target, warmup, out,
             t = load_target(target)
             device = device or t.device
             threads = threads or t.threads
+        from edgeq.runtime.decoding import STUDY_OPTIONS
+
         systems = make_systems([str(b) for b in bundles], list(models))
+        decode = _options(STUDY_OPTIONS, beam_size, patience, length_penalty, fallback, condition, vad, timestamps)
         settings = BenchSettings(dataset=dataset, out=out, limit=limit, device=device or "cpu", threads=threads,
                                  warmup=warmup, resume=resume, force=force, language=language,
-                                 sampler=not no_sampler)
+                                 sampler=not no_sampler, decode=decode)
         with _progress() as progress:
             if on:
                 summaries = _bench_on(on, models, bundles, settings, remote_edgeq, progress)

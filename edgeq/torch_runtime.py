@@ -12,6 +12,7 @@ tensor; a tensor the model expects but the file lacks is an error, not a silent 
 
 from __future__ import annotations
 
+import copy
 import errno
 import inspect
 import json
@@ -58,6 +59,12 @@ class TorchEngine:
 
     def start(self, encoder_state: torch.Tensor) -> tuple[torch.Tensor, Any]:
         return encoder_state, EncoderDecoderCache(DynamicCache(), DynamicCache())
+
+    def fork(self, state: tuple[torch.Tensor, Any]) -> tuple[torch.Tensor, Any]:
+        # The DynamicCache grows in place at every step: a branch needs its own copy (the encoder
+        # output and the cross-attention cache, once filled, are only read, but are copied too).
+        encoder_state, cache = state
+        return encoder_state, copy.deepcopy(cache)
 
     @torch.no_grad()
     def step(self, state: tuple[torch.Tensor, Any], tokens: list[int]) -> tuple[np.ndarray, Any]:

@@ -17,7 +17,9 @@ def probe(transcriber, audio_path: str) -> dict:
     from edgeq.runtime.features import log_mel_spectrogram
 
     audio = load_audio(audio_path)
-    result = transcriber.transcribe(audio)
+    from edgeq.runtime.decoding import STUDY_OPTIONS
+
+    result = transcriber.transcribe(audio, options=STUDY_OPTIONS)  # greedy, no timestamps
     engine, settings = transcriber.engine, transcriber.settings
     features = log_mel_spectrogram(audio, transcriber.n_mels)
     logits, _ = engine.step(engine.start(engine.encode(features)), settings.prompt(settings.language or "en"))

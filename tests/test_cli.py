@@ -118,3 +118,35 @@ def test_cuda_only_recipe_on_cpu_host(tiny_model, audio_dir, tmp_path):
 
 def test_missing_bundle_and_audio(tmp_path, audio_dir):
     assert_one_line_error(edgeq("transcribe", tmp_path / "nope", audio_dir / "a_16k.wav"), r"no such bundle folder")
+
+
+def test_transcribe_writes_one_file_per_input_and_refuses_to_overwrite(tiny_model, audio_dir, tmp_path):
+    srt = pytest.importorskip("srt")
+    from edgeq.format.bundle import open_bundle
+
+    out, subs = tmp_path / "b", tmp_path / "subs"
+    assert edgeq("build", "-r", "fp32", "-m", tiny_model, "-o", out).returncode == 0
+    inputs = (audio_dir / "a_16k.wav", audio_dir / "d.mp3")
+    # Random weights fail every threshold: fallback would re-decode each window 26 times, so it is off
+    # here except once (the JSON run below records the choice).
+    proc = edgeq("transcribe", out, *inputs, "--format", "srt", "--output-dir", subs, "--beam-size", "2",
+                 "--no-temperature-fallback")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in subs.iterdir()) == ["a_16k.srt", "d.srt"]  # no temporary files left
+    for p in subs.iterdir():
+        list(srt.parse(p.read_text()))  # raises on a malformed file
+    assert_one_line_error(edgeq("transcribe", out, *inputs, "--format", "srt", "--output-dir", subs),
+                          r"a_16k.srt exists; pass --force to replace it")
+    proc = edgeq("transcribe", out, inputs[0], "-f", "json", "-o", subs, "--no-temperature-fallback",
+                 "--no-condition-on-previous-text")
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((subs / "a_16k.json").read_text())
+    assert record["manifest_sha256"] == open_bundle(out, verify_hashes=False).manifest_sha256
+    assert record["options"]["temperatures"] == [0.0] and record["options"]["timestamps"] is True
+    assert record["options"]["condition_on_previous_text"] is False
+    assert isinstance(record["segments"], list) and record["windows"] == 1
+    proc = edgeq("transcribe", out, inputs[0], "-f", "srt", "-o", subs, "--force")
+    assert proc.returncode == 0, proc.stderr
+    assert_one_line_error(edgeq("transcribe", out, inputs[0], "--format", "docx"),
+                          r"--format 'docx' is unknown; choose one of txt, srt, vtt, json, tsv")
+    assert_one_line_error(edgeq("transcribe", out, inputs[0], "--beam-size", "0"), r"--beam-size must be at least 1")

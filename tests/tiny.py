@@ -14,7 +14,10 @@ SPECIALS = [
     "<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|de|>", "<|translate|>", "<|transcribe|>",
     "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>",
 ]
-VOCAB_SIZE = 256 + len(SPECIALS) + 6  # a few unused ids past the specials, like timestamps
+# Whisper's 1501 timestamp tokens (<|0.00|> .. <|30.00|>) follow the specials, as in a real model:
+# long audio is sought by them, and with only a few the seek loop would advance 0.1 s per window.
+N_TIMESTAMPS = 1501
+VOCAB_SIZE = 256 + len(SPECIALS) + N_TIMESTAMPS
 
 
 def _ids() -> dict[str, int]:
@@ -62,7 +65,7 @@ def make_tiny_whisper(folder: Path, seed: int = 0, d_model: int = 128, layers: i
     model.save_pretrained(folder, safe_serialization=True)
     generation = {
         "decoder_start_token_id": sot, "eos_token_id": eot, "pad_token_id": eot, "bos_token_id": eot,
-        "no_timestamps_token_id": ids["<|notimestamps|>"],
+        "no_timestamps_token_id": ids["<|notimestamps|>"], "prev_sot_token_id": ids["<|startofprev|>"],
         "lang_to_id": {"<|en|>": ids["<|en|>"], "<|de|>": ids["<|de|>"]},
         "task_to_id": {"translate": ids["<|translate|>"], "transcribe": ids["<|transcribe|>"]},
         "suppress_tokens": [ids["<|startoflm|>"]], "begin_suppress_tokens": [220 % 256, eot],

@@ -14,6 +14,7 @@ from pathlib import Path
 from edgeq.bench.report import load_summaries
 from edgeq.bench.summary import load_records, summarize
 from edgeq.errors import EdgeqError
+from edgeq.runtime.decoding import STUDY_OPTIONS, DecodeOptions
 from edgeq.util import LockHeld, exclusive_lock, os_reason
 
 
@@ -36,6 +37,7 @@ class BenchSettings:
     force: bool = False
     language: str | None = None
     sampler: bool = True
+    decode: DecodeOptions = STUDY_OPTIONS  # greedy, no timestamps, no fallback: the study's numbers
 
 
 def make_systems(bundles: list[str], models: list[str]) -> list[System]:
@@ -108,6 +110,7 @@ def _run_locked(systems: list[System], settings: BenchSettings, progress) -> lis
             "results": str(results), "dataset": settings.dataset, "limit": settings.limit,
             "device": settings.device, "threads": settings.threads, "warmup": settings.warmup,
             "resume": settings.resume, "language": settings.language, "sampler": settings.sampler,
+            "decode": settings.decode.to_dict(),
         }
         fatal = _run_worker(job, system.name, progress)
         if fatal:

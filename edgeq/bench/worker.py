@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -81,7 +82,11 @@ def _done_ids(path: Path, identity: dict) -> set[str]:
     runs = [r for r in records if r.get("type") == "run"]
     if runs:
         old = runs[-1]
-        for key in ("dataset", "limit", "device", "threads"):
+        from edgeq.runtime.decoding import STUDY_OPTIONS
+
+        # Runs from before decode options were recorded used the study's decoding.
+        old["settings"].setdefault("decode", STUDY_OPTIONS.to_dict())
+        for key in ("dataset", "limit", "device", "threads", "decode"):
             if old["settings"].get(key) != identity["settings"].get(key):
                 raise EdgeqError(f"{path}: cannot resume, it was run with {key}={old['settings'].get(key)!r}")
         if old["system_info"].get("manifest_sha256") != identity["system_info"].get("manifest_sha256"):
@@ -96,6 +101,7 @@ def run(job: dict) -> None:
     from edgeq.data.wer import word_errors
     from edgeq.errors import AudioError
     from edgeq.runtime.audio import load_audio
+    from edgeq.runtime.decoding import STUDY_OPTIONS, options_from_dict
 
     results = Path(job["results"])
     with MemorySampler(enabled=job.get("sampler", True)) as mem:
@@ -107,7 +113,9 @@ def run(job: dict) -> None:
         load = {"seconds": load_s, "rss_before_mb": rss_before / MB, "rss_after_mb": mem.rss() / MB,
                 "peak_rss_mb": mem.window() / MB}
         dataset = open_dataset(job["dataset"], limit=job.get("limit"))
+        options = options_from_dict(job["decode"]) if job.get("decode") else STUDY_OPTIONS
         settings = {k: job.get(k) for k in ("dataset", "limit", "device", "threads", "warmup", "language")}
+        settings["decode"] = options.to_dict()
         settings["sampler"] = job.get("sampler", True)
         settings["threads_used"] = _threads_used(info, job)  # what ran, also when --threads was left out
         header = {"type": "run", "system": job["system"]["name"], "system_info": info, "settings": settings,
@@ -117,7 +125,7 @@ def run(job: dict) -> None:
         out = ResultsFile(results)
         out.write(header)
         todo = [u for u in dataset.utterances if u.id not in done]
-        _warm_up(transcriber, todo or list(dataset.utterances), job.get("warmup", 1), load_audio)
+        _warm_up(transcriber, todo or list(dataset.utterances), job.get("warmup", 1), load_audio, options)
         mem.window()
         for i, utt in enumerate(todo):
             _say(progress=i, total=len(todo), id=utt.id)
@@ -125,7 +133,7 @@ def run(job: dict) -> None:
                 t_audio = time.perf_counter()
                 audio = load_audio(utt.audio)
                 audio_load_s = time.perf_counter() - t_audio
-                result = transcriber.transcribe(audio)
+                result = transcriber.transcribe(audio, options=options)
             except AudioError as err:
                 out.write({"type": "error", "id": utt.id, "audio": str(utt.audio), "error": str(err)})
                 continue
@@ -133,7 +141,8 @@ def run(job: dict) -> None:
             record = {
                 "type": "utterance", "id": utt.id, "audio": str(utt.audio), "audio_s": result.audio_s,
                 "reference": utt.reference, "hypothesis": result.text, "language": result.language,
-                "segments": result.segments, "truncated": result.truncated,
+                "windows": result.windows, "segments": len(result.segments), "truncated": result.truncated,
+                "gaps": [asdict(g) for g in result.gaps],
                 "audio_load_s": audio_load_s, "latency_s": t.total_s, "features_s": t.features_s,
                 "encoder_s": t.encoder_s, "decode_s": t.decode_s, "per_token_s": t.per_token_s,
                 "tokens": t.tokens, "decoder_steps": t.decoder_steps,
@@ -156,7 +165,7 @@ def run(job: dict) -> None:
         out.close()
 
 
-def _warm_up(transcriber, utterances, n: int, load_audio) -> None:
+def _warm_up(transcriber, utterances, n: int, load_audio, options) -> None:
     """Run `n` transcriptions first (not recorded): lazy init, allocator and cache growth."""
     from edgeq.errors import AudioError
 
@@ -164,7 +173,7 @@ def _warm_up(transcriber, utterances, n: int, load_audio) -> None:
         if n <= 0:
             return
         try:
-            transcriber.transcribe(load_audio(utt.audio))
+            transcriber.transcribe(load_audio(utt.audio), options=options)
             n -= 1
         except AudioError:
             continue

@@ -7,7 +7,7 @@ import numpy as np
 from edgeq.backends.base import Calibration
 from edgeq.data.datasets import open_dataset
 from edgeq.runtime.audio import load_audio, split_long_audio
-from edgeq.runtime.decoding import DecodeSettings, GreedyDecoder
+from edgeq.runtime.decoding import STUDY_OPTIONS, DecodeSettings, WindowDecoder
 from edgeq.runtime.features import log_mel_spectrogram
 
 
@@ -27,7 +27,7 @@ def prepare_calibration(spec: str, samples: int, settings: DecodeSettings, n_mel
         if progress:
             progress("reading calibration audio", i, len(dataset))
         features.append(log_mel_spectrogram(split_long_audio(load_audio(utt.audio))[0], n_mels))
-    decoder = GreedyDecoder(settings)
+    decoder = WindowDecoder(settings, STUDY_OPTIONS)
     transcripts: list[list[int]] = []
     if reference_model is not None:
         from edgeq.torch_runtime import TorchEngine

@@ -54,3 +54,23 @@ def word_errors(reference: str, hypothesis: str) -> WordErrors:
 def corpus_wer(items: list[WordErrors]) -> float:
     words = sum(i.ref_words for i in items)
     return sum(i.errors for i in items) / words if words else float("nan")
+
+
+def error_runs(reference: str, hypothesis: str) -> dict[str, list[int]]:
+    """Lengths of the runs of consecutive deleted and inserted words, after normalization.
+
+    A long transcript that loses a sentence at a window edge shows up as one long deletion run
+    (and one that decodes it twice as an insertion run), which a corpus WER averages away.
+    """
+    import jiwer
+
+    ref, hyp = normalize(reference), normalize(hypothesis)
+    if not hyp:
+        return {"deleted": [len(ref.split())] if ref else [], "inserted": []}
+    runs: dict[str, list[int]] = {"deleted": [], "inserted": []}
+    for chunk in jiwer.process_words(ref, hyp).alignments[0]:
+        if chunk.type == "delete":
+            runs["deleted"].append(chunk.ref_end_idx - chunk.ref_start_idx)
+        elif chunk.type == "insert":
+            runs["inserted"].append(chunk.hyp_end_idx - chunk.hyp_start_idx)
+    return runs

@@ -58,7 +58,7 @@ async def _bench(local, remote: Remote, settings: BenchSettings, edgeq: str, pro
         for flag, value in (("--limit", settings.limit), ("--threads", settings.threads), ("--language", settings.language)):
             if value is not None:
                 argv += [flag, str(value)]
-        argv += ["--resume"] * settings.resume + ["--force"] * settings.force
+        argv += ["--resume"] * settings.resume + ["--force"] * settings.force + decode_flags(settings.decode)
         # summary.json is rewritten at the end of every run: without the old one, a run that dies on the
         # device can never come back looking like a finished one.
         await run(conn, ["rm", "-f", "--", posixpath.join(out, "summary.json")], remote=remote)
@@ -153,3 +153,20 @@ async def _fetch(conn, remote_out: str, out: Path) -> list[str]:
             os.replace(tmp, out / name)
             names.append(name)
     return names
+
+
+def decode_flags(options) -> list[str]:
+    """The `edgeq bench` flags that make the device decode as `options` says (the bench's own preset,
+    STUDY_OPTIONS, needs none), so a remote run measures what a local one with the same flags would."""
+    from edgeq.runtime.decoding import STUDY_OPTIONS
+
+    if options is None or options == STUDY_OPTIONS:
+        return []
+    flags = ["--beam-size", str(options.beam_size), "--patience", str(options.patience)]
+    if options.length_penalty is not None:
+        flags += ["--length-penalty", str(options.length_penalty)]
+    flags.append("--temperature-fallback" if len(options.temperatures) > 1 else "--no-temperature-fallback")
+    flags.append("--condition-on-previous-text" if options.condition_on_previous_text else "--no-condition-on-previous-text")
+    flags.append("--vad" if options.vad else "--no-vad")
+    flags.append("--timestamps" if options.timestamps else "--no-timestamps")
+    return flags

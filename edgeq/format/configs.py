@@ -32,6 +32,7 @@ class GenerationConfig(_Read):
     task_to_id: dict[str, int] | None = None
     suppress_tokens: list[int] | None = None
     begin_suppress_tokens: list[int] | None = None
+    prev_sot_token_id: int | None = Field(None, ge=0)  # <|startofprev|>: the previous-text prompt
 
 
 def parse(model: type[_Read], data: Any, where: str, error: type[Exception] = BundleError):

@@ -91,6 +91,11 @@ class OnnxEngine:
     def start(self, encoder_state: dict[str, Any]) -> tuple[dict[str, Any], tuple]:
         return encoder_state, self._empty
 
+    def fork(self, state: tuple[dict[str, Any], tuple]) -> tuple[dict[str, Any], tuple]:
+        # step() binds the past as inputs and gets the present in fresh outputs: it never writes
+        # into a state it was given, so branches can share one.
+        return state
+
     def step(self, state: tuple[dict[str, Any], tuple], tokens: list[int]) -> tuple[np.ndarray, Any]:
         cross, past = state
         binding = self._decoder.io_binding()

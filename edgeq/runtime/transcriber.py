@@ -13,37 +13,30 @@ from edgeq.errors import BundleError, DeviceError, EdgeqError
 from edgeq.format import configs
 from edgeq.format.bundle import CONFIG, GENERATION_CONFIG, TOKENIZER, Bundle, open_bundle
 from edgeq.runtime import heap
-from edgeq.runtime.audio import SAMPLE_RATE, load_audio, split_long_audio, to_mono_16k
-from edgeq.runtime.decoding import DecodeSettings, Engine, GreedyDecoder
-from edgeq.runtime.features import log_mel_spectrogram
+from edgeq.runtime.audio import SAMPLE_RATE, AudioStream, to_mono_16k
+from edgeq.runtime.decoding import DecodeOptions, DecodeSettings
+from edgeq.runtime.longform import Gap, LongformTranscriber, Segment, Timings
 from edgeq.runtime.tokenizer import WhisperTokenizer
 from edgeq.spec.catalogue import backend_spec, load_engine_module
+from edgeq.spec.protocols import Engine, Progress
 from edgeq.util import read_json
-
-
-@dataclass
-class Timings:
-    features_s: float = 0.0
-    encoder_s: float = 0.0
-    decode_s: float = 0.0
-    total_s: float = 0.0
-    tokens: int = 0  # generated text tokens
-    decoder_steps: int = 0
-
-    @property
-    def per_token_s(self) -> float:
-        return self.decode_s / self.decoder_steps if self.decoder_steps else 0.0
 
 
 @dataclass
 class Transcription:
     text: str
-    tokens: list[int]
+    tokens: list[int]  # every generated token kept, timestamps included
     language: str | None
     audio_s: float
-    segments: int
-    truncated: bool  # a segment hit the token limit without end-of-text (often a loop)
+    segments: list[Segment]  # (start, end, text) spans; one [0, audio_s] span without timestamps
+    windows: int  # 30 s windows decoded
+    truncated: bool  # a window hit the token limit without end-of-text (often a loop)
     timings: Timings = field(default_factory=Timings)
+    gaps: list[Gap] = field(default_factory=list)  # spans not (reliably) transcribed, and why
+    language_prob: float | None = None  # probability of the detected language (None: it was given)
+    options: dict[str, Any] = field(default_factory=dict)  # the DecodeOptions used
+    vad_skipped_s: float = 0.0  # seconds jumped over as silence (options.vad)
+    rechecks: int = 0  # segments decoded again alone because their text left seconds unexplained
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -52,7 +45,7 @@ class Transcription:
 
 
 class Transcriber:
-    """A loaded bundle: decodes audio with greedy search, one 30 s window at a time."""
+    """A loaded bundle: transcribes audio of any length with Whisper's long-form algorithm."""
 
     def __init__(self, engine: Engine, tokenizer: WhisperTokenizer, settings: DecodeSettings,
                  bundle: Bundle | None = None, n_mels: int = 80, device: str = "cpu"):
@@ -62,40 +55,33 @@ class Transcriber:
         self.bundle = bundle
         self.n_mels = n_mels
         self.device = device
-        self._decoder = GreedyDecoder(settings)
 
     def transcribe(self, audio: str | Path | np.ndarray, sample_rate: int | None = None,
-                   language: str | None = None) -> Transcription:
-        """Transcribe a file path, or an array of samples at `sample_rate` (default 16 kHz)."""
+                   language: str | None = None, options: DecodeOptions | None = None,
+                   progress: Progress | None = None) -> Transcription:
+        """Transcribe a file path, or an array of samples at `sample_rate` (default 16 kHz).
+
+        `options` default to openai-whisper's transcribe(): timestamps, greedy search, temperature
+        fallback, previous-text prompts; `edgeq.runtime.decoding.STUDY_OPTIONS` is the bench's
+        greedy decoding without timestamps (audio over 30 s is decoded with timestamps anyway).
+        """
         start = time.perf_counter()
         if isinstance(audio, (str, Path)):
-            samples = load_audio(audio)
+            samples = AudioStream(audio)  # read window by window: memory does not grow with length
         else:
             samples = to_mono_16k(audio, sample_rate or SAMPLE_RATE)
-        decoder = self._decoder
-        if language is not None:
-            decoder = GreedyDecoder(self.settings.with_options(language=language))
-        timings = Timings()
-        tokens: list[int] = []
-        texts: list[str] = []
-        detected, truncated = None, False
-        segments = split_long_audio(samples)
-        for segment in segments:
-            t0 = time.perf_counter()
-            features = log_mel_spectrogram(segment, self.n_mels)
-            timings.features_s += time.perf_counter() - t0
-            result = decoder.decode(self.engine, features)
-            timings.encoder_s += result.encoder_s
-            timings.decode_s += result.decode_s
-            timings.decoder_steps += result.steps
-            tokens.extend(result.tokens)
-            texts.append(self.tokenizer.decode(result.tokens))
-            detected = detected or result.language
-            truncated = truncated or result.truncated
-        timings.tokens = len(tokens)
+        settings = self.settings if language is None else self.settings.with_options(language=language)
+        options = options or DecodeOptions()
+        result = LongformTranscriber(self.engine, self.tokenizer, settings, options, self.n_mels).run(samples, progress)
+        timings = result.timings
         timings.total_s = time.perf_counter() - start
-        text = " ".join(t for t in texts if t)
-        return Transcription(text, tokens, detected, len(samples) / SAMPLE_RATE, len(segments), truncated, timings)
+        truncated = any(g.reason.startswith("the decoder ran to its") for g in result.gaps)
+        return Transcription(
+            text=" ".join(seg.text for seg in result.segments), tokens=result.tokens, language=result.language,
+            audio_s=len(samples) / SAMPLE_RATE, segments=result.segments, windows=result.windows,
+            truncated=truncated, timings=timings, gaps=result.gaps, language_prob=result.language_prob,
+            options=options.to_dict(), vad_skipped_s=result.vad_skipped_s, rechecks=result.rechecks,
+        )
 
 
 def load(path: str | Path, device: str = "cpu", threads: int | None = None,

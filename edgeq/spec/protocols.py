@@ -54,6 +54,10 @@ class Engine(Protocol):
     def step(self, state: Any, tokens: list[int]) -> tuple[np.ndarray, Any]:
         """Feed `tokens`, return the float32 logits of the last position [vocab] and the new state."""
 
+    def fork(self, state: Any) -> Any:
+        """An independent copy of a decoder state: beam search and sampling branch from one prompt,
+        and stepping one branch must not change another."""
+
 
 @runtime_checkable
 class EngineModule(Protocol):

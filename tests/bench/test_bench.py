@@ -425,3 +425,29 @@ def test_plot_of_saved_results_keeps_broken_systems_off_the_scale(fp32_run, tmp_
         plt.Figure.savefig = real_savefig
     assert "broken-2bit 400 %" in captured["title"]
     assert captured["ylim"][1] <= 25
+
+
+# --------------------------------------------------------------------------- decoding options
+
+
+def test_bench_decodes_as_the_study_by_default_and_records_it(fp32_run):
+    from edgeq.runtime.decoding import STUDY_OPTIONS
+
+    (run,) = [r for r in _records(fp32_run / "tiny-fp32.jsonl") if r["type"] == "run"]
+    assert run["settings"]["decode"] == STUDY_OPTIONS.to_dict()
+    assert run["settings"]["decode"]["beam_size"] == 1 and run["settings"]["decode"]["temperatures"] == [0.0]
+    utts = [r for r in _records(fp32_run / "tiny-fp32.jsonl") if r["type"] == "utterance"]
+    assert all(u["windows"] == 1 and u["segments"] <= 1 for u in utts)
+
+
+def test_bench_beam_search_and_fallback_are_selectable(bundles, dataset, tmp_path):
+    out = tmp_path / "out"
+    _ok(edgeq("bench", bundles["tiny-fp32"], "-d", dataset, "--threads", "1", "--warmup", "0", "--limit", "2",
+              "-o", out, "--beam-size", "3", "--temperature-fallback", "--timestamps"))
+    (run,) = [r for r in _records(out / "tiny-fp32.jsonl") if r["type"] == "run"]
+    decode = run["settings"]["decode"]
+    assert decode["beam_size"] == 3 and decode["temperatures"][0] == 0.0 and len(decode["temperatures"]) == 6
+    assert decode["timestamps"] is True and decode["compression_ratio_threshold"] == 2.4
+    # A run measured with other decoding options is not resumed into
+    proc = edgeq("bench", bundles["tiny-fp32"], "-d", dataset, "--threads", "1", "--limit", "2", "-o", out, "--resume")
+    assert proc.returncode == 1 and "cannot resume, it was run with decode=" in proc.stdout + proc.stderr

@@ -103,3 +103,19 @@ def test_pack_refuses_a_corrupt_bundle(tiny_onnx, tmp_path):
     (broken / "config.json").write_bytes(_flip_last_byte((broken / "config.json").read_bytes()))  # same size
     assert_one_line_error(edgeq("pack", broken, "-o", tmp_path / "x.tar.gz"), r"config.json does not match its sha256")
     assert not (tmp_path / "x.tar.gz").exists()
+
+
+def test_remote_bench_forwards_every_decode_option_the_cli_takes():
+    # bench --on must decode on the device as a local bench with the same flags would.
+    from edgeq.cli import _options
+    from edgeq.deploy.remote import decode_flags
+    from edgeq.runtime.decoding import STUDY_OPTIONS
+
+    assert decode_flags(STUDY_OPTIONS) == []
+    chosen = _options(STUDY_OPTIONS, 5, 2.0, 0.5, True, False, True, True)
+    flags = decode_flags(chosen)
+    values = {"--beam-size": 5, "--patience": 2.0, "--length-penalty": 0.5}
+    again = _options(STUDY_OPTIONS, *(float(flags[flags.index(k) + 1]) if k != "--beam-size" else int(flags[flags.index(k) + 1])
+                                     for k in values), "--temperature-fallback" in flags,
+                     "--condition-on-previous-text" in flags, "--vad" in flags, "--timestamps" in flags)
+    assert again == chosen

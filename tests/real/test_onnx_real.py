@@ -27,13 +27,14 @@ EVALUATE = """
 import json, sys
 import edgeq
 from edgeq.data.datasets import open_dataset
+from edgeq.runtime.decoding import STUDY_OPTIONS
 from edgeq.data.wer import corpus_wer, word_errors
 
 dataset = open_dataset(sys.argv[2])
 t = edgeq.load(sys.argv[1], language="en")
 errs, texts, truncated = [], [], 0
 for utt in dataset.utterances:
-    r = t.transcribe(utt.audio)
+    r = t.transcribe(utt.audio, options=STUDY_OPTIONS)
     texts.append(r.text)
     truncated += r.truncated
     errs.append(word_errors(utt.reference, r.text))

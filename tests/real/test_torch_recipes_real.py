@@ -45,11 +45,12 @@ def _utterances(recipe, dataset):
 def evaluate(bundle_path, utterances) -> dict:
     import edgeq
     from edgeq.data.wer import word_errors
+    from edgeq.runtime.decoding import STUDY_OPTIONS
 
     t = edgeq.load(bundle_path, language="en")
     errs, texts, truncated = {}, [], 0
     for utt in utterances:
-        r = t.transcribe(utt.audio)
+        r = t.transcribe(utt.audio, options=STUDY_OPTIONS)  # the study's greedy decoding
         texts.append(r.text)
         truncated += r.truncated
         errs[utt.id] = word_errors(utt.reference, r.text)

@@ -61,3 +61,28 @@ def test_features_128_mels_for_large_v3(audio_dir):
     audio = load_audio(audio_dir / "a_16k.wav")
     ref = fe(audio, sampling_rate=16000, return_tensors="np").input_features[0]
     assert np.abs(log_mel_spectrogram(audio, 128) - ref).max() <= 1e-4
+
+
+@pytest.mark.parametrize("name", ["a_16k.wav", "b_44k_stereo.flac", "c_8k.ogg"])
+def test_audio_stream_reads_what_load_audio_reads(audio_dir, name):
+    from edgeq.runtime.audio import AudioStream
+
+    whole = load_audio(audio_dir / name)
+    stream = AudioStream(audio_dir / name)
+    assert abs(len(stream) - len(whole)) <= 1
+    parts = [stream[i : i + 7000] for i in range(0, len(stream), 7000)]
+    joined = np.concatenate(parts)
+    n = min(len(joined), len(whole))
+    assert np.abs(joined[:n] - whole[:n]).max() < 2e-3  # soxr's stream and one-shot filters agree
+    with pytest.raises(ValueError, match="forward only"):
+        stream[0:10]
+
+
+def test_audio_stream_refuses_bad_files(tmp_path):
+    from edgeq.runtime.audio import AudioStream
+
+    with pytest.raises(AudioError, match="no such audio file"):
+        AudioStream(tmp_path / "nope.wav")
+    (tmp_path / "empty.wav").write_bytes(b"")
+    with pytest.raises(AudioError, match="cannot decode audio"):
+        AudioStream(tmp_path / "empty.wav")

