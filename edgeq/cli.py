@@ -247,9 +247,13 @@ def transcribe(bundle: Path, audio: tuple[Path, ...], as_json: bool, device: str
               help="Show saved results (summary .json or .jsonl, the first file here, more as arguments) "
                    "side by side instead of running.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Also save a PNG: WER vs size, RTF.")
+@click.option("--noise", "noise_snr", type=float, metavar="SNR_DB",
+              help="Mix noise into each utterance at this SNR in dB (seeded: the same noise every run).")
+@click.option("--noise-source", default="white", show_default=True,
+              help="white, babble (other utterances of the set), or a noise audio file or folder.")
 @click.option("--no-sampler", is_flag=True, hidden=True, help="Disable the RSS sampler thread (overhead checks).")
 def bench(bundles, models, dataset, limit, device, threads, target, warmup, out, resume, force, language,
-          compare, plot_path, no_sampler) -> None:
+          compare, plot_path, noise_snr, noise_source, no_sampler) -> None:
     """Measure WER, peak RAM and latency of BUNDLES (and --model checkpoints) on a dataset."""
     from edgeq.bench.report import load_summaries, plot, render_table
 
@@ -272,7 +276,7 @@ def bench(bundles, models, dataset, limit, device, threads, target, warmup, out,
         systems = make_systems([str(b) for b in bundles], list(models))
         settings = BenchSettings(dataset=dataset, out=out, limit=limit, device=device or "cpu", threads=threads,
                                  warmup=warmup, resume=resume, force=force, language=language,
-                                 sampler=not no_sampler)
+                                 sampler=not no_sampler, noise_snr_db=noise_snr, noise_source=noise_source)
         with _progress() as progress:
             summaries = run_bench(systems, settings, progress)
         _console(stderr=True).print(f"results in {out}/ (one .jsonl per system, summary.json)")
@@ -297,6 +301,70 @@ def info(bundle: Path, no_verify: bool) -> None:
     _print_bundle_summary(b)
     _console().print(f"  runtime    {b.runtime}; needs pip install 'edgeq[{b.manifest['requires']['extra']}]'")
     _console().print(f"  integrity  {'all files match their sha256' if not no_verify else 'sizes checked'}")
+
+
+# --------------------------------------------------------------------------- sweep and recommend
+
+
+@main.command()
+@click.option("--recipes", "recipe_selector", required=True,
+              help="Comma-separated recipe names, globs ('hqq-*'), recipe files, or all. fp32 is always added.")
+@click.option("-m", "--model", default="openai/whisper-small", show_default=True,
+              help="Hub id or local transformers folder of any Whisper checkpoint.")
+@click.option("-d", "--dataset", "datasets", multiple=True, required=True,
+              help="Dataset to bench on, as for `edgeq bench` (repeatable); NAME=SPEC names it in the table.")
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("sweep-results"), show_default=True,
+              help="Results folder: the cache, results.csv/.md, plots/, report.md.")
+@click.option("--limit", type=int, help="Only the first N utterances of each dataset.")
+@click.option("--device", default="cpu", type=click.Choice(["cpu", "cuda"]), show_default=True)
+@click.option("--threads", type=int, help="Inference threads [default: the runtime's].")
+@click.option("--language", help="Language the bundles decode (e.g. en); unset: detect per file.")
+@click.option("--calibration", help="Calibration dataset for static recipes (keep it apart from the test sets).")
+@click.option("--noise", "snrs", multiple=True, type=float, metavar="SNR_DB",
+              help="Also bench every recipe with noise mixed in at this SNR (repeatable).")
+@click.option("--noise-source", default="white", show_default=True,
+              help="white, babble (other utterances of the set), or a noise audio file or folder.")
+@click.option("--clean/--no-clean", default=True, show_default=True, help="With --noise: also bench the clean set.")
+@click.option("--skip-fp16", is_flag=True, help="Leave out float16 recipes (meant for CUDA; slow on most CPUs).")
+def sweep(recipe_selector, model, datasets, out, limit, device, threads, language, calibration, snrs, noise_source,
+          clean, skip_fp16) -> None:
+    """Build and bench every recipe on every dataset; write the table, plots and a report (cached, resumable)."""
+    from edgeq.sweep import SweepSettings, run_sweep
+
+    if limit is not None and limit <= 0:
+        raise click.BadParameter("must be positive", param_hint="--limit")
+    levels = ((None,) if clean or not snrs else ()) + tuple(snrs)
+    settings = SweepSettings(recipes=recipe_selector, model=model, datasets=tuple(datasets), out=out, limit=limit,
+                             device=device, threads=threads, language=language, calibration=calibration,
+                             snrs=levels, noise_source=noise_source, skip_float16=skip_fp16)
+    with _progress() as progress:
+        result = run_sweep(settings, progress)
+    err = _console(stderr=True)
+    for note in result.notes:
+        err.print(f"[yellow]note:[/] {note}", soft_wrap=True)
+    cached = sum(c.cached for c in result.cells)
+    err.print(f"built {len(result.built)} bundles, benched {len(result.measured)} cells, "
+              f"{cached} from the cache; results in {out}/ (results.csv, results.md, report.md, plots/)")
+    _console().print(_sweep_table(result.to_dict()))
+    if any(c.failed for c in result.cells):
+        sys.exit(1)
+
+
+def _sweep_table(data: dict):
+    from rich.table import Table
+
+    from edgeq.sweep.table import cell_text, columns, rows
+
+    cols = columns(data)
+    table = Table(title=f"edgeq sweep: {data['model']}")
+    for header, _key, fmt in cols:
+        table.add_column(header, justify="left" if fmt is None else "right", overflow="fold")
+    for r in rows(data):
+        cells = [cell_text(r, k, f) for _, k, f in cols]
+        if r["failed"]:
+            cells[1] = f"[red]failed: {r['failed']}[/]"
+        table.add_row(*cells)
+    return table
 
 
 if __name__ == "__main__":  # pragma: no cover
