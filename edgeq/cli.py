@@ -345,9 +345,19 @@ def sweep(recipe_selector, model, datasets, out, limit, device, threads, languag
     cached = sum(c.cached for c in result.cells)
     err.print(f"built {len(result.built)} bundles, benched {len(result.measured)} cells, "
               f"{cached} from the cache; results in {out}/ (results.csv, results.md, report.md, plots/)")
-    _console().print(_sweep_table(result.to_dict()))
+    _print_wide(_sweep_table(result.to_dict()))
     if any(c.failed for c in result.cells):
         sys.exit(1)
+
+
+def _print_wide(table) -> None:
+    """A sweep table has two columns per dataset: in a file or CI log keep every cell whole."""
+    from rich.measure import Measurement
+
+    console = _console()
+    if not console.is_terminal:
+        console.width = max(console.width, Measurement.get(console, console.options.update_width(10_000), table).maximum)
+    console.print(table)
 
 
 def _sweep_table(data: dict):
@@ -365,6 +375,26 @@ def _sweep_table(data: dict):
             cells[1] = f"[red]failed: {r['failed']}[/]"
         table.add_row(*cells)
     return table
+
+
+@main.command()
+@click.option("--results", "results_dir", type=click.Path(path_type=Path), default=Path("sweep-results"),
+              show_default=True, help="Folder written by `edgeq sweep`.")
+@click.option("--target", "target_name", required=True, help="Device target (see `edgeq targets`).")
+@click.option("--max-wer-increase", type=float, default=None, metavar="POINTS",
+              help="Most WER points lost against fp32 on any dataset [default: 1.0].")
+@click.option("--max-size", type=float, metavar="MB", help="Largest bundle allowed.")
+@click.option("--max-latency", type=float, metavar="S", help="Largest p50 latency per utterance allowed.")
+def recommend(results_dir, target_name, max_wer_increase, max_size, max_latency) -> None:
+    """Pick the best recipe of a sweep for TARGET under a budget, and say why."""
+    from edgeq.spec.targets import load_target
+    from edgeq.sweep.recommend import DEFAULT_MAX_WER_INCREASE, Budget
+    from edgeq.sweep.recommend import recommend as pick
+    from edgeq.sweep.table import load_results
+
+    budget = Budget(DEFAULT_MAX_WER_INCREASE if max_wer_increase is None else max_wer_increase, max_size, max_latency)
+    answer = pick(load_results(results_dir), load_target(target_name), budget)
+    _console().print("\n".join(answer.lines()), soft_wrap=True, markup=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,10 +9,8 @@ from helpers import assert_one_line_error, edgeq
 
 
 def test_recipes_lists_every_shipped_recipe():
-    from edgeq.spec.recipe import shipped_recipe_names
-
     from edgeq.spec.catalogue import BACKENDS
-    from edgeq.spec.recipe import load_recipe
+    from edgeq.spec.recipe import load_recipe, shipped_recipe_names
 
     proc = edgeq("recipes")
     assert proc.returncode == 0

@@ -161,7 +161,8 @@ def describe(recipe: Recipe) -> dict:
         "backend": recipe.backend, "scheme": recipe.scheme,
         "method": methods.get(recipe.weights.format, methods.get("*", recipe.backend)),
         "granularity": recipe.granularity_label, "format": recipe.weights.format, "bits": bits,
-        "bits_label": label, "description": recipe.description,
+        "bits_label": label, "description": recipe.description, "devices": list(recipe.devices),
+        "runtime": recipe.runtime,
     }
 
 

@@ -52,7 +52,7 @@ def rows(data: dict) -> list[dict]:
         failed = "; ".join(sorted({c["failed"] for c in mine if c.get("failed")})) or None
         out.append({
             **{k: info.get(k) for k in ("name", "library", "scheme", "method", "granularity", "bits_label",
-                                        "bits", "format", "bundle_mb", "reduction_pct")},
+                                        "bits", "format", "bundle_mb", "reduction_pct", "devices")},
             "wer": wer, "dwer": dwer,
             "p50_s": first["latency"]["latency_s"]["p50"] if first else None,
             "rtf": first["rtf"] if first else None,
