@@ -155,11 +155,17 @@ def targets() -> None:
               help="Change a recipe value, e.g. --set modules.embeddings=float (repeatable).")
 @click.option("--target", help="Check the recipe runs on this target (see `edgeq targets`).")
 @click.option("--force", is_flag=True, help="Replace a bundle already at --out.")
+@click.option("--max-size", type=float, metavar="MB",
+              help="With --recipe auto: per-layer bit-widths from a sensitivity scan on --calibration, to fit N MB.")
 def build(recipe: str, model: str, out: Path | None, calibration: str | None, language: str | None,
-          sets: tuple[str, ...], target: str | None, force: bool) -> None:
+          sets: tuple[str, ...], target: str | None, force: bool, max_size: float | None) -> None:
     """Quantize MODEL with RECIPE and write a self-contained bundle."""
     from edgeq.builder.pipeline import build as build_bundle
     from edgeq.spec.recipe import apply_overrides, load_recipe
+
+    if recipe == "auto" or max_size is not None:
+        _build_auto(recipe, model, out, calibration, language, sets, max_size, force)
+        return
 
     resolved = apply_overrides(load_recipe(recipe), sets)
     if target:
@@ -172,6 +178,20 @@ def build(recipe: str, model: str, out: Path | None, calibration: str | None, la
         bundle = build_bundle(resolved, model=model, out=out, calibration=calibration,
                               language=language, force=force, progress=progress)
     _print_bundle_summary(bundle)
+
+
+def _build_auto(recipe, model, out, calibration, language, sets, max_size, force) -> None:
+    from edgeq.builder.mixed import build_auto
+
+    if recipe != "auto" or max_size is None or sets:
+        from edgeq.errors import RecipeError
+
+        raise RecipeError("--max-size goes with --recipe auto (and no --set); --recipe auto needs --max-size MB")
+    with _progress() as progress:
+        bundle, _ = build_auto(model, max_size, calibration, out=out, language=language, force=force,
+                               progress=progress)
+    _print_bundle_summary(bundle)
+    _console().print(f"  recipe     {bundle.path / 'recipe.toml'} (replay: edgeq build --recipe that file)")
 
 
 def _mb(n: int) -> str:
