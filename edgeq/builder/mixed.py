@@ -159,6 +159,15 @@ def build_auto(model: str, max_size_mb: float, calibration: str, out=None, langu
         raise RecipeError("--recipe auto scans layer sensitivity on real audio: pass --calibration DATASET")
     source = resolve_source(model)
     float_model = load_float_model(source).eval()
+    names = [n for n in linear_names(float_model) if float_model.get_submodule(n).in_features % GROUP == 0]
+    base = load_recipe(BASE_RECIPE)
+    fixed = _fixed_bytes(float_model, names, source.path, base)
+    smallest = fixed + sum(module_bytes(tuple(float_model.get_submodule(n).weight.shape), CANDIDATE_BITS[-1])
+                           for n in names)
+    if smallest > max_size_mb * 1e6:  # fail before the scan, which takes minutes on whisper-base
+        raise EdgeqError(f"--max-size {max_size_mb:g}: {model} needs at least {smallest / 1e6:.1f} MB with every "
+                         f"Linear at {CANDIDATE_BITS[-1]} bits ({fixed / 1e6:.1f} MB of it embeddings, float "
+                         "tensors and tokenizer); raise --max-size")
     settings = _decode_settings(source, language)
     calib = prepare_calibration(calibration, samples, settings, int(source.config.get("num_mel_bins", 80)), progress)
     engine, decoder = TorchEngine(float_model), GreedyDecoder(settings)
@@ -166,10 +175,7 @@ def build_auto(model: str, max_size_mb: float, calibration: str, out=None, langu
     for f in calib.features:
         r = decoder.decode(engine, f)
         transcripts.append([*settings.prompt(r.language), *r.tokens, settings.eot])
-    names = [n for n in linear_names(float_model) if float_model.get_submodule(n).in_features % GROUP == 0]
     result = scan(float_model, calib.features, transcripts, names, progress)
-    base = load_recipe(BASE_RECIPE)
-    fixed = _fixed_bytes(float_model, names, source.path, base)
     target = int(max_size_mb * 1e6)
     budget = target - fixed
     for attempt in range(MAX_BUILDS):

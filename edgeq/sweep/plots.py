@@ -49,9 +49,13 @@ def wer_vs_size(data: dict, label: str, folder: Path) -> list[Path]:
     colours = _colours(table)
     fig, ax = plt.subplots(figsize=(9, 6))
     for lib, colour in colours.items():
-        mine = [r for r in table if r["library"] == lib and r["wer"][label] <= ceiling]
-        ax.scatter([r["bundle_mb"] for r in mine], [r["wer"][label] for r in mine], color=colour, label=lib,
-                   edgecolors=["black" if r["name"] in on_front else colour for r in mine], s=40, zorder=3)
+        for mixed in (False, True):  # mixed precision (per-module overrides, e.g. --recipe auto): a star
+            mine = [r for r in table if r["library"] == lib and r["wer"][label] <= ceiling and _mixed(r) == mixed]
+            if mine:
+                ax.scatter([r["bundle_mb"] for r in mine], [r["wer"][label] for r in mine], color=colour,
+                           label=f"{lib} mixed precision" if mixed else lib, marker="*" if mixed else "o",
+                           edgecolors=["black" if r["name"] in on_front else colour for r in mine],
+                           s=160 if mixed else 40, zorder=3)
     pts = sorted((r["bundle_mb"], r["wer"][label], r["name"]) for r in table if r["name"] in on_front)
     ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", color="black", lw=1, ls="--",
             label="Pareto front", zorder=2)
@@ -95,6 +99,10 @@ def latency_vs_size(data: dict, folder: Path) -> list[Path]:
     paths = _save(fig, folder, "latency_vs_size")
     plt.close(fig)
     return paths
+
+
+def _mixed(row: dict) -> bool:
+    return "overrides" in str(row.get("bits_label"))
 
 
 def _file_label(label: str) -> str:
