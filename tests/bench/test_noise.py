@@ -73,3 +73,13 @@ def test_bad_source_is_one_line(bad):
 def test_babble_needs_two_utterances(sources):
     with pytest.raises(EdgeqError, match="at least 2"):
         NoiseMixer(10.0, "babble", others=sources["talkers"][:1])
+
+
+def test_bench_rejects_a_bad_noise_source_in_one_line(tmp_path):
+    import soundfile as sf
+    from helpers import assert_one_line_error, edgeq
+
+    sf.write(tmp_path / "a.wav", tone(1.0), 16000)
+    proc = edgeq("bench", tmp_path / "no-bundle", "-d", tmp_path, "--noise", "10", "--noise-source", "/no/noise",
+                 "-o", tmp_path / "out")
+    assert_one_line_error(proc, r"--noise-source /no/noise: not white, babble, or an audio file or folder")
