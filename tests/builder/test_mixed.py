@@ -84,3 +84,6 @@ def test_auto_needs_max_size_and_calibration(tiny_model, tmp_path):
     assert_one_line_error(edgeq("build", "--recipe", "auto", "-m", tiny_model, "-o", tmp_path / "a"), r"--max-size")
     assert_one_line_error(edgeq("build", "--recipe", "auto", "--max-size", "1", "-m", tiny_model, "-o", tmp_path / "a"),
                           r"pass --calibration DATASET")
+    # Below what every Linear at 2 bits plus the float/embedding rest needs: refused before the scan.
+    assert_one_line_error(edgeq("build", "--recipe", "auto", "--max-size", "0.1", "-m", tiny_model, "--calibration",
+                                tmp_path, "-o", tmp_path / "a"), r"--max-size 0.1: .* needs at least [0-9.]+ MB")
