@@ -66,7 +66,7 @@ def wer_vs_size(data: dict, label: str, folder: Path) -> list[Path]:
             ax.annotate(r["name"], (r["bundle_mb"], r["wer"][label]), fontsize=6, xytext=(3, -8),
                         textcoords="offset points", color="dimgray")
     off = [r for r in table if r["wer"][label] > ceiling]
-    title = f"WER vs bundle size: {data['model']} on {label}"
+    title = f"WER vs bundle size: {_model_name(data)} on {label}"
     if off:
         ax.set_ylim(bottom=0, top=ceiling)
         title += "\noff scale: " + ", ".join(f"{r['name']} {r['wer'][label]:.0f} %" for r in off)
@@ -90,7 +90,7 @@ def latency_vs_size(data: dict, folder: Path) -> list[Path]:
         ax.scatter([r["bundle_mb"] for r in mine], [r["p50_s"] for r in mine], color=colour, label=lib, zorder=3)
         for r in mine:
             ax.annotate(r["name"], (r["bundle_mb"], r["p50_s"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    ax.set_title(f"p50 latency per utterance vs bundle size: {data['model']} on {labels(data)[0]}")
+    ax.set_title(f"p50 latency per utterance vs bundle size: {_model_name(data)} on {labels(data)[0]}")
     ax.set_xlabel("bundle size (MB)")
     ax.set_ylabel("p50 latency (s)")
     ax.grid(alpha=0.3)
@@ -99,6 +99,10 @@ def latency_vs_size(data: dict, folder: Path) -> list[Path]:
     paths = _save(fig, folder, "latency_vs_size")
     plt.close(fig)
     return paths
+
+
+def _model_name(data: dict) -> str:
+    return data["model"].rstrip("/").rsplit("/", 1)[-1]
 
 
 def _mixed(row: dict) -> bool:
