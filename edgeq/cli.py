@@ -165,11 +165,17 @@ def targets() -> None:
               help="Change a recipe value, e.g. --set modules.embeddings=float (repeatable).")
 @click.option("--target", help="Check the recipe runs on this target (see `edgeq targets`).")
 @click.option("--force", is_flag=True, help="Replace a bundle already at --out.")
+@click.option("--max-size", type=float, metavar="MB",
+              help="With --recipe auto: per-layer bit-widths from a sensitivity scan on --calibration, to fit N MB.")
 def build(recipe: str, model: str, out: Path | None, calibration: str | None, language: str | None,
-          sets: tuple[str, ...], target: str | None, force: bool) -> None:
+          sets: tuple[str, ...], target: str | None, force: bool, max_size: float | None) -> None:
     """Quantize MODEL with RECIPE and write a self-contained bundle."""
     from edgeq.builder.pipeline import build as build_bundle
     from edgeq.spec.recipe import apply_overrides, load_recipe
+
+    if recipe == "auto" or max_size is not None:
+        _build_auto(recipe, model, out, calibration, language, sets, max_size, force)
+        return
 
     resolved = apply_overrides(load_recipe(recipe), sets)
     with _progress() as progress:
@@ -182,6 +188,20 @@ def build(recipe: str, model: str, out: Path | None, calibration: str | None, la
         peak = expected_peak_mb(bundle.runtime, bundle.manifest.size.weights_bytes)
         fit = check_memory(load_target(target), bundle.name, peak)
         _console().print(f"  target     {_esc(fit)}")
+
+
+def _build_auto(recipe, model, out, calibration, language, sets, max_size, force) -> None:
+    from edgeq.builder.mixed import build_auto
+
+    if recipe != "auto" or max_size is None or sets:
+        from edgeq.errors import RecipeError
+
+        raise RecipeError("--max-size goes with --recipe auto (and no --set); --recipe auto needs --max-size MB")
+    with _progress() as progress:
+        bundle, _ = build_auto(model, max_size, calibration, out=out, language=language, force=force,
+                               progress=progress)
+    _print_bundle_summary(bundle)
+    _console().print(f"  recipe     {bundle.path / 'recipe.toml'} (replay: edgeq build --recipe that file)")
 
 
 def _mb(n: int) -> str:
@@ -308,6 +328,10 @@ def transcribe(bundle: Path, audio: tuple[Path, ...], fmt: str | None, output_di
               help="Show saved results (summary .json or .jsonl, the first file here, more as arguments) "
                    "side by side instead of running.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Also save a PNG: WER vs size, RTF.")
+@click.option("--noise", "noise_snr", type=float, metavar="SNR_DB",
+              help="Mix noise into each utterance at this SNR in dB (seeded: the same noise every run).")
+@click.option("--noise-source", default="white", show_default=True,
+              help="white, babble (other utterances of the set), or a noise audio file or folder.")
 @click.option("--no-sampler", is_flag=True, hidden=True, help="Disable the RSS sampler thread (overhead checks).")
 @click.option("--on", "on", metavar="USER@HOST", help="Run on this device over SSH and bring the results back.")
 @click.option("--remote-edgeq", default="edgeq", show_default=True, help="The edgeq command on the --on device.")
@@ -316,8 +340,8 @@ def transcribe(bundle: Path, audio: tuple[Path, ...], fmt: str | None, output_di
                    "longer audio always uses them].")
 @_decode_choices("off")
 def bench(bundles, models, dataset, limit, device, threads, target, warmup, out, resume, force, language,
-          compare, plot_path, no_sampler, on, remote_edgeq, timestamps, beam_size, patience, length_penalty, fallback,
-          condition, vad) -> None:
+          compare, plot_path, noise_snr, noise_source, no_sampler, on, remote_edgeq, timestamps, beam_size, patience,
+          length_penalty, fallback, condition, vad) -> None:
     """Measure WER, peak RAM and latency of BUNDLES (and --model checkpoints) on a dataset."""
     from edgeq.bench.report import load_summaries, plot, render_table
 
@@ -344,7 +368,7 @@ def bench(bundles, models, dataset, limit, device, threads, target, warmup, out,
         decode = _options(STUDY_OPTIONS, beam_size, patience, length_penalty, fallback, condition, vad, timestamps)
         settings = BenchSettings(dataset=dataset, out=out, limit=limit, device=device or "cpu", threads=threads,
                                  warmup=warmup, resume=resume, force=force, language=language,
-                                 sampler=not no_sampler, decode=decode)
+                                 sampler=not no_sampler, decode=decode, noise_snr_db=noise_snr, noise_source=noise_source)
         with _progress() as progress:
             if on:
                 summaries = _bench_on(on, models, bundles, settings, remote_edgeq, progress)
@@ -482,6 +506,100 @@ def push(bundle: Path, destination: str, force: bool) -> None:
     else:
         resumed = f", {_mb(result.resumed_bytes)} resumed from a cut push" if result.resumed_bytes else ""
         _console().print(f"[bold green]pushed[/] {where} ({_mb(result.sent_bytes)} sent{resumed}; every sha256 matches there)")
+
+
+# --------------------------------------------------------------------------- sweep and recommend
+
+
+@main.command()
+@click.option("--recipes", "recipe_selector", required=True,
+              help="Comma-separated recipe names, globs ('hqq-*'), recipe files, or all. fp32 is always added.")
+@click.option("-m", "--model", default="openai/whisper-small", show_default=True,
+              help="Hub id or local transformers folder of any Whisper checkpoint.")
+@click.option("-d", "--dataset", "datasets", multiple=True, required=True,
+              help="Dataset to bench on, as for `edgeq bench` (repeatable); NAME=SPEC names it in the table.")
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("sweep-results"), show_default=True,
+              help="Results folder: the cache, results.csv/.md, plots/, report.md.")
+@click.option("--limit", type=int, help="Only the first N utterances of each dataset.")
+@click.option("--device", default="cpu", type=click.Choice(["cpu", "cuda"]), show_default=True)
+@click.option("--threads", type=int, help="Inference threads [default: the runtime's].")
+@click.option("--language", help="Language the bundles decode (e.g. en); unset: detect per file.")
+@click.option("--calibration", help="Calibration dataset for static recipes (keep it apart from the test sets).")
+@click.option("--noise", "snrs", multiple=True, type=float, metavar="SNR_DB",
+              help="Also bench every recipe with noise mixed in at this SNR (repeatable).")
+@click.option("--noise-source", default="white", show_default=True,
+              help="white, babble (other utterances of the set), or a noise audio file or folder.")
+@click.option("--clean/--no-clean", default=True, show_default=True, help="With --noise: also bench the clean set.")
+@click.option("--skip-fp16", is_flag=True, help="Leave out float16 recipes (meant for CUDA; slow on most CPUs).")
+def sweep(recipe_selector, model, datasets, out, limit, device, threads, language, calibration, snrs, noise_source,
+          clean, skip_fp16) -> None:
+    """Build and bench every recipe on every dataset; write the table, plots and a report (cached, resumable)."""
+    from edgeq.sweep import SweepSettings, run_sweep
+
+    if limit is not None and limit <= 0:
+        raise click.BadParameter("must be positive", param_hint="--limit")
+    levels = ((None,) if clean or not snrs else ()) + tuple(snrs)
+    settings = SweepSettings(recipes=recipe_selector, model=model, datasets=tuple(datasets), out=out, limit=limit,
+                             device=device, threads=threads, language=language, calibration=calibration,
+                             snrs=levels, noise_source=noise_source, skip_float16=skip_fp16)
+    with _progress() as progress:
+        result = run_sweep(settings, progress)
+    err = _console(stderr=True)
+    for note in result.notes:
+        err.print(f"[yellow]note:[/] {note}", soft_wrap=True)
+    cached = sum(c.cached for c in result.cells)
+    err.print(f"built {len(result.built)} bundles, benched {len(result.measured)} cells, "
+              f"{cached} from the cache; results in {out}/ (results.csv, results.md, report.md, plots/)")
+    _print_wide(_sweep_table(result.to_dict()))
+    if any(c.failed for c in result.cells):
+        sys.exit(1)
+
+
+def _print_wide(table) -> None:
+    """A sweep table has two columns per dataset: in a file or CI log keep every cell whole."""
+    from rich.measure import Measurement
+
+    console = _console()
+    if not console.is_terminal:
+        console.width = max(console.width, Measurement.get(console, console.options.update_width(10_000), table).maximum)
+    console.print(table)
+
+
+def _sweep_table(data: dict):
+    from rich.table import Table
+
+    from edgeq.sweep.table import cell_text, columns, rows
+
+    cols = columns(data)
+    table = Table(title=f"edgeq sweep: {data['model']}")
+    for header, _key, fmt in cols:
+        table.add_column(header, justify="left" if fmt is None else "right", overflow="fold")
+    for r in rows(data):
+        cells = [cell_text(r, k, f) for _, k, f in cols]
+        if r["failed"]:
+            cells[1] = f"[red]failed: {r['failed']}[/]"
+        table.add_row(*cells)
+    return table
+
+
+@main.command()
+@click.option("--results", "results_dir", type=click.Path(path_type=Path), default=Path("sweep-results"),
+              show_default=True, help="Folder written by `edgeq sweep`.")
+@click.option("--target", "target_name", required=True, help="Device target (see `edgeq targets`).")
+@click.option("--max-wer-increase", type=float, default=None, metavar="POINTS",
+              help="Most WER points lost against fp32 on any dataset [default: 1.0].")
+@click.option("--max-size", type=float, metavar="MB", help="Largest bundle allowed.")
+@click.option("--max-latency", type=float, metavar="S", help="Largest p50 latency per utterance allowed.")
+def recommend(results_dir, target_name, max_wer_increase, max_size, max_latency) -> None:
+    """Pick the best recipe of a sweep for TARGET under a budget, and say why."""
+    from edgeq.spec.targets import load_target
+    from edgeq.sweep.recommend import DEFAULT_MAX_WER_INCREASE, Budget
+    from edgeq.sweep.recommend import recommend as pick
+    from edgeq.sweep.table import load_results
+
+    budget = Budget(DEFAULT_MAX_WER_INCREASE if max_wer_increase is None else max_wer_increase, max_size, max_latency)
+    answer = pick(load_results(results_dir), load_target(target_name), budget)
+    _console().print("\n".join(answer.lines()), soft_wrap=True, markup=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,7 +17,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "edgeq"
 
 HEAVY = {"torch", "transformers", "onnx", "onnxscript", "optimum", "hqq", "bitsandbytes", "safetensors",
          "huggingface_hub"}
-WORKSTATION = {"edgeq.builder", "edgeq.backends", "edgeq.torch_runtime"}
+# sweep builds bundles (it calls edgeq.builder.pipeline.build): workstation side, never on a device.
+WORKSTATION = {"edgeq.builder", "edgeq.backends", "edgeq.torch_runtime", "edgeq.sweep"}
 # edgeq/__init__.py is the public facade: it imports each layer lazily, inside __getattr__, so
 # `import edgeq` stays torch-free (tests/test_cli.py checks that in a fresh process).
 TORCH_FREE = ("spec", "format", "runtime", "data", "deploy", "util.py", "errors.py")
@@ -85,4 +86,4 @@ def test_every_module_belongs_to_a_layer():
     # A new top-level module must be placed deliberately (and, if device-side, added to TORCH_FREE).
     top = sorted(p.name for p in PACKAGE.iterdir() if p.name != "__pycache__" and not p.name.startswith("_data"))
     assert top == sorted(["__init__.py", "backends", "bench", "builder", "cli.py", "data", "deploy", "errors.py", "format",
-                          "runtime", "spec", "torch_runtime.py", "util.py"])
+                          "runtime", "spec", "sweep", "torch_runtime.py", "util.py"])

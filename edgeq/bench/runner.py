@@ -38,6 +38,8 @@ class BenchSettings:
     language: str | None = None
     sampler: bool = True
     decode: DecodeOptions = STUDY_OPTIONS  # greedy, no timestamps, no fallback: the study's numbers
+    noise_snr_db: float | None = None  # mix noise into each utterance at this SNR (edgeq.bench.noise)
+    noise_source: str = "white"
 
 
 def make_systems(bundles: list[str], models: list[str]) -> list[System]:
@@ -61,6 +63,10 @@ def _preflight(systems: list[System], settings: BenchSettings, progress=None) ->
     from edgeq.format.bundle import open_bundle
 
     open_dataset(settings.dataset, limit=settings.limit, progress=progress)  # downloads librispeech:* once
+    if settings.noise_snr_db is not None:
+        from edgeq.bench.noise import check_noise_source
+
+        check_noise_source(settings.noise_source)
     for s in systems:
         if s.kind == "bundle":
             open_bundle(s.ref, verify_hashes=False)  # the worker checks hashes when it loads
@@ -111,6 +117,8 @@ def _run_locked(systems: list[System], settings: BenchSettings, progress) -> lis
             "device": settings.device, "threads": settings.threads, "warmup": settings.warmup,
             "resume": settings.resume, "language": settings.language, "sampler": settings.sampler,
             "decode": settings.decode.to_dict(),
+            "noise": None if settings.noise_snr_db is None
+            else {"snr_db": settings.noise_snr_db, "source": settings.noise_source},
         }
         fatal = _run_worker(job, system.name, progress)
         if fatal:

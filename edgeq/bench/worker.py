@@ -86,7 +86,7 @@ def _done_ids(path: Path, identity: dict) -> set[str]:
 
         # Runs from before decode options were recorded used the study's decoding.
         old["settings"].setdefault("decode", STUDY_OPTIONS.to_dict())
-        for key in ("dataset", "limit", "device", "threads", "decode"):
+        for key in ("dataset", "limit", "device", "threads", "decode", "noise"):
             if old["settings"].get(key) != identity["settings"].get(key):
                 raise EdgeqError(f"{path}: cannot resume, it was run with {key}={old['settings'].get(key)!r}")
         if old["system_info"].get("manifest_sha256") != identity["system_info"].get("manifest_sha256"):
@@ -117,6 +117,8 @@ def run(job: dict) -> None:
         settings = {k: job.get(k) for k in ("dataset", "limit", "device", "threads", "warmup", "language")}
         settings["decode"] = options.to_dict()
         settings["sampler"] = job.get("sampler", True)
+        settings["noise"] = job.get("noise")
+        mixer = _noise_mixer(job.get("noise"), dataset)
         settings["threads_used"] = _threads_used(info, job)  # what ran, also when --threads was left out
         header = {"type": "run", "system": job["system"]["name"], "system_info": info, "settings": settings,
                   "load": load, "env": {**fingerprint(), "gpu": gpu_info()},
@@ -133,6 +135,8 @@ def run(job: dict) -> None:
                 t_audio = time.perf_counter()
                 audio = load_audio(utt.audio)
                 audio_load_s = time.perf_counter() - t_audio
+                if mixer is not None:  # not timed: the device would hear noisy audio, not mix it
+                    audio = mixer.mix(audio, utt.id, utt.audio)
                 result = transcriber.transcribe(audio, options=options)
             except AudioError as err:
                 out.write({"type": "error", "id": utt.id, "audio": str(utt.audio), "error": str(err)})
@@ -163,6 +167,14 @@ def run(job: dict) -> None:
                "peak_rss_os_mb": (os_peak_rss_bytes() or 0) / MB, "cuda_peak_allocated_mb": _cuda_peak()}
         out.write(end)
         out.close()
+
+
+def _noise_mixer(noise: dict | None, dataset):
+    if noise is None:
+        return None
+    from edgeq.bench.noise import NoiseMixer
+
+    return NoiseMixer(noise["snr_db"], noise["source"], others=[u.audio for u in dataset.utterances])
 
 
 def _warm_up(transcriber, utterances, n: int, load_audio, options) -> None:

@@ -59,6 +59,7 @@ async def _bench(local, remote: Remote, settings: BenchSettings, edgeq: str, pro
             if value is not None:
                 argv += [flag, str(value)]
         argv += ["--resume"] * settings.resume + ["--force"] * settings.force + decode_flags(settings.decode)
+        argv += noise_flags(settings)
         # summary.json is rewritten at the end of every run: without the old one, a run that dies on the
         # device can never come back looking like a finished one.
         await run(conn, ["rm", "-f", "--", posixpath.join(out, "summary.json")], remote=remote)
@@ -170,3 +171,13 @@ def decode_flags(options) -> list[str]:
     flags.append("--vad" if options.vad else "--no-vad")
     flags.append("--timestamps" if options.timestamps else "--no-timestamps")
     return flags
+
+
+def noise_flags(settings) -> list[str]:
+    """`--noise` for the device's bench; a noise file or folder lives on this machine, not there."""
+    if settings.noise_snr_db is None:
+        return []
+    if settings.noise_source not in ("white", "babble"):
+        raise EdgeqError(f"--noise-source {settings.noise_source} with --on: the file is on this machine; copy it to "
+                         "the device and run edgeq bench there, or use white or babble")
+    return ["--noise", str(settings.noise_snr_db), "--noise-source", settings.noise_source]
