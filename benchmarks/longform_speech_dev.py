@@ -46,7 +46,7 @@ def main() -> None:
         import edgeq
 
         transcriber = edgeq.load(args.bundle, threads=args.threads, language="en")
-        system = transcriber.bundle.manifest["recipe"]["name"]
+        system = transcriber.bundle.manifest.recipe.name
     else:
         from edgeq.torch_runtime import load_checkpoint
 

@@ -152,7 +152,7 @@ def build_auto(model: str, max_size_mb: float, calibration: str, out=None, langu
     from edgeq.builder.pipeline import _decode_settings, build
     from edgeq.builder.plan import linear_names
     from edgeq.builder.source import load_float_model, resolve_source
-    from edgeq.runtime.decoding import GreedyDecoder
+    from edgeq.runtime.decoding import STUDY_OPTIONS, WindowDecoder
     from edgeq.torch_runtime import TorchEngine
 
     if not calibration:
@@ -170,7 +170,7 @@ def build_auto(model: str, max_size_mb: float, calibration: str, out=None, langu
                          "tensors and tokenizer); raise --max-size")
     settings = _decode_settings(source, language)
     calib = prepare_calibration(calibration, samples, settings, int(source.config.get("num_mel_bins", 80)), progress)
-    engine, decoder = TorchEngine(float_model), GreedyDecoder(settings)
+    engine, decoder = TorchEngine(float_model), WindowDecoder(settings, STUDY_OPTIONS)
     transcripts = []
     for f in calib.features:
         r = decoder.decode(engine, f)
@@ -183,7 +183,7 @@ def build_auto(model: str, max_size_mb: float, calibration: str, out=None, langu
         recipe = auto_recipe(bits, max_size_mb, base)
         bundle = build(recipe, model=model, out=out, language=language, force=force or attempt > 0,
                        progress=progress)
-        size = bundle.manifest["size"]["bundle_bytes"]
+        size = bundle.manifest.size.bundle_bytes
         log.info("auto: %s is %.2f MB (budget %.2f MB)", bundle.path, size / 1e6, max_size_mb)
         if size <= target:
             return bundle, result

@@ -65,18 +65,18 @@ def test_auto_bundle_fits_and_replays(tiny_model, calibration, tmp_path):
 
     sizes = {}
     for name in ("hqq-int2-g64", "hqq-int8-g64"):
-        sizes[name] = lib.build(name, model=str(tiny_model), out=tmp_path / name).manifest["size"]["bundle_bytes"]
+        sizes[name] = lib.build(name, model=str(tiny_model), out=tmp_path / name).manifest.size.bundle_bytes
     budget_mb = (sizes["hqq-int2-g64"] + sizes["hqq-int8-g64"]) / 2 / 1e6
     bundle, scan = build_auto(str(tiny_model), budget_mb, str(calibration), out=tmp_path / "auto")
-    size = bundle.manifest["size"]["bundle_bytes"]
+    size = bundle.manifest.size.bundle_bytes
     assert sizes["hqq-int2-g64"] < size <= budget_mb * 1e6
-    overrides = bundle.manifest["recipe"]["modules"]["overrides"]
+    overrides = bundle.manifest.recipe.modules.overrides
     assert overrides, "a budget between all-2 and all-8 bits must mix widths"
-    assert len({o["format"] for o in overrides.values()} | {bundle.manifest["recipe"]["weights"]["format"]}) >= 2
+    assert len({o.format for o in overrides.values()} | {bundle.manifest.recipe.weights.format}) >= 2
     assert all(v[8] == 0.0 and v[2] >= 0.0 for v in scan.kl.values())
     # Replayable: the bundle's own recipe.toml builds a bundle of the same size.
     again = lib.build(bundle.path / "recipe.toml", model=str(tiny_model), out=tmp_path / "replay")
-    assert again.manifest["size"]["bundle_bytes"] == size
+    assert again.manifest.size.bundle_bytes == size
     assert lib.load(again.path).transcribe(tone(1.0)).text is not None
 
 
