@@ -51,6 +51,10 @@ def _setup_logging(verbose: bool) -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.getLogger("edgeq").setLevel(logging.DEBUG if verbose else logging.INFO)
+    # When an SSH connection is cut mid-push, asyncssh's queued writes hit the dead socket and
+    # asyncio warns "socket.send() raised exception." once per write after the fifth: the cut is
+    # already reported in our one line, so those warnings would only bury it (seen: 3 lines).
+    logging.getLogger("asyncio").setLevel(logging.DEBUG if verbose else logging.ERROR)
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)
