@@ -136,8 +136,7 @@ def _named_tensors(model: torch.nn.Module):
 
 def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None) -> TorchEngine:
     """The engine for a torch-runtime bundle (what `edgeq.load` calls through the catalogue)."""
-    if bundle.runtime != "torch":
-        raise BundleError(f"{bundle.path}: bundle {bundle.name} runs on {bundle.runtime}, not PyTorch")
+    bundle.require_runtime("torch", "PyTorch")
     if device == "cuda" and not torch.cuda.is_available():
         raise DeviceError("--device cuda asked for, but this PyTorch has no usable CUDA device")
     if threads is not None and threads < 1:

@@ -85,6 +85,12 @@ class Bundle:
     def manifest_sha256(self) -> str:
         return sha256_file(self.path / MANIFEST)
 
+    def require_runtime(self, runtime: str, label: str) -> None:
+        """For an engine module: refuse a bundle of another runtime (`label`: the runtime's name for
+        people). `edgeq.load` picks the engine from the catalogue; this guards direct callers."""
+        if self.runtime != runtime:
+            raise BundleError(f"{self.path}: bundle {self.name} runs on {self.runtime}, not {label}")
+
     def file(self, name: str) -> Path:
         if name not in self.manifest.files:
             raise BundleError(

@@ -29,8 +29,7 @@ _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None) -> "OnnxEngine":
     import onnxruntime as ort  # edgeq.load checked it is installed (catalogue.require_runtime)
 
-    if bundle.runtime != "onnxruntime":
-        raise BundleError(f"{bundle.path}: bundle {bundle.name} runs on {bundle.runtime}, not ONNX Runtime")
+    bundle.require_runtime("onnxruntime", "ONNX Runtime")
     layout = read_layout(bundle)
     enc_providers, dec_providers = _providers(ort, device, layout, bundle)
     # The encoder runs once per 30 s window on large activations; ONNX Runtime's CPU arena and

@@ -287,3 +287,20 @@ def test_a_bundle_moved_aside_by_a_killed_build_is_put_back(tmp_path):
     write_bundle(tmp_path / "c", _populate)  # any build next to it sweeps
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "c"]
     assert open_bundle(tmp_path / "b").manifest == first.manifest
+
+
+def test_an_engine_refuses_a_bundle_of_the_other_runtime(tmp_path):
+    from helpers import manifest_fields
+
+    from edgeq.format.bundle import WEIGHTS, write_bundle
+
+    def populate(folder):
+        (folder / WEIGHTS).write_bytes(b"w" * 10)
+        for name in ("config.json", "generation_config.json", "tokenizer.json", "quantization.json"):
+            (folder / name).write_text("{}")
+        return manifest_fields("demo")  # backend float: the torch runtime
+
+    bundle = write_bundle(tmp_path / "b", populate)
+    bundle.require_runtime("torch", "PyTorch")
+    with pytest.raises(BundleError, match=r"bundle demo runs on torch, not ONNX Runtime"):
+        bundle.require_runtime("onnxruntime", "ONNX Runtime")
