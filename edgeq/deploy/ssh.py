@@ -13,6 +13,7 @@ becomes one `SSHError` line that says what to do.
 from __future__ import annotations
 
 import asyncio
+import logging
 import shlex
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 
 from edgeq.errors import EdgeqError, MissingDependencyError
 from edgeq.util import one_line
+
+log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 20
 
@@ -108,5 +111,22 @@ def command_line(argv: list[str]) -> str:
 
 
 def run_sync(coro):
-    """asyncio.run, with Ctrl-C left to the CLI."""
-    return asyncio.run(coro)
+    """asyncio.run, with Ctrl-C left to the CLI, and without asyncssh's echo of a cut connection.
+
+    asyncssh 2.24's parallel SFTP writer catches only OSError/SFTPError from its write tasks, so when
+    the connection is cut, the first task's ConnectionLost escapes its loop and the other in-flight
+    tasks are dropped with the same exception unread; asyncio then logs "Task exception was never
+    retrieved" with a traceback for each (seen: 46 lines under our one-line error). The cut itself
+    is reported by `connect`, so those echoes are dropped here; any other unhandled error still
+    reaches asyncio's default handler."""
+    with asyncio.Runner() as runner:
+        runner.get_loop().set_exception_handler(_drop_cut_echoes)
+        return runner.run(coro)
+
+
+def _drop_cut_echoes(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    exc = context.get("exception")
+    if isinstance(exc, (_asyncssh().DisconnectError, ConnectionError)):
+        log.debug("dropped after a cut connection: %s (%s)", context.get("message"), one_line(exc))
+        return
+    loop.default_exception_handler(context)

@@ -253,3 +253,32 @@ def test_a_staged_file_that_is_not_a_prefix_of_ours_is_sent_again_whole(device, 
     assert proc.returncode == 0, proc.stderr
     assert open_bundle(dest / tiny_onnx.path.name).manifest == tiny_onnx.manifest  # every hash verified
     assert [p.name for p in dest.iterdir()] == [tiny_onnx.path.name]
+
+
+def test_tasks_left_failing_by_a_cut_connection_are_not_echoed_but_other_errors_are(caplog):
+    """asyncssh's parallel SFTP writer abandons its other in-flight writes when the connection is cut;
+    asyncio would print a traceback for each ("Task exception was never retrieved", 46 lines in CI)."""
+    import asyncio
+    import gc
+
+    import asyncssh
+
+    from edgeq.deploy.ssh import run_sync
+
+    async def abandon(exc):
+        async def fail():
+            raise exc
+        task = asyncio.ensure_future(fail())
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        del task  # finished with an exception nobody reads, as asyncssh leaves them
+        gc.collect()
+        return "done"
+
+    caplog.set_level("ERROR", logger="asyncio")
+    assert run_sync(abandon(asyncssh.ConnectionLost("Connection lost"))) == "done"
+    gc.collect()
+    assert not caplog.records
+    assert run_sync(abandon(ValueError("a real bug"))) == "done"
+    gc.collect()
+    assert ["never retrieved" in r.getMessage() and "a real bug" in r.exc_text for r in caplog.records] == [True]
