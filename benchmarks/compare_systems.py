@@ -1,36 +1,51 @@
-"""edgeq bundles side by side with what users would pick instead, in one run.
+"""edgeq bundles side by side with what users would pick instead, in one run, round after round.
 
     python benchmarks/compare_systems.py --bundles B1 B2[@KEY=VALUE,...] ... [--threads 2] [--dataset DIR]
-                                          [--model DIR] [--skip transformers-fp32,...]
+                                          [--model DIR] [--skip transformers-fp32,...] [--rounds 3]
+                                          [--ggml auto] [--whisper-cpp-native DIR]
 
 Systems (each measured in its own fresh process, same audio, same thread count, greedy decoding,
 no timestamps, English):
-  transformers-fp32           WhisperForConditionalGeneration.generate, float32
+  transformers-fp32           WhisperForConditionalGeneration.generate, float32 (the baseline)
   transformers-dynamic-int8   the same after torch.ao.quantization.quantize_dynamic (Linear)
   faster-whisper-int8         CTranslate2 int8 conversion of the same checkpoint (pip install faster-whisper)
-  edgeq:<bundle>              edgeq.load(bundle).transcribe for each bundle given
-whisper.cpp is measured when pywhispercpp is installed and --ggml points to a ggml model file.
---recipes builds edgeq bundles of --model first; --small-shape swaps --model for whisper-small's
-shape with random weights (WER is meaningless there; every system decodes the same 224-token cap,
-so time, load and RAM compare):
+  whisper.cpp-q8_0, -q5_0     pywhispercpp 1.5.1 (whisper.cpp 1.8.5) on ggml files written by convert_ggml.py
+  whisper.cpp-q8_0-fit        the same with audio_ctx fitted to each clip (+2 s), edgeq's encoder window
+  ...-native                  the same with ggml's CPU backend built from whisper.cpp 1.8.5 with its
+                              default GGML_NATIVE=ON (the wheel's is built for AVX2 only): --whisper-cpp-native
+  edgeq:<bundle>              edgeq.load(bundle).transcribe for each bundle given (encoder window "fit",
+                              edgeq's default; `PATH#full` for the padded 30 s window)
+whisper.cpp is measured when pywhispercpp is installed and --ggml points to a q8_0 ggml model file
+('auto': converted from --model, q5_0 beside it). --recipes builds edgeq bundles of --model first;
+--small-shape swaps --model for whisper-small's shape with random weights (WER is meaningless
+there; every system decodes the same 224-token cap, so time, load and RAM compare):
 
     python benchmarks/compare_systems.py --recipes onnx-int8-dynamic,onnx-int4 --ggml auto
     python benchmarks/compare_systems.py --small-shape --recipes onnx-int8-dynamic,onnx-int4 --ggml auto --limit 3
 
+--rounds N runs every system N times in alternation (the order rotated each round), so a slow
+phase of a shared machine slows every system alike; the summary gives each system's median and
+spread, and per round the ratio of each edgeq bundle to the fastest peer (RTF), to whisper.cpp
+q8_0 (peak RSS, load time), with their median and spread.
+
 Per system: WER (Whisper's English normalizer + jiwer), real-time factor, load time, peak RSS
 (the kernel's VmHWM of the worker process, imports included; not ru_maxrss, which a
-worker inherits from the parent across fork + exec), model size, tokens decoded. Writes
-results/compare_systems.json (or --out).
+worker inherits from the parent across fork + exec), model size, tokens decoded; for edgeq also
+encoder seconds, decoder steps and decoder tokens per second. Writes results/compare_systems.json
+(or --out) after every system.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from _common import SPEECH_DEV, WHISPER_BASE, whisper_small_random, write_json
@@ -49,6 +64,8 @@ def _dir_mb(path: Path, suffixes=(".safetensors", ".onnx", ".onnx.data", ".bin")
 # rule. Real speech never reaches it; random weights (the whisper-small shape) always do, so with
 # the same cap every system runs the same number of decoder steps and their times compare.
 MAX_NEW_TOKENS = 224
+FIT_MARGIN_S = 2.0  # edgeq's ENCODER_FIT_MARGIN_S, given to whisper.cpp's audio_ctx in the -fit variant
+PHASES = {"encoder_s": 0.0, "decode_s": 0.0, "decoder_steps": 0, "windows": 0}  # edgeq's own timings
 EOT = 50257  # Whisper's end-of-text id; the special tokens (prompt, timestamps) come after it
 
 
@@ -84,9 +101,14 @@ def _load(system: dict, threads: int):
 
         t = edgeq.load(ref, threads=threads, language="en")
         assert t.settings.max_new_tokens == MAX_NEW_TOKENS, t.settings.max_new_tokens
+        options = replace(STUDY_OPTIONS, encoder_window=system.get("window", STUDY_OPTIONS.encoder_window))
 
         def run_edgeq(audio):
-            r = t.transcribe(audio, options=STUDY_OPTIONS)  # greedy once, no timestamps, as the others
+            r = t.transcribe(audio, options=options)  # greedy once, no timestamps, as the others
+            PHASES["encoder_s"] += r.timings.encoder_s
+            PHASES["decode_s"] += r.timings.decode_s
+            PHASES["decoder_steps"] += r.timings.decoder_steps
+            PHASES["windows"] += r.windows + r.timings.refits
             return r.text, len(r.tokens)
 
         return run_edgeq, _dir_mb(ref)
@@ -118,11 +140,14 @@ def _load(system: dict, threads: int):
         # temperature_inc 0: no fallback re-decoding at higher temperatures (greedy once, as the others).
         m = Model(ref, n_threads=threads, language="en", no_timestamps=True, print_progress=False,
                   print_realtime=False, greedy={"best_of": 1}, max_tokens=MAX_NEW_TOKENS, temperature_inc=0.0)
+        fit = system.get("window") == "fit"
 
         def run_cpp(audio):
             import _pywhispercpp as pw
 
-            text = " ".join(seg.text for seg in m.transcribe(audio))
+            # audio_ctx: encoder positions (50 per second); 0 is whisper.cpp's default, the full 1500.
+            ctx = min(1500, math.ceil((len(audio) / 16000 + FIT_MARGIN_S) * 50)) if fit else 0
+            text = " ".join(seg.text for seg in m.transcribe(audio, audio_ctx=ctx))
             ids = [pw.whisper_full_get_token_id(m._ctx, i, j) for i in range(pw.whisper_full_n_segments(m._ctx))
                    for j in range(pw.whisper_full_n_tokens(m._ctx, i))]
             return text, _generated(ids)
@@ -166,6 +191,7 @@ def worker(system: dict, dataset: str, threads: int, limit: int | None) -> dict:
     run, size = _load(system, threads)
     load_s = time.perf_counter() - t0
     run(audios[0][1])  # warm-up, not timed
+    PHASES.update(encoder_s=0.0, decode_s=0.0, decoder_steps=0, windows=0)
     errors, compute, audio_s, tokens = [], 0.0, 0.0, 0
     for utt, audio in audios:
         t = time.perf_counter()
@@ -174,10 +200,14 @@ def worker(system: dict, dataset: str, threads: int, limit: int | None) -> dict:
         audio_s += len(audio) / 16000
         tokens = None if n is None or tokens is None else tokens + n
         errors.append(word_errors(utt.reference, text))
-    return {"system": system["name"], "wer_pct": 100 * corpus_wer(errors), "rtf": compute / audio_s,
-            "compute_s": compute, "audio_s": audio_s, "tokens": tokens, "utterances": len(audios), "load_s": load_s,
-            "peak_rss_mb": os_peak_rss_bytes() / 2**20,
-            "size_mb": size, "torch_imported": "torch" in sys.modules}
+    row = {"system": system["name"], "wer_pct": 100 * corpus_wer(errors), "rtf": compute / audio_s,
+           "compute_s": compute, "audio_s": audio_s, "tokens": tokens, "utterances": len(audios), "load_s": load_s,
+           "peak_rss_mb": os_peak_rss_bytes() / 2**20,
+           "size_mb": size, "torch_imported": "torch" in sys.modules}
+    if PHASES["windows"]:
+        row.update(PHASES, encoder_s_per_window=PHASES["encoder_s"] / PHASES["windows"],
+                   decoder_tokens_per_s=PHASES["decoder_steps"] / PHASES["decode_s"])
+    return row
 
 
 # --------------------------------------------------------------------------- orchestration
@@ -202,43 +232,19 @@ def ensure_bundle(model: Path, recipe: str, cache: Path) -> Path:
     return out
 
 
-def ensure_ggml(model: Path, cache: Path) -> Path:
+def ensure_ggml(model: Path, cache: Path) -> dict[str, Path]:
     from convert_ggml import convert
 
-    q8 = cache / f"ggml-{model.name}-q8_0.bin"
-    if not q8.is_file():
-        convert(model, cache / f"ggml-{model.name}.bin", q8, None)
-    return q8
+    out = {q: cache / f"ggml-{model.name}-{q}.bin" for q in ("q8_0", "q5_0")}
+    if not all(p.is_file() for p in out.values()):
+        convert(model, cache / f"ggml-{model.name}.bin", out["q8_0"], None, out["q5_0"])
+    return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bundles", nargs="*", default=[])
-    ap.add_argument("--model", type=Path, default=WHISPER_BASE)
-    ap.add_argument("--dataset", default=str(SPEECH_DEV))
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--limit", type=int)
-    ap.add_argument("--recipes", default="", help="comma-separated recipes: bundles built from --model into --cache")
-    ap.add_argument("--small-shape", action="store_true",
-                    help="--model becomes a whisper-small-shaped checkpoint with random weights (latency, RAM)")
-    ap.add_argument("--ggml", help="whisper.cpp ggml model file (q8_0), measured through pywhispercpp; "
-                                   "'auto': convert --model with convert_ggml.py into --cache")
-    ap.add_argument("--skip", default="", help="comma-separated system names to leave out")
-    ap.add_argument("--out", help="results file [compare_systems.json, or compare_systems_whisper-small-random.json]")
-    ap.add_argument("--cache", type=Path, default=Path("/tmp/edgeq-compare"))
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.worker:
-        print(json.dumps(worker(json.loads(args.worker), args.dataset, args.threads, args.limit)))
-        return
-    if args.small_shape:
-        args.model = whisper_small_random(args.cache / "whisper-small-random")
-    args.out = args.out or ("compare_systems_whisper-small-random.json" if args.small_shape else "compare_systems.json")
-    bundles = list(args.bundles)
-    for recipe in filter(None, args.recipes.split(",")):
-        bundles.append(str(ensure_bundle(args.model, recipe, args.cache)))
-    if args.ggml == "auto":
-        args.ggml = str(ensure_ggml(args.model, args.cache))
+PEER_KINDS = ("transformers-dynamic-int8", "faster-whisper", "whisper.cpp")
+
+
+def systems_to_run(args) -> list[dict]:
     systems = [
         {"name": "transformers-fp32", "kind": "transformers-fp32", "ref": str(args.model)},
         {"name": "transformers-dynamic-int8", "kind": "transformers-dynamic-int8", "ref": str(args.model)},
@@ -259,34 +265,130 @@ def main() -> None:
     except ImportError:
         print("faster-whisper not installed: skipped (pip install faster-whisper)")
     if args.ggml:
-        systems.append({"name": "whisper.cpp", "kind": "whisper.cpp", "ref": args.ggml})
+        files = ensure_ggml(args.model, args.cache) if args.ggml == "auto" else {"q8_0": Path(args.ggml)}
+        builds = [("", None)] + ([("-native", str(args.whisper_cpp_native))] if args.whisper_cpp_native else [])
+        for suffix, pythonpath in builds:
+            for quant, path in files.items():
+                variants = [("", "full"), ("-fit", "fit")] if quant == "q8_0" else [("", "full")]
+                for tail, window in variants:
+                    systems.append({"name": f"whisper.cpp-{quant}{tail}{suffix}", "kind": "whisper.cpp",
+                                    "ref": str(path), "window": window, "pythonpath": pythonpath})
+    bundles = list(args.bundles)
+    for recipe in filter(None, args.recipes.split(",")):
+        bundles.append(str(ensure_bundle(args.model, recipe, args.cache)))
     for spec in bundles:
-        # PATH@KEY=VALUE,...: the same bundle under another environment (e.g. EDGEQ_HEAP_TUNING=0).
-        path, _, env = spec.partition("@")
-        systems.append({"name": f"edgeq:{Path(path).name}" + (f"@{env}" if env else ""), "kind": "edgeq", "ref": path,
+        # PATH[#full][@KEY=VALUE,...]: the padded 30 s encoder window; the same bundle under another
+        # environment (e.g. EDGEQ_HEAP_TUNING=0).
+        spec, _, env = spec.partition("@")
+        path, _, window = spec.partition("#")
+        systems.append({"name": f"edgeq:{Path(path).name}" + (f"#{window}" if window else "") + (f"@{env}" if env else ""),
+                        "kind": "edgeq", "ref": path, "window": window or "fit",
                         "env": dict(kv.split("=", 1) for kv in env.split(",") if kv)})
+    return [s for s in systems if s["name"] not in skip]
+
+
+def run_worker(system: dict, args) -> dict:
+    env = {**os.environ, **system.get("env", {})}
+    if system.get("pythonpath"):
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [system["pythonpath"], env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(system), "--dataset", args.dataset,
+                           "--threads", str(args.threads)] + (["--limit", str(args.limit)] if args.limit else []),
+                          capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        return {"system": system["name"], "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def summarize(rows: list[dict], systems: list[dict]) -> dict:
+    """Per system: median and spread over rounds; per edgeq system and round, its ratio to the
+    fastest peer's RTF and to whisper.cpp q8_0's peak RSS and load time (same round)."""
+    kind = {s["name"]: s["kind"] for s in systems}
+    ok = [r for r in rows if "error" not in r]
+    rounds = sorted({r["round"] for r in ok})
+    per_system = {}
+    for name in kind:
+        mine = [r for r in ok if r["system"] == name]
+        if mine:
+            per_system[name] = {k: _spread([r[k] for r in mine]) for k in ("rtf", "load_s", "peak_rss_mb")}
+            per_system[name]["wer_pct"] = mine[0]["wer_pct"]
+    ratios = {}
+    for name in (n for n, k in kind.items() if k == "edgeq"):
+        r_rtf, r_rss, r_load, fastest = [], [], [], []
+        for i in rounds:
+            this = {r["system"]: r for r in ok if r["round"] == i}
+            peers = [r for n, r in this.items() if kind.get(n) in PEER_KINDS]
+            if name not in this or not peers:
+                continue
+            best = min(peers, key=lambda r: r["rtf"])
+            fastest.append(best["system"])
+            r_rtf.append(this[name]["rtf"] / best["rtf"])
+            cpp = this.get("whisper.cpp-q8_0")
+            if cpp:
+                r_rss.append(this[name]["peak_rss_mb"] / cpp["peak_rss_mb"])
+                r_load.append(this[name]["load_s"] / cpp["load_s"])
+        if r_rtf:
+            ratios[name] = {"rtf_vs_fastest_peer": _spread(r_rtf), "fastest_peer": fastest,
+                            **({"rss_vs_whisper_cpp_q8_0": _spread(r_rss), "load_vs_whisper_cpp_q8_0": _spread(r_load)}
+                               if r_rss else {})}
+    return {"systems": per_system, "edgeq_ratios": ratios}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bundles", nargs="*", default=[])
+    ap.add_argument("--model", type=Path, default=WHISPER_BASE)
+    ap.add_argument("--dataset", default=str(SPEECH_DEV))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--limit", type=int)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--recipes", default="", help="comma-separated recipes: bundles built from --model into --cache")
+    ap.add_argument("--small-shape", action="store_true",
+                    help="--model becomes a whisper-small-shaped checkpoint with random weights (latency, RAM)")
+    ap.add_argument("--ggml", help="whisper.cpp ggml model file (q8_0), measured through pywhispercpp; "
+                                   "'auto': convert --model with convert_ggml.py into --cache (q8_0 and q5_0)")
+    ap.add_argument("--whisper-cpp-native", type=Path,
+                    help="a folder holding pywhispercpp with ggml's CPU backend built natively "
+                         "(benchmarks/whisper_cpp_native.sh makes it): also measure whisper.cpp through it")
+    ap.add_argument("--skip", default="", help="comma-separated system names to leave out")
+    ap.add_argument("--out", help="results file [compare_systems.json, or compare_systems_whisper-small-random.json]")
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/edgeq-compare"))
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker), args.dataset, args.threads, args.limit)))
+        return
+    if args.small_shape:
+        args.model = whisper_small_random(args.cache / "whisper-small-random")
+    args.out = args.out or ("compare_systems_whisper-small-random.json" if args.small_shape else "compare_systems.json")
+    systems = systems_to_run(args)
     from edgeq.bench.env import fingerprint
 
     results = {"env": fingerprint(), "threads": args.threads, "dataset": args.dataset, "model": str(args.model),
-               "rows": []}
-    for system in systems:
-        if system["name"] in skip:
-            continue
-        proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(system), "--dataset", args.dataset,
-                               "--threads", str(args.threads)] + (["--limit", str(args.limit)] if args.limit else []),
-                              capture_output=True, text=True, env={**os.environ, **system.get("env", {})})
-        if proc.returncode != 0:
-            row = {"system": system["name"], "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
-        else:
-            row = json.loads(proc.stdout.strip().splitlines()[-1])
-        results["rows"].append(row)
-        write_json(args.out, results)
-        if "error" in row:
-            print(f"{row['system']:34} ERROR {row['error']}")
-        else:
+               "rounds": args.rounds, "systems": systems, "rows": []}
+    for i in range(args.rounds):
+        shift = i % len(systems)  # rotate: no system always runs first (cold caches) or last
+        for system in systems[shift:] + systems[:shift]:
+            row = {**run_worker(system, args), "round": i + 1}
+            results["rows"].append(row)
+            results["summary"] = summarize(results["rows"], systems)
+            write_json(args.out, results)
+            if "error" in row:
+                print(f"{i + 1} {row['system']:34} ERROR {row['error']}", flush=True)
+                continue
             size = f"{row['size_mb']:6.1f}" if row["size_mb"] else "     -"
-            print(f"{row['system']:34} WER {row['wer_pct']:5.2f}%  RTF {row['rtf']:.3f}  load {row['load_s']:5.2f}s  "
-                  f"RSS {row['peak_rss_mb']:6.0f} MB  size {size} MB  torch={row['torch_imported']}")
+            print(f"{i + 1} {row['system']:34} WER {row['wer_pct']:5.2f}%  RTF {row['rtf']:.3f}  load {row['load_s']:5.2f}s  "
+                  f"RSS {row['peak_rss_mb']:6.0f} MB  size {size} MB  torch={row['torch_imported']}", flush=True)
+    for name, r in results["summary"]["edgeq_ratios"].items():
+        line = f"{name}: RTF x{r['rtf_vs_fastest_peer']['median']:.2f} of the fastest peer " \
+               f"[{r['rtf_vs_fastest_peer']['min']:.2f}-{r['rtf_vs_fastest_peer']['max']:.2f}]"
+        if "rss_vs_whisper_cpp_q8_0" in r:
+            rss, load = r["rss_vs_whisper_cpp_q8_0"]["median"], r["load_vs_whisper_cpp_q8_0"]["median"]
+            line += f", RSS x{rss:.2f} and load x{load:.2f} of whisper.cpp q8_0"
+        print(line)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""Write a Hugging Face Whisper checkpoint as a whisper.cpp ggml model file (f16, optionally q8_0).
+"""Write a Hugging Face Whisper checkpoint as a whisper.cpp ggml model file (f16, optionally q8_0, q5_0).
 
     python benchmarks/convert_ggml.py [--model DIR] [--out /tmp/ggml/ggml-base.bin]
-                                      [--q8_0 /tmp/ggml/ggml-base-q8_0.bin] [--mel-filters mel_filters.npz]
+                                      [--q8_0 /tmp/ggml/ggml-base-q8_0.bin] [--q5_0 /tmp/ggml/ggml-base-q5_0.bin]
+                                      [--mel-filters mel_filters.npz]
 
 whisper.cpp is one of the systems compare_systems.py measures, and its models normally come from
 its own download script, which these machines cannot reach. This script rebuilds the file from the
@@ -16,9 +17,11 @@ int32):
     tokenizer    n_tokens, then per token: byte length, raw bytes
     tensors      per tensor: n_dims, name length, tensor type, dims (innermost first), name, data
 
---q8_0 additionally writes what whisper.cpp's `quantize` tool would make of the f16 file (that tool
-is not in the pywhispercpp wheel): every 2-D tensor except the conv biases and positional
-embeddings becomes GGML_TYPE_Q8_0, and the header's ftype becomes 1000 * qnt-version + 7.
+--q8_0 / --q5_0 additionally write what whisper.cpp's `quantize` tool would make of the f16 file
+(that tool is not in the pywhispercpp wheel): every 2-D tensor except the conv biases and positional
+embeddings becomes GGML_TYPE_Q8_0 (Q5_0), and the header's ftype becomes 1000 * qnt-version + 7 (8).
+The block layouts and rounding follow ggml's reference quantize_row_q8_0_ref / quantize_row_q5_0_ref
+(ggml/src/ggml-quants.c, whisper.cpp v1.8.5).
 
 Only numpy and safetensors are needed (no torch); the mel filters come from openai-whisper's
 mel_filters.npz when given, else from transformers' WhisperFeatureExtractor (same slaney filters,
@@ -36,10 +39,11 @@ import numpy as np
 from safetensors import safe_open
 
 GGML_MAGIC = 0x67676D6C
-GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_Q8_0 = 0, 1, 8
-GGML_FTYPE_MOSTLY_Q8_0 = 7
+GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_Q5_0, GGML_TYPE_Q8_0 = 0, 1, 6, 8
+GGML_FTYPE_MOSTLY_Q8_0, GGML_FTYPE_MOSTLY_Q5_0 = 7, 8
 GGML_QNT_VERSION, GGML_QNT_VERSION_FACTOR = 2, 1000
 QK8_0 = 32  # values per q8_0 block: one float16 scale + 32 int8
+QK5_0 = 32  # values per q5_0 block: one float16 scale, 32 high bits, 32 nibbles
 
 # Tensors that whisper.cpp wants in float32 even in an f16 file, and that its quantize tool leaves alone.
 KEEP_F32 = {"encoder.conv1.bias", "encoder.conv2.bias", "encoder.positional_embedding", "decoder.positional_embedding"}
@@ -124,6 +128,24 @@ def quantize_q8_0(x: np.ndarray) -> bytes:
     return out.tobytes()
 
 
+def quantize_q5_0(x: np.ndarray) -> bytes:
+    """ggml's reference q5_0: per block of 32, d = (the value of largest magnitude) / -16 as float16,
+    q = min(31, (int)(x / d + 16.5)); the low nibbles of values j and j+16 share byte j, the fifth
+    bits go to a 32-bit mask (bit j for value j)."""
+    blocks = x.astype(np.float32).reshape(-1, QK5_0)
+    pick = np.abs(blocks).argmax(axis=1)
+    d = blocks[np.arange(len(blocks)), pick][:, None] / np.float32(-16)
+    inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0)
+    q = np.minimum(31, np.trunc(blocks * inv + np.float32(16.5)).astype(np.int32)).astype(np.uint32)
+    lo, hi = q[:, : QK5_0 // 2], q[:, QK5_0 // 2 :]
+    qs = ((lo & 0x0F) | ((hi & 0x0F) << 4)).astype(np.uint8)
+    bits = (q >> 4) & 1  # value j's fifth bit at position j (the second half at 16..31)
+    qh = (bits << np.arange(QK5_0, dtype=np.uint32)).sum(axis=1, dtype=np.uint32)
+    out = np.empty(len(blocks), dtype=[("d", "<f2"), ("qh", "<u4"), ("qs", "u1", (QK5_0 // 2,))])
+    out["d"], out["qh"], out["qs"] = d[:, 0].astype(np.float16), qh, qs
+    return out.tobytes()
+
+
 def write_header(f, cfg: dict, ftype: int, filters: np.ndarray, tokens: list[bytes]) -> None:
     ints = [GGML_MAGIC, cfg["vocab_size"], cfg["max_source_positions"], cfg["d_model"],
             cfg["encoder_attention_heads"], cfg["encoder_layers"],
@@ -145,22 +167,27 @@ def write_tensor(f, name: str, data: np.ndarray, ttype: int) -> None:
     f.write(raw)
     if ttype == GGML_TYPE_Q8_0:
         f.write(quantize_q8_0(data))
+    elif ttype == GGML_TYPE_Q5_0:
+        f.write(quantize_q5_0(data))
     else:
         f.write(data.astype("<f4" if ttype == GGML_TYPE_F32 else "<f2").tobytes())
 
 
-def convert(model: Path, out: Path, q8_out: Path | None, mel_npz: Path | None) -> None:
+QUANTIZED = {"q8_0": (GGML_TYPE_Q8_0, GGML_FTYPE_MOSTLY_Q8_0), "q5_0": (GGML_TYPE_Q5_0, GGML_FTYPE_MOSTLY_Q5_0)}
+
+
+def convert(model: Path, out: Path, q8_out: Path | None, mel_npz: Path | None, q5_out: Path | None = None) -> None:
     cfg = json.loads((model / "config.json").read_text())
     filters = load_mel_filters(cfg["num_mel_bins"], mel_npz)
     tokens = load_vocab(model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    outputs = [(open(out, "wb"), False)]
-    if q8_out is not None:
-        q8_out.parent.mkdir(parents=True, exist_ok=True)
-        outputs.append((open(q8_out, "wb"), True))
-    for f, q8 in outputs:
-        write_header(f, cfg, GGML_QNT_VERSION * GGML_QNT_VERSION_FACTOR + GGML_FTYPE_MOSTLY_Q8_0 if q8 else 1,
-                     filters, tokens)
+    files = [(out, None)] + [(p, q) for p, q in ((q8_out, "q8_0"), (q5_out, "q5_0")) if p is not None]
+    outputs = []
+    for path, quant in files:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "wb")
+        ftype = GGML_QNT_VERSION * GGML_QNT_VERSION_FACTOR + QUANTIZED[quant][1] if quant else 1
+        write_header(f, cfg, ftype, filters, tokens)
+        outputs.append((f, quant))
     n = 0
     with safe_open(model / "model.safetensors", framework="np") as st:
         for hf_name in st.keys():
@@ -171,19 +198,18 @@ def convert(model: Path, out: Path, q8_out: Path | None, mel_npz: Path | None) -
             data = st.get_tensor(hf_name).squeeze().astype(np.float32)
             if name in ("encoder.conv1.bias", "encoder.conv2.bias"):
                 data = data.reshape(-1, 1)  # whisper.cpp adds the bias as an [n, 1] tensor to the conv output
-            for f, q8 in outputs:
+            for f, quant in outputs:
                 if data.ndim < 2 or name in KEEP_F32:
                     ttype = GGML_TYPE_F32  # norms, biases, positional tables
-                elif q8 and data.ndim == 2:
-                    ttype = GGML_TYPE_Q8_0  # the linear weights and the token embedding
+                elif quant and data.ndim == 2:
+                    ttype = QUANTIZED[quant][0]  # the linear weights and the token embedding
                 else:
                     ttype = GGML_TYPE_F16  # incl. the 3-D conv kernels, which quantize leaves as they are
                 write_tensor(f, name, data, ttype)
             n += 1
     for f, _ in outputs:
         f.close()
-    print(f"{n} tensors, {len(tokens)} tokens -> {out} ({out.stat().st_size / 1e6:.1f} MB)"
-          + (f", {q8_out} ({q8_out.stat().st_size / 1e6:.1f} MB)" if q8_out else ""))
+    print(f"{n} tensors, {len(tokens)} tokens -> " + ", ".join(f"{p} ({p.stat().st_size / 1e6:.1f} MB)" for p, _ in files))
 
 
 def main() -> None:
@@ -193,9 +219,10 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=WHISPER_BASE, help="transformers Whisper folder")
     ap.add_argument("--out", type=Path, default=Path("/tmp/ggml/ggml-base.bin"), help="f16 ggml file")
     ap.add_argument("--q8_0", type=Path, help="also write a q8_0 ggml file here")
+    ap.add_argument("--q5_0", type=Path, help="also write a q5_0 ggml file here")
     ap.add_argument("--mel-filters", type=Path, help="openai-whisper's whisper/assets/mel_filters.npz")
     args = ap.parse_args()
-    convert(args.model, args.out, args.q8_0, args.mel_filters)
+    convert(args.model, args.out, args.q8_0, args.mel_filters, args.q5_0)
 
 
 if __name__ == "__main__":

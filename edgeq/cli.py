@@ -242,6 +242,9 @@ def _decode_choices(fallback_default: str):
                      help="Prompt each 30 s window with the text before it [default: on]."),
         click.option("--vad/--no-vad", default=None,
                      help="Skip silence found by Silero VAD (pip install 'edgeq[vad]') [default: off]."),
+        click.option("--encoder-window", type=click.Choice(["full", "fit"]),
+                     help="fit: encode a clip shorter than 30 s on its own length + 2 s, not a padded 30 s "
+                          "window (whisper.cpp's audio_ctx; a broken decode is redone in full) [default: fit]."),
     ]
 
     def wrap(f):
@@ -251,11 +254,12 @@ def _decode_choices(fallback_default: str):
     return wrap
 
 
-def _options(preset, beam_size, patience, length_penalty, fallback, condition, vad, timestamps=None):
+def _options(preset, beam_size, patience, length_penalty, fallback, condition, vad, encoder_window, timestamps=None):
     from edgeq.runtime.decoding import choose_options
 
     return choose_options(preset, beam_size=beam_size, patience=patience, length_penalty=length_penalty,
-                          fallback=fallback, condition_on_previous_text=condition, timestamps=timestamps, vad=vad)
+                          fallback=fallback, condition_on_previous_text=condition, timestamps=timestamps, vad=vad,
+                          encoder_window=encoder_window)
 
 
 @main.command()
@@ -273,7 +277,7 @@ def _options(preset, beam_size, patience, length_penalty, fallback, condition, v
 @_decode_choices("on")
 def transcribe(bundle: Path, audio: tuple[Path, ...], fmt: str | None, output_dir: Path | None, force: bool,
                as_json: bool, device: str, threads: int | None, language: str | None, no_verify: bool,
-               beam_size, patience, length_penalty, fallback, condition, vad) -> None:
+               beam_size, patience, length_penalty, fallback, condition, vad, encoder_window) -> None:
     """Transcribe AUDIO files (wav/flac/mp3/ogg, any rate, any length) with BUNDLE."""
     from edgeq.errors import AudioError
     from edgeq.runtime.decoding import DecodeOptions
@@ -281,7 +285,7 @@ def transcribe(bundle: Path, audio: tuple[Path, ...], fmt: str | None, output_di
     from edgeq.runtime.writers import check_format, output_paths, render, write_atomic
 
     fmt = check_format(fmt or ("json" if as_json else "txt"))
-    options = _options(DecodeOptions(), beam_size, patience, length_penalty, fallback, condition, vad)
+    options = _options(DecodeOptions(), beam_size, patience, length_penalty, fallback, condition, vad, encoder_window)
     targets = output_paths(list(audio), fmt, output_dir, force) if output_dir else [None] * len(audio)
     transcriber = load(bundle, device=device, threads=threads, language=language, verify=not no_verify)
     meta = {"bundle": str(bundle), "manifest_sha256": transcriber.bundle.manifest_sha256}
@@ -345,7 +349,7 @@ def transcribe(bundle: Path, audio: tuple[Path, ...], fmt: str | None, output_di
 @_decode_choices("off")
 def bench(bundles, models, dataset, limit, device, threads, target, warmup, out, resume, force, language,
           compare, plot_path, noise_snr, noise_source, no_sampler, on, remote_edgeq, timestamps, beam_size, patience,
-          length_penalty, fallback, condition, vad) -> None:
+          length_penalty, fallback, condition, vad, encoder_window) -> None:
     """Measure WER, peak RAM and latency of BUNDLES (and --model checkpoints) on a dataset."""
     from edgeq.bench.report import load_summaries, plot, render_table
 
@@ -369,7 +373,8 @@ def bench(bundles, models, dataset, limit, device, threads, target, warmup, out,
         from edgeq.runtime.decoding import STUDY_OPTIONS
 
         systems = make_systems([str(b) for b in bundles], list(models))
-        decode = _options(STUDY_OPTIONS, beam_size, patience, length_penalty, fallback, condition, vad, timestamps)
+        decode = _options(STUDY_OPTIONS, beam_size, patience, length_penalty, fallback, condition, vad, encoder_window,
+                          timestamps)
         settings = BenchSettings(dataset=dataset, out=out, limit=limit, device=device or "cpu", threads=threads,
                                  warmup=warmup, resume=resume, force=force, language=language,
                                  sampler=not no_sampler, decode=decode, noise_snr_db=noise_snr, noise_source=noise_source)

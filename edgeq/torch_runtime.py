@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
@@ -52,10 +53,23 @@ class TorchEngine:
 
     # torch.no_grad rather than inference_mode: quanto's packed int2/int4 weights re-wrap tensors
     # inside their forward, which inference tensors forbid ("Cannot set version_counter").
+    variable_window = True
+
     @torch.no_grad()
     def encode(self, features: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(features))[None].to(self.device, self.dtype)
-        return self._encoder(x).last_hidden_state
+        e = self._encoder
+        if x.shape[-1] == 2 * e.config.max_source_positions:
+            return e(x).last_hidden_state
+        # transformers' WhisperEncoder refuses any length but 3000 frames; a shorter window runs
+        # the same modules with the positional embedding cut to its length (whisper.cpp's audio_ctx).
+        h = F.gelu(e.conv1(x))
+        h = F.gelu(e.conv2(h)).permute(0, 2, 1)
+        h = h + e.embed_positions.weight[: h.shape[1]].to(h.dtype)
+        for layer in e.layers:
+            out = layer(h, None)
+            h = out[0] if isinstance(out, tuple) else out  # transformers 4.x returns (hidden,), 5.x the tensor
+        return e.layer_norm(h)
 
     def start(self, encoder_state: torch.Tensor) -> tuple[torch.Tensor, Any]:
         return encoder_state, EncoderDecoderCache(DynamicCache(), DynamicCache())

@@ -30,8 +30,9 @@ from edgeq.format.layout import OnnxLayout, io_names
 
 log = logging.getLogger(__name__)
 
-# Self-attention in blocks of 250 queries: whisper-base peak RSS -65 MB, identical outputs.
-ENCODER_QUERY_CHUNK = 250
+# Self-attention in 6 blocks of queries (250 each on a full window): whisper-base peak RSS -65 MB,
+# identical outputs.
+ENCODER_QUERY_CHUNKS = 6
 # The protobuf limit is 2 GiB; above ~1.8 GB of weights the graphs keep their tensors in .onnx.data.
 EXTERNAL_DATA_BYTES = 1_800_000_000
 
@@ -43,6 +44,7 @@ def layout_for_model(model) -> OnnxLayout:
     return OnnxLayout.for_dims(
         n_mels=c.num_mel_bins, n_audio_ctx=c.max_source_positions, n_layers=c.decoder_layers, heads=heads,
         head_dim=c.d_model // heads, vocab_size=c.vocab_size, max_target_positions=c.max_target_positions,
+        variable_frames=True,
     )
 
 
@@ -79,13 +81,13 @@ def _attend(q, k, v, mask=None):
 
 
 class EncoderGraph(nn.Module):
-    def __init__(self, model, query_chunk: int = ENCODER_QUERY_CHUNK):
+    def __init__(self, model, query_chunks: int = ENCODER_QUERY_CHUNKS):
         super().__init__()
         self.encoder = model.model.encoder
         self.cross = nn.ModuleList(layer.encoder_attn for layer in model.model.decoder.layers)
         self.enc_heads = model.config.encoder_attention_heads
         self.dec_heads = model.config.decoder_attention_heads
-        self.query_chunk = query_chunk
+        self.query_chunks = query_chunks
         self.act = _activation(model)
 
     def forward(self, input_features):
@@ -98,8 +100,12 @@ class EncoderGraph(nn.Module):
             h = layer.self_attn_layer_norm(x)
             q = _heads(a.q_proj(h) * a.scaling, self.enc_heads)
             k, v = _heads(a.k_proj(h), self.enc_heads), _heads(a.v_proj(h), self.enc_heads)
-            if self.query_chunk:
-                o = torch.cat([_attend(c, k, v) for c in torch.split(q, self.query_chunk, dim=2)], dim=2)
+            if self.query_chunks:
+                # A fixed number of slices of ceil(frames / n) queries (the last ones may be empty):
+                # torch.split by a fixed size would export a sequence whose length was traced at
+                # 3000 frames, and a shorter window then fails in SequenceAt.
+                c = (q.shape[2] + self.query_chunks - 1) // self.query_chunks
+                o = torch.cat([_attend(q[:, :, i * c : (i + 1) * c], k, v) for i in range(self.query_chunks)], dim=2)
             else:
                 o = _attend(q, k, v)
             x = x + a.out_proj(_merge(o))
@@ -161,9 +167,13 @@ def export_float(model, folder: Path, opset: int) -> OnnxLayout:
     past, _, cross = io_names(layout.n_layers)
     shape = (1, layout.heads)
     enc_path, dec_path = folder / layout.encoder, folder / layout.decoder
+    # The window length is dynamic (any even number of frames up to 3000) so that the runtime can
+    # encode only the audio of a short clip (DecodeOptions.encoder_window = "fit"); the positional
+    # embedding is sliced to the length, as whisper.cpp's audio_ctx does.
+    half = Dim("audio_ctx", min=2, max=layout.n_audio_ctx)
     with torch.no_grad():
         _export(EncoderGraph(model).eval(), (torch.zeros(1, layout.n_mels, layout.n_frames),), enc_path,
-                opset, big, layout.encoder_inputs, layout.encoder_outputs, None)
+                opset, big, layout.encoder_inputs, layout.encoder_outputs, ({2: 2 * half},))
         # Example sizes must not be 0 or 1: torch.export specializes dimensions of those sizes.
         t, p = 3, 5
         ids = torch.zeros(1, t, dtype=torch.long)
@@ -172,7 +182,8 @@ def export_float(model, folder: Path, opset: int) -> OnnxLayout:
         t_dim = Dim("tokens", min=1, max=layout.max_target_positions)
         p_dim = Dim("past", min=0, max=layout.max_target_positions)
         # forward(input_ids, *kv): one spec for input_ids, one tuple for *kv.
-        dynamic = ({1: t_dim}, tuple({2: p_dim} for _ in past) + tuple(None for _ in cross))
+        a_dim = Dim("audio_ctx", min=2, max=layout.n_audio_ctx)
+        dynamic = ({1: t_dim}, tuple({2: p_dim} for _ in past) + tuple({2: a_dim} for _ in cross))
         _export(DecoderGraph(model).eval(), (ids, *pasts, *crosses), dec_path, opset, big,
                 layout.decoder_inputs, layout.decoder_outputs, dynamic)
     return layout

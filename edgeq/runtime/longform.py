@@ -27,7 +27,14 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from edgeq.runtime.audio import AudioStream
-from edgeq.runtime.decoding import TIME_PRECISION, DecodeOptions, DecodeResult, DecodeSettings, WindowDecoder
+from edgeq.runtime.decoding import (
+    ENCODER_FIT_MARGIN_S,
+    TIME_PRECISION,
+    DecodeOptions,
+    DecodeResult,
+    DecodeSettings,
+    WindowDecoder,
+)
 from edgeq.runtime.features import HOP_LENGTH, N_FRAMES, SAMPLE_RATE, log_mel_spectrogram
 from edgeq.runtime.tokenizer import WhisperTokenizer
 from edgeq.runtime.vad import SpeechFinder
@@ -41,6 +48,9 @@ FRAMES_PER_TOKEN = 2  # the encoder halves the 3000 mel frames into 1500 positio
 # that had lost words had 1.2-6.2 s unexplained, normal ones up to 2.6 s.
 RECHECK_EXCESS_S = 1.5
 RECHECK_MIN_GAIN_CHARS = 10  # about two words more, or the first decoding stays
+# A fitted encoder window whose first decode compresses better than this (a loop) is decoded again
+# on the full window; openai-whisper's fallback threshold.
+FIT_MAX_COMPRESSION_RATIO = 2.4
 GAP_EXCESS_S = 4.0  # still unexplained after the recheck: reported as a Gap
 DEFAULT_CHARS_PER_S = 15.0  # English read speech, until the recording has its own median
 DIGITAL_SILENCE = 1e-4  # peak amplitude (-80 dBFS) of a window that holds no sound at all
@@ -56,6 +66,7 @@ class Timings:
     total_s: float = 0.0
     tokens: int = 0  # generated tokens kept in the transcript (timestamps included)
     decoder_steps: int = 0
+    refits: int = 0  # windows encoded again in full after a fitted window decoded badly
 
     @property
     def per_token_s(self) -> float:
@@ -185,18 +196,29 @@ class LongformTranscriber:
                 skipped += 1
                 seek += size
                 continue
-            features = log_mel_spectrogram(chunk, self.n_mels)
+            full = log_mel_spectrogram(chunk, self.n_mels)
+            features = self._fitted(full, size, options)
             t1 = time.perf_counter()
             encoder_state = self.engine.encode(features)
-            t2 = time.perf_counter()
             timings.features_s += t1 - t0
-            timings.encoder_s += t2 - t1
+            timings.encoder_s += time.perf_counter() - t1
             if self.settings.multilingual and language is None:
                 language, language_prob = decoder.detect_language(self.engine, encoder_state)
                 timings.decoder_steps += 1
             windows += 1
             result, ratio, tries = self._decode_with_fallback(
                 decoder, encoder_state, language, all_tokens[prompt_since:], rng, timings)
+            if features is not full and (result.truncated or ratio > FIT_MAX_COMPRESSION_RATIO):
+                # A short encoder window can send Whisper into a loop where the full one does not
+                # (speech-dev clips under 3 s, with a 1 s margin): decode this window as trained.
+                log.debug("window %.2f s: fitted encoder window gave a broken decode; full window", offset)
+                timings.refits += 1
+                t1 = time.perf_counter()
+                encoder_state = self.engine.encode(full)
+                timings.encoder_s += time.perf_counter() - t1
+                decodes += tries
+                result, ratio, tries = self._decode_with_fallback(
+                    decoder, encoder_state, language, all_tokens[prompt_since:], rng, timings)
             decodes += tries
             log.debug("window %.2f-%.2f s: T=%.1f no_speech=%s avg_logprob=%.2f ratio=%.2f tokens=%d truncated=%s",
                       offset, offset + duration, result.temperature, result.no_speech_prob, result.avg_logprob,
@@ -236,6 +258,15 @@ class LongformTranscriber:
         return LongformResult(segments, all_tokens, language, language_prob, gaps, windows, decodes, skipped,
                               round(vad_skipped, 2), rechecks, timings)
 
+    def _fitted(self, features: np.ndarray, content: int, options: DecodeOptions) -> np.ndarray:
+        """The first frames of `features` that hold the window's `content` frames of audio plus the
+        margin (an even number, the encoder's stride), or all of them."""
+        if options.encoder_window != "fit" or not getattr(self.engine, "variable_window", False):
+            return features
+        frames = content + round(ENCODER_FIT_MARGIN_S * SAMPLE_RATE / HOP_LENGTH)
+        frames += frames % FRAMES_PER_TOKEN
+        return features if frames >= features.shape[-1] else features[:, :frames]
+
     @staticmethod
     def _silence_ahead(finder: SpeechFinder, samples, seek: int, content_frames: int) -> int:
         """Frames of silence to jump from `seek`: a whole window without speech, or the silence
@@ -264,7 +295,9 @@ class LongformTranscriber:
             return [seg], False
         a, b = round(seg.start * SAMPLE_RATE), round(seg.end * SAMPLE_RATE)
         t0 = time.perf_counter()
-        features = log_mel_spectrogram(samples[a:b], self.n_mels)
+        # Fitted like any short window; a broken decode is not kept anyway (`repetitive` below).
+        features = self._fitted(log_mel_spectrogram(samples[a:b], self.n_mels), math.ceil((b - a) / HOP_LENGTH),
+                                decoder.options)
         t1 = time.perf_counter()
         encoder_state = self.engine.encode(features)
         timings.features_s += t1 - t0

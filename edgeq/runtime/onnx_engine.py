@@ -78,6 +78,7 @@ class OnnxEngine:
         empty = ort.OrtValue.ortvalue_from_shape_and_type(shape, kv_dtype, self._device, 0)
         self._empty = tuple(empty for _ in self._past)
         self.providers = decoder.get_providers()
+        self.variable_window = layout.variable_frames
 
     def encode(self, features: np.ndarray) -> dict[str, Any]:
         binding = self._encoder.io_binding()

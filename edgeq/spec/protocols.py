@@ -45,8 +45,12 @@ class BundleWriter(Protocol):
 class Engine(Protocol):
     """What a runtime provides to the decoder: run the encoder once, then the decoder step by step."""
 
+    variable_window: bool
+    """encode() also takes windows shorter than 3000 frames (any even length): see
+    DecodeOptions.encoder_window."""
+
     def encode(self, features: np.ndarray) -> Any:
-        """features: float32 [n_mels, 3000] -> opaque encoder state."""
+        """features: float32 [n_mels, 3000] (or shorter, when variable_window) -> opaque encoder state."""
 
     def start(self, encoder_state: Any) -> Any:
         """A fresh decoder state (empty self-attention cache) for `encoder_state`."""

@@ -85,8 +85,10 @@ def test_recipe_builds_an_onnx_bundle(name, bundles):
     assert m["runtime"] == "onnxruntime" and m["requires"]["extra"] == "runtime"
     assert {ENCODER_ONNX, DECODER_ONNX, "onnx.json", "tokenizer.json", "generation_config.json",
             "config.json", "recipe.toml"} <= set(m["files"])
-    assert not any(f.endswith(".onnx.data") for f in m["files"])  # external data only above 2 GB
-    assert m["size"]["weights_bytes"] == m["files"][ENCODER_ONNX]["size"] + m["files"][DECODER_ONNX]["size"]
+    # weights beside the graphs, memory-mapped by ONNX Runtime (see onnx_quant.save_model)
+    graphs = [ENCODER_ONNX, DECODER_ONNX, ENCODER_ONNX + ".data", DECODER_ONNX + ".data"]
+    assert set(graphs) <= set(m["files"])
+    assert m["size"]["weights_bytes"] == sum(m["files"][name]["size"] for name in graphs)
     layout = json.loads((bundle.path / "onnx.json").read_text())
     assert layout["export_check"]["decoder_step"] <= layout["export_check"]["tolerance"]
 
@@ -124,6 +126,43 @@ def test_fp32_matches_pytorch(bundles, probed, torch_reference):
     p = probed["probes"][str(_get(bundles, "onnx-fp32").path)]
     assert p["tokens"] == torch_reference["tokens"]
     np.testing.assert_allclose(np.array(p["logits"]), np.array(torch_reference["logits"]), rtol=0, atol=LOGITS_ATOL)
+
+
+@pytest.mark.parametrize("frames", [3000, 1200, 238])
+def test_a_short_encoder_window_gives_the_torch_logits(bundles, audio_dir, frames):
+    """encoder_window "fit": the ONNX graphs take any even window length and agree with the torch
+    engine, which runs transformers' modules with the positional table cut to the same length."""
+    import edgeq
+    from edgeq.runtime.audio import load_audio
+    from edgeq.runtime.features import log_mel_spectrogram
+
+    features = log_mel_spectrogram(load_audio(audio_dir / "a_16k.wav"))[:, :frames]
+    logits = []
+    for name in ("onnx-fp32", "fp32"):
+        t = edgeq.load(_get(bundles, name).path, language="en")
+        assert t.engine.variable_window
+        first, _ = t.engine.step(t.engine.start(t.engine.encode(features)), t.settings.prompt("en"))
+        logits.append(first)
+    np.testing.assert_allclose(logits[0], logits[1], rtol=0, atol=LOGITS_ATOL)
+
+
+def test_a_bundle_of_layout_version_1_loads_and_encodes_full_windows(bundles, audio_dir, tmp_path):
+    """Bundles built before the encoder took short windows (fixed 30 s graphs, layout 1) still run."""
+    import edgeq
+    from edgeq.runtime.decoding import DecodeOptions
+
+    folder = _copy(_get(bundles, "onnx-fp32"), tmp_path)
+    layout = json.loads((folder / "onnx.json").read_text())
+    layout["layout_version"] = 1
+    del layout["variable_frames"]
+    (folder / "onnx.json").write_text(json.dumps(layout))
+    _rehash(folder, "onnx.json")
+    t = edgeq.load(folder, language="en")
+    assert not t.engine.variable_window
+    new = edgeq.load(_get(bundles, "onnx-fp32").path, language="en")
+    full = DecodeOptions(encoder_window="full")
+    # fit is asked for (the default) but the old graphs take 30 s only: the same tokens as in full
+    assert t.transcribe(audio_dir / "a_16k.wav").tokens == new.transcribe(audio_dir / "a_16k.wav", options=full).tokens
 
 
 def test_quantized_graphs_use_the_recipes_operators(bundles):
@@ -331,12 +370,13 @@ def _one_layer_more(layout: dict) -> None:
 
 @pytest.mark.parametrize("edit, message", [
     (lambda layout: layout["decoder_outputs"].__setitem__(1, "present_key_0"),
-     r"onnx.json: decoder_outputs do not follow layout version 1"),
-    (lambda layout: layout.update(layout_version=2), r"onnx.json has layout version 2; this edgeq reads version 1"),
+     r"onnx.json: decoder_outputs do not follow layout version 2"),
+    (lambda layout: layout.update(layout_version=3), r"onnx.json has layout version 3; this edgeq reads versions 1, 2"),
+    (lambda layout: layout.update(layout_version=1), r"variable_frames needs layout version 2"),
     (lambda layout: layout.update(heads="8"), r"onnx.json: heads: Input should be a valid integer"),
     (_swap_graphs, r"decoder.onnx does not match onnx.json"),  # names follow the contract, graphs don't
     (_one_layer_more, r"encoder.onnx does not match onnx.json"),
-], ids=["names", "version", "type", "graphs", "layers"])
+], ids=["names", "version", "v1-variable", "type", "graphs", "layers"])
 def test_onnx_json_is_checked_against_the_layout_contract(bundles, tmp_path, edit, message):
     import edgeq
 

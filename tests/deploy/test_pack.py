@@ -112,10 +112,13 @@ def test_remote_bench_forwards_every_decode_option_the_cli_takes():
     from edgeq.runtime.decoding import STUDY_OPTIONS
 
     assert decode_flags(STUDY_OPTIONS) == []
-    chosen = _options(STUDY_OPTIONS, 5, 2.0, 0.5, True, False, True, True)
+    assert decode_flags(_options(STUDY_OPTIONS, None, None, None, None, None, None, "full"))[-2:] == ["--encoder-window",
+                                                                                                    "full"]
+    chosen = _options(STUDY_OPTIONS, 5, 2.0, 0.5, True, False, True, "full", True)
     flags = decode_flags(chosen)
     values = {"--beam-size": 5, "--patience": 2.0, "--length-penalty": 0.5}
     again = _options(STUDY_OPTIONS, *(float(flags[flags.index(k) + 1]) if k != "--beam-size" else int(flags[flags.index(k) + 1])
                                      for k in values), "--temperature-fallback" in flags,
-                     "--condition-on-previous-text" in flags, "--vad" in flags, "--timestamps" in flags)
+                     "--condition-on-previous-text" in flags, "--vad" in flags,
+                     flags[flags.index("--encoder-window") + 1], "--timestamps" in flags)
     assert again == chosen

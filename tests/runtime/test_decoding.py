@@ -332,3 +332,61 @@ def test_a_recheck_that_finds_nothing_more_reports_a_gap():
     assert [s.text for s in r.segments] == ["w1"] and r.rechecks == 1
     assert [(g.start, g.end) for g in r.gaps] == [(0.0, 10.0)] and "speech may be missing" in r.gaps[0].reason
 
+
+
+# --------------------------------------------------------------------------- encoder window
+
+
+class FittingEngine(ScriptedEngine):
+    """A ScriptedEngine whose encoder takes short windows, recording each window's frame count."""
+
+    variable_window = True
+
+    def __init__(self, script, **kwargs):
+        super().__init__(script, **kwargs)
+        self.frames: list[int] = []
+
+    def encode(self, features):
+        assert features.shape[0] == 80 and features.shape[1] % 2 == 0
+        self.frames.append(features.shape[1])
+        self.windows += 1
+        return self.windows
+
+
+@pytest.mark.parametrize("seconds, window, frames", [
+    (10.0, "fit", [1000 + 200]),  # the clip and 2 s of margin, in mel frames (100 per second)
+    (10.0, "full", [3000]),
+    (28.5, "fit", [3000]),  # clip + margin reach 30 s: the full window
+    (0.37, "fit", [38 + 200]),  # an odd frame count is rounded up to the encoder's stride
+])
+def test_a_short_clip_is_encoded_on_its_own_length_plus_the_margin(seconds, window, frames):
+    engine = FittingEngine(follow([[1, 2]]))
+    r = transcribe(engine, seconds, replace(STUDY_OPTIONS, encoder_window=window))
+    assert engine.frames == frames and r.timings.refits == 0 and [s.text for s in r.segments] == ["w1 w2"]
+
+
+def test_long_audio_fits_only_its_last_window():
+    engine = FittingEngine(follow([[ts(0), 1, ts(30)], [ts(0), 2, ts(10)]]))
+    transcribe(engine, 45.0, replace(STUDY_OPTIONS, recheck_sparse_segments=False))
+    assert engine.frames == [3000, 1500 + 200]  # 30 s, then the last 15 s and the margin
+
+
+def test_a_fitted_window_that_loops_is_decoded_again_on_the_full_window():
+    # window 0 is the fitted one: it loops to the token limit; window 1, the full one, does not
+    engine = FittingEngine(lambda window, s: {7 + len(s) % 2: 30.0} if window == 0 else follow([[1, 2]])(0, s))
+    r = transcribe(engine, 5.0, STUDY_OPTIONS)
+    assert engine.frames == [700, 3000] and r.timings.refits == 1
+    assert [s.text for s in r.segments] == ["w1 w2"] and not r.gaps and r.decodes == 2
+
+
+def test_an_engine_with_fixed_windows_gets_the_full_window_when_fit_is_asked():
+    engine = ScriptedEngine(follow([[1, 2]]))  # asserts (80, 3000) itself
+    r = transcribe(engine, 5.0, STUDY_OPTIONS)
+    assert engine.windows == 0 and r.timings.refits == 0
+
+
+def test_an_unknown_encoder_window_is_refused():
+    from edgeq.errors import EdgeqError
+
+    with pytest.raises(EdgeqError, match=r"--encoder-window must be one of full, fit, not 'half'"):
+        DecodeOptions(encoder_window="half")

@@ -1,0 +1,147 @@
+"""What this CPU can do, and what Whisper asks of it: the floor under encoder and decoder times.
+
+    python benchmarks/cpu_limits.py [--threads 2] [--model DIR] [--bundle ONNX_BUNDLE]
+
+Measures, with ONNX Runtime (the engine of edgeq's fast bundles) on --threads threads:
+  - GEMM throughput at the encoder's shapes: float32 MatMul, and int8 (the graph
+    onnxruntime.quantization.quantize_dynamic makes of it, as in onnx-int8-dynamic bundles);
+  - memory read bandwidth (numpy, one thread, a 512 MB array: larger than any cache).
+Then the arithmetic: operations of one 30 s encoder window of --model (matmuls, attention, convs)
+over the int8 rate, and bytes of decoder weights read per token over the bandwidth. With
+--bundle, the bundle's own encoder time per window and decoder time per token on a 30 s clip are
+measured beside them. Writes benchmarks/results/cpu_limits.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from _common import WHISPER_BASE, write_json
+
+
+def _best(fn, repeat: int = 5) -> float:
+    fn()  # warm-up: prepacking, page faults
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def gemm_gops(m: int, k: int, n: int, threads: int) -> dict:
+    """float32 and dynamic-int8 MatMul of [m, k] x [k, n] through ONNX Runtime, in GOPS."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32) * 0.05, "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "gemm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        f32, i8 = Path(tmp) / "f32.onnx", Path(tmp) / "i8.onnx"
+        onnx.save(model, f32)
+        quantize_dynamic(str(f32), str(i8), weight_type=QuantType.QInt8)
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        for name, path in (("float32", f32), ("int8", i8)):
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            s = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            seconds = _best(lambda s=s: s.run(None, {"x": x}))
+            out[name] = 2 * m * k * n / seconds / 1e9
+    return out
+
+
+def read_bandwidth_gbs(mb: int = 512) -> float:
+    a = np.ones(mb * 2**20 // 8, dtype=np.float64)
+    return a.nbytes / _best(lambda: np.add.reduce(a), 3) / 1e9
+
+
+def encoder_gop(c: dict) -> float:
+    """Multiply-adds x2 of one 30 s window: two convs, then per layer Q/K/V/O, the MLP, QK^T and AV."""
+    d, t, f, mels = c["d_model"], c["max_source_positions"], c["encoder_ffn_dim"], c["num_mel_bins"]
+    convs = 2 * (2 * t) * mels * d * 3 + 2 * t * d * d * 3
+    layer = 2 * t * (4 * d * d + 2 * d * f) + 2 * 2 * t * t * d
+    return (convs + c["encoder_layers"] * layer) / 1e9
+
+
+def decoder_bytes_per_token(c: dict, bytes_per_weight: float = 1.0) -> float:
+    """Weights read for one token: every decoder Linear (self- and cross-attention Q/O only: the
+    cross K/V are computed once per window) and the tied vocabulary table for the logits."""
+    d, f = c["d_model"], c["decoder_ffn_dim"]
+    per_layer = 4 * d * d + 2 * d * d + 2 * d * f  # self q,k,v,o; cross q,o; fc1, fc2
+    return (c["decoder_layers"] * per_layer + c["vocab_size"] * d) * bytes_per_weight
+
+
+def bundle_phases(bundle: str, threads: int) -> dict:
+    """Encoder seconds per full 30 s window and decoder ms per token (a 32-token continuation) of `bundle`."""
+    import edgeq
+    from edgeq.runtime.features import log_mel_spectrogram
+
+    t = edgeq.load(bundle, threads=threads, language="en")
+    features = log_mel_spectrogram(np.zeros(16000 * 30, dtype=np.float32))
+    encode_s = _best(lambda: t.engine.encode(features), 3)
+    state = t.engine.start(t.engine.encode(features))
+    prompt = t.settings.prompt("en")
+    _, state = t.engine.step(state, prompt)
+
+    def steps(n=32):
+        s = state
+        for _ in range(n):
+            _, s = t.engine.step(s, [220])
+
+    step_s = _best(steps, 3) / 32
+    return {"encoder_s_per_window": encode_s, "decoder_ms_per_token": 1000 * step_s, "tokens_per_s": 1 / step_s}
+
+
+def main() -> None:
+    from edgeq.bench.env import fingerprint
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model", type=Path, default=WHISPER_BASE, help="config.json of this checkpoint gives the shapes")
+    ap.add_argument("--bundle", help="an ONNX bundle of --model: its measured phase times beside the floors")
+    ap.add_argument("--out", default="cpu_limits.json")
+    args = ap.parse_args()
+    c = json.loads((args.model / "config.json").read_text())
+    t = c["max_source_positions"]
+    # The encoder's two GEMM shapes: attention projections [T, d] x [d, d], MLP [T, d] x [d, ffn].
+    gemms = {f"{t}x{c['d_model']}x{n}": gemm_gops(t, c["d_model"], n, args.threads)
+             for n in (c["d_model"], c["encoder_ffn_dim"])}
+    int8 = max(g["int8"] for g in gemms.values())
+    bandwidth = read_bandwidth_gbs()
+    gop = encoder_gop(c)
+    per_token = decoder_bytes_per_token(c)
+    result = {
+        "env": fingerprint(), "threads": args.threads, "model": str(args.model), "gemm_gops": gemms,
+        "read_bandwidth_gbs": bandwidth, "encoder_gop_per_window": gop,
+        "encoder_floor_s_at_int8": gop / int8, "decoder_int8_mb_per_token": per_token / 1e6,
+        "decoder_floor_ms_per_token": 1000 * per_token / (bandwidth * 1e9),
+    }
+    if args.bundle:
+        result["bundle"] = {"path": args.bundle, **bundle_phases(args.bundle, args.threads)}
+    path = write_json(args.out, result)
+    for shape, g in gemms.items():
+        print(f"GEMM {shape:16} float32 {g['float32']:6.1f} GOPS   int8 {g['int8']:6.1f} GOPS")
+    print(f"memory read {bandwidth:.1f} GB/s (one thread)")
+    print(f"encoder: {gop:.1f} GOP per 30 s window -> >= {gop / int8:.2f} s at the best int8 rate")
+    print(f"decoder: {per_token / 1e6:.1f} MB of int8 weights per token -> >= {result['decoder_floor_ms_per_token']:.1f} ms")
+    if args.bundle:
+        b = result["bundle"]
+        print(f"bundle: encoder {b['encoder_s_per_window']:.2f} s per window, decoder {b['decoder_ms_per_token']:.1f} ms "
+              f"per token ({b['tokens_per_s']:.0f} tokens/s)")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
