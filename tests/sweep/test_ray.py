@@ -1,0 +1,160 @@
+"""`edgeq sweep --executor ray` on a local Ray cluster started here (2 CPUs): the merged table and
+per-utterance records equal a local run's, a Ray worker killed mid-task is retried and resumes its
+shard (no utterance lost or counted twice), and a dataset missing on a worker stops the sweep with
+one line naming the node."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import ray
+from helpers import assert_one_line_error, edgeq, tone
+
+from edgeq.errors import DatasetError
+
+RECIPE = "pytorch-int8-dynamic"
+N_UTTS = 7
+TIMING = ("p50_s", "rtf", "peak_rss_mb")  # measured, so they differ between any two runs
+# Per-utterance fields that are measurements (and where they were taken) rather than results.
+MEASURED = {"audio_load_s", "latency_s", "features_s", "encoder_s", "decode_s", "per_token_s", "tokens_per_s",
+            "rtf", "peak_rss_mb"}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    import soundfile as sf
+
+    d = tmp_path_factory.mktemp("ray-ds")
+    rows = []
+    for i in range(N_UTTS):
+        sf.write(d / f"u{i}.wav", tone(1.0 + 0.25 * i, freq=200 + 60 * i), 16000)
+        rows.append(f"u{i}.wav\thello world number {i}\n")
+    (d / "manifest.tsv").write_text("file\ttranscript\n" + "".join(rows))
+    return d / "manifest.tsv"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local Ray for this module (about 4 s to start); the CLI joins it with --address."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def _args(tiny_model, dataset, out, *extra):
+    return ("sweep", "--recipes", RECIPE, "-m", tiny_model, "-d", f"clean={dataset}", "--threads", "1",
+            "--language", "en", "-o", out, *extra)
+
+
+@pytest.fixture(scope="module")
+def local(tiny_model, dataset, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("local") / "out"
+    proc = edgeq(*_args(tiny_model, dataset, out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+def _table(out: Path) -> list[dict]:
+    from edgeq.sweep.table import load_results, rows
+
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows(load_results(out))]
+
+
+def _utterances(out: Path, recipe: str) -> list[dict]:
+    (results,) = out.rglob(f"{recipe}-*/bench/*/{recipe}.jsonl")
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in MEASURED} for r in records if r["type"] == "utterance"]
+
+
+def test_a_ray_run_gives_the_local_table(cluster, local, tiny_model, dataset, tmp_path):
+    out = tmp_path / "out"
+    proc = edgeq(*_args(tiny_model, dataset, out, "--executor", "ray", "--address", cluster, "--shard-size", "3"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # Nothing from Ray on either stream: stderr holds edgeq's summary line, stdout the table.
+    assert proc.stderr.strip().splitlines() == [
+        f"built 2 bundles, benched 2 cells, 0 from the cache; results in {out}/ (results.csv, results.md, report.md, plots/)"]
+    assert proc.stdout.lstrip().startswith(f"edgeq sweep: {tiny_model}")
+    assert _table(out) == _table(local)
+    for recipe in ("fp32", RECIPE):
+        shards = sorted(p.name for p in out.rglob(f"{recipe}-*/bench/*/shards/*"))
+        assert shards == ["000000-000003", "000003-000006", "000006-000007"]
+        utts = _utterances(out, recipe)
+        assert [u["id"] for u in utts] == [f"u{i}" for i in range(N_UTTS)]
+        assert utts == _utterances(local, recipe)  # texts, references, word errors: the same records
+    (summary,) = json.loads(next(out.rglob("bench/*/summary.json")).read_text())
+    assert summary["complete"] and summary["utterances"] == N_UTTS
+
+    # The merged cells are the cache for a local re-run (and the other way round).
+    again = edgeq(*_args(tiny_model, dataset, out))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "built 0 bundles, benched 0 cells, 2 from the cache" in again.stderr
+
+
+def test_a_killed_ray_worker_is_retried_without_double_counting(cluster, local, tiny_model, dataset, tmp_path):
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "edgeq.cli", *map(str, _args(tiny_model, dataset, out, "--executor", "ray",
+                                                                 "--address", cluster, "--shard-size", "4"))]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline, killed = time.monotonic() + 240, None
+    while killed is None and time.monotonic() < deadline and proc.poll() is None:
+        for results in out.rglob("shards/*/*.jsonl"):
+            records = [json.loads(line) for line in results.read_text().splitlines() if line.endswith("}")]
+            if any(r["type"] == "utterance" for r in records) and not any(r["type"] == "end" for r in records):
+                # The bench process's parent is the Ray worker running the task: kill it, like the OOM killer.
+                ray_worker = psutil.Process(records[0]["pid"]).ppid()
+                os.kill(ray_worker, signal.SIGKILL)
+                killed = results
+                break
+        time.sleep(0.05)
+    stdout, stderr = proc.communicate(timeout=240)
+    assert killed is not None, "no shard was caught mid-task"
+    assert proc.returncode == 0, stderr[-2000:]
+    runs = [json.loads(line) for line in killed.read_text().splitlines() if '"type": "run"' in line]
+    assert len(runs) == 2  # the retry resumed the shard's results file
+    name = killed.stem
+    utts = _utterances(out, name)
+    assert [u["id"] for u in utts] == [f"u{i}" for i in range(N_UTTS)]  # none lost, none twice
+    assert utts == _utterances(local, name)
+    assert _table(out) == _table(local)
+    notes = [line for line in stderr.splitlines() if "shards were resumed" in line]
+    assert len(notes) == 1 and f"bench {name} on clean: 1 of 2 shards" in notes[0]
+    assert "raylet" not in stdout + stderr  # Ray's own report of the death stays out of the CLI
+
+
+def test_a_dataset_missing_on_a_worker_is_one_line(cluster, tiny_model, dataset, tmp_path):
+    """The driver reads the dataset to plan the shards; then it vanishes, as on a node without the share."""
+    import shutil
+
+    from edgeq.sweep import SweepSettings, run_sweep
+    from edgeq.sweep.ray_executor import RayExecutor
+
+    copy = tmp_path / "ds"
+    shutil.copytree(dataset.parent, copy)
+    settings = SweepSettings(recipes="fp32", model=str(tiny_model), datasets=(str(copy / "manifest.tsv"),),
+                             out=tmp_path / "out", threads=1, language="en")
+
+    def hide_dataset(stage, done, total):
+        if stage.startswith("ray:") and copy.exists():
+            shutil.rmtree(copy)
+
+    with pytest.raises(DatasetError) as err:
+        run_sweep(settings, hide_dataset, RayExecutor(shard_size=4))
+    message = str(err.value)
+    assert message.splitlines() == [message]
+    assert message.startswith(f"on Ray node {os.uname().nodename}: dataset not found: {copy / 'manifest.tsv'}")
+
+
+def test_bad_executor_options_fail_in_one_line(tiny_model, dataset, tmp_path):
+    base = ("sweep", "--recipes", "fp32", "-m", tiny_model, "-d", dataset, "-o", tmp_path / "out")
+    assert_one_line_error(edgeq(*base, "--address", "127.0.0.1:6379"), r"--address and --shard-size are for --executor ray")
+    assert_one_line_error(edgeq(*base, "--executor", "ray", "--shard-size", "0"), r"--shard-size 0: must be a positive")
+    assert not (tmp_path / "out").exists()
