@@ -90,6 +90,8 @@ class RayExecutor:
                 ray.shutdown()
 
     def _connect(self, ray) -> None:
+        if self.address and self.address != "auto":
+            _reachable(self.address)
         try:
             # log_to_driver=False: the workers' own output (library warnings, bench progress) stays
             # in Ray's session logs instead of interleaving with the CLI's progress and one-line errors.
@@ -98,6 +100,22 @@ class RayExecutor:
         except (ConnectionError, RuntimeError, ValueError) as err:
             where = f"--address {self.address}" if self.address else "a local Ray"
             raise EdgeqError(f"{where}: cannot start or join a Ray cluster ({one_line(err)})") from None
+
+
+def _reachable(address: str) -> None:
+    """Ray retries an address where nothing listens for good, printing a C++ warning to stderr every
+    5 s (measured: still retrying after 5 minutes against 127.0.0.1:1); a plain TCP connect says it
+    in one line."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise EdgeqError(f"--address {address}: expected HOST:PORT of the Ray head (or ray://HOST:PORT)")
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as err:
+        raise EdgeqError(f"--address {address}: no Ray cluster answers there ({err.strerror or one_line(err)}); "
+                         "start one with `ray start --head` or leave --address out for a local Ray") from None
 
 
 class _Driver:
