@@ -60,11 +60,11 @@ def build_task(driver_version: str, work: RecipeWork, settings: SweepSettings) -
     return failed and f"{failed} ({_where()})"
 
 
-def bench_task(driver_version: str, recipe: str, work: RecipeWork, c: Condition, folder, shard) -> dict:
+def bench_task(driver_version: str, work: RecipeWork, c: Condition, folder, shard) -> dict:
     """Runs on a worker: bench one shard into its own folder; its summary, or {"failed": line}."""
     _same_version(driver_version)
     try:
-        cell = bench_condition(recipe, work.bundle, c, shard_dir(folder, shard), shard=shard)
+        cell = bench_condition(work.recipe.name, work.bundle, c, shard_dir(folder, shard), shard=shard)
     except EdgeqError as err:
         err.args = (f"{_where()}: {one_line(err)}",)
         raise
@@ -73,13 +73,16 @@ def bench_task(driver_version: str, recipe: str, work: RecipeWork, c: Condition,
 
 class RayExecutor:
     def __init__(self, address: str | None = None, shard_size: int = DEFAULT_SHARD_SIZE):
-        shard_ranges(1, shard_size)  # a bad --shard-size fails before any work
+        shard_ranges(1, shard_size)  # a bad --shard-size or a missing Ray fails before any work
+        self.ray = _ray()
         self.address = address
         self.shard_size = shard_size
         self.notes: list[str] = []
 
     def run(self, work: list[RecipeWork], settings: SweepSettings, progress: Progress) -> list[RecipeOutcome]:
-        ray = _ray()
+        if not work:
+            return []  # all cached: no cluster to start
+        ray = self.ray
         started = not ray.is_initialized()
         if started:
             self._connect(ray)
@@ -171,7 +174,7 @@ class _Driver:
         return self.outcomes
 
     def _get(self, ref, task):
-        from ray.exceptions import RayTaskError, WorkerCrashedError
+        from ray.exceptions import NodeDiedError, OutOfMemoryError, RayTaskError, WorkerCrashedError
 
         try:
             return self.ray.get(ref)
@@ -179,9 +182,9 @@ class _Driver:
             if isinstance(err.cause, EdgeqError):
                 raise err.cause from None
             raise
-        except WorkerCrashedError:
-            raise EdgeqError(f"{self._describe(task)}: its Ray worker died {MAX_RETRIES + 1} times "
-                             "(out of memory?); see the Ray logs of the node, then run the sweep again to resume") from None
+        except (WorkerCrashedError, OutOfMemoryError, NodeDiedError) as err:
+            raise EdgeqError(f"{self._describe(task)}: its Ray worker died {MAX_RETRIES + 1} times ({type(err).__name__}); "
+                             "see the Ray logs of the node, then run the sweep again to resume the shards") from None
 
     def _describe(self, task) -> str:
         w = self.work[task[1]]
@@ -195,7 +198,7 @@ class _Driver:
         for c, folder in w.benches:
             self.shards[(i, c.label)] = {}
             for shard in self._ranges(c):
-                ref = self.bench.remote(__version__, w.recipe.name, w, c, folder, shard)
+                ref = self.bench.remote(__version__, w, c, folder, shard)
                 self.pending[ref] = ("bench", i, c, folder, shard)
 
     def _built(self, i: int, failed: str | None) -> None:

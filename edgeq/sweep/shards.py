@@ -46,7 +46,7 @@ def merge_shards(bench: Path, system: str, shards: list[tuple[int, int]], ids: l
             raise EdgeqError(f"{path}: shard not finished; run the sweep again to resume it")
         records += kept
     measured = [r["id"] for r in records if r.get("type") in ("utterance", "error")]
-    if measured != ids:
+    if sorted(measured) != sorted(ids):
         missing, extra = sorted(set(ids) - set(measured)), sorted(set(measured) - set(ids))
         raise EdgeqError(f"{bench / SHARDS}: the shards do not hold this dataset's utterances once each "
                          f"(missing {missing[:3]}, unexpected {extra[:3]}); delete that folder and run again")

@@ -19,7 +19,7 @@ import pytest
 import ray
 from helpers import assert_one_line_error, edgeq, tone
 
-from edgeq.errors import DatasetError
+from edgeq.errors import DatasetError, EdgeqError
 
 RECIPE = "pytorch-int8-dynamic"
 N_UTTS = 7
@@ -93,6 +93,21 @@ def test_a_ray_run_gives_the_local_table(cluster, local, tiny_model, dataset, tm
     (summary,) = json.loads(next(out.rglob("bench/*/summary.json")).read_text())
     assert summary["complete"] and summary["utterances"] == N_UTTS
 
+    # Shards that are not this dataset's utterances once each are refused; an id twice counts once.
+    from edgeq.sweep.shards import merge_shards
+
+    (results,) = out.rglob("fp32-*/bench/*/fp32.jsonl")
+    merged = results.read_text()
+    shards = [(0, 4), (4, 7)]
+    with pytest.raises(EdgeqError, match=r"the shards do not hold this dataset's utterances once each \(missing \['u7'\]"):
+        merge_shards(results.parent, "fp32", shards, [f"u{i}" for i in range(N_UTTS + 1)])
+    assert results.read_text() == merged
+    shard = next(results.parent.glob("shards/000004-000007/fp32.jsonl"))
+    utterance = next(line for line in shard.read_text().splitlines() if '"type": "utterance"' in line)
+    shard.write_text(shard.read_text() + utterance + "\n")
+    merge_shards(results.parent, "fp32", shards, [f"u{i}" for i in range(N_UTTS)])
+    assert sorted(results.read_text().splitlines()) == sorted(merged.splitlines())
+
     # The merged cells are the cache for a local re-run (and the other way round).
     again = edgeq(*_args(tiny_model, dataset, out))
     assert again.returncode == 0, again.stderr[-2000:]
@@ -120,6 +135,11 @@ def test_a_killed_ray_worker_is_retried_without_double_counting(cluster, local, 
     assert proc.returncode == 0, stderr[-2000:]
     runs = [json.loads(line) for line in killed.read_text().splitlines() if '"type": "run"' in line]
     assert len(runs) == 2  # the retry resumed the shard's results file
+    ids = [json.loads(line)["id"] for line in killed.read_text().splitlines() if '"type": "utterance"' in line]
+    start, stop = map(int, killed.parent.name.split("-"))
+    assert len(ids) == len(set(ids)) == stop - start  # the orphaned bench process stopped instead of writing on
+    orphan = runs[0]["pid"]
+    assert not psutil.pid_exists(orphan) or psutil.Process(orphan).status() == psutil.STATUS_ZOMBIE
     name = killed.stem
     utts = _utterances(out, name)
     assert [u["id"] for u in utts] == [f"u{i}" for i in range(N_UTTS)]  # none lost, none twice
@@ -163,3 +183,16 @@ def test_bad_executor_options_fail_in_one_line(tiny_model, dataset, tmp_path):
                           r"--address 127.0.0.1:1: no Ray cluster answers there \(Connection refused\)")
     assert_one_line_error(edgeq(*base, "--executor", "ray", "--address", "headnode"), r"--address headnode: expected HOST:PORT")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_node_with_another_edgeq_version_refuses_its_tasks(tmp_path):
+    """Its results would land in this version's cache folder: the task stops before any work."""
+    from edgeq import __version__
+    from edgeq.sweep.ray_executor import bench_task, build_task
+
+    pattern = rf"^on Ray node .*: edgeq {__version__} is installed, the sweep runs edgeq 0\.0\.1: install the same edgeq"
+    with pytest.raises(EdgeqError, match=pattern):
+        bench_task("0.0.1", None, None, tmp_path, (0, 1))
+    with pytest.raises(EdgeqError, match=pattern):
+        build_task("0.0.1", None, None)
+    assert list(tmp_path.iterdir()) == []
