@@ -75,79 +75,86 @@ def _utterances(out: Path, recipe: str) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in MEASURED} for r in records if r["type"] == "utterance"]
 
 
-def test_a_ray_run_gives_the_local_table(cluster, local, tiny_model, dataset, tmp_path):
-    out = tmp_path / "out"
-    proc = edgeq(*_args(tiny_model, dataset, out, "--executor", "ray", "--address", cluster, "--shard-size", "4"))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    # Nothing from Ray on either stream: stderr holds edgeq's summary line, stdout the table.
-    assert proc.stderr.strip().splitlines() == [
-        f"built 2 bundles, benched 2 cells, 0 from the cache; results in {out}/ (results.csv, results.md, report.md, plots/)"]
-    assert proc.stdout.lstrip().startswith(f"edgeq sweep: {tiny_model}")
-    assert _table(out) == _table(local)
-    for recipe in ("fp32", RECIPE):
-        shards = sorted(p.name for p in out.rglob(f"{recipe}-*/bench/*/shards/*"))
-        assert shards == ["000000-000004", "000004-000007"]
-        utts = _utterances(out, recipe)
-        assert [u["id"] for u in utts] == [f"u{i}" for i in range(N_UTTS)]
-        assert utts == _utterances(local, recipe)  # texts, references, word errors: the same records
-    (summary,) = json.loads(next(out.rglob("bench/*/summary.json")).read_text())
-    assert summary["complete"] and summary["utterances"] == N_UTTS
-
-    # Shards that are not this dataset's utterances once each are refused; an id twice counts once.
-    from edgeq.sweep.shards import merge_shards
-
-    (results,) = out.rglob("fp32-*/bench/*/fp32.jsonl")
-    merged = results.read_text()
-    shards = [(0, 4), (4, 7)]
-    with pytest.raises(EdgeqError, match=r"the shards do not hold this dataset's utterances once each \(missing \['u7'\]"):
-        merge_shards(results.parent, "fp32", shards, [f"u{i}" for i in range(N_UTTS + 1)])
-    assert results.read_text() == merged
-    shard = next(results.parent.glob("shards/000004-000007/fp32.jsonl"))
-    utterance = next(line for line in shard.read_text().splitlines() if '"type": "utterance"' in line)
-    shard.write_text(shard.read_text() + utterance + "\n")
-    merge_shards(results.parent, "fp32", shards, [f"u{i}" for i in range(N_UTTS)])
-    assert sorted(results.read_text().splitlines()) == sorted(merged.splitlines())
-
-    # The merged cells are the cache for a local re-run (and the other way round).
-    again = edgeq(*_args(tiny_model, dataset, out))
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert "built 0 bundles, benched 0 cells, 2 from the cache" in again.stderr
-
-
-def test_a_killed_ray_worker_is_retried_without_double_counting(cluster, local, tiny_model, dataset, tmp_path):
-    out = tmp_path / "out"
-    args = [sys.executable, "-m", "edgeq.cli", *map(str, _args(tiny_model, dataset, out, "--executor", "ray", "--address",
-                                                                 cluster, "--shard-size", "4", recipes="fp32"))]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+@pytest.fixture(scope="module")
+def ray_run(cluster, tiny_model, dataset, tmp_path_factory):
+    """One sweep on the cluster (2 recipes x 2 shards of 4 and 3 utterances), during which the Ray
+    worker of one shard is SIGKILLed once that shard has measured an utterance (like the OOM killer)."""
+    out = tmp_path_factory.mktemp("ray") / "out"
+    args = _args(tiny_model, dataset, out, "--executor", "ray", "--address", cluster, "--shard-size", "4")
+    proc = subprocess.Popen([sys.executable, "-m", "edgeq.cli", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     deadline, killed = time.monotonic() + 240, None
     while killed is None and time.monotonic() < deadline and proc.poll() is None:
         for results in out.rglob("shards/*/*.jsonl"):
             records = [json.loads(line) for line in results.read_text().splitlines() if line.endswith("}")]
             if any(r["type"] == "utterance" for r in records) and not any(r["type"] == "end" for r in records):
-                # The bench process's parent is the Ray worker running the task: kill it, like the OOM killer.
-                ray_worker = psutil.Process(records[0]["pid"]).ppid()
-                os.kill(ray_worker, signal.SIGKILL)
+                # The bench process's parent is the Ray worker running the task.
+                os.kill(psutil.Process(records[0]["pid"]).ppid(), signal.SIGKILL)
                 killed = results
                 break
         time.sleep(0.05)
     stdout, stderr = proc.communicate(timeout=240)
     assert killed is not None, "no shard was caught mid-task"
     assert proc.returncode == 0, stderr[-2000:]
-    runs = [json.loads(line) for line in killed.read_text().splitlines() if '"type": "run"' in line]
+    return out, stdout, stderr, killed
+
+
+def test_a_ray_run_gives_the_local_table(ray_run, local, tiny_model):
+    out, stdout, _, _ = ray_run
+    assert _table(out) == _table(local)
+    assert stdout.lstrip().startswith(f"edgeq sweep: {tiny_model}")
+    for recipe in ("fp32", RECIPE):
+        shards = sorted(p.name for p in out.rglob(f"{recipe}-*/bench/*/shards/*"))
+        assert shards == ["000000-000004", "000004-000007"]
+        utts = _utterances(out, recipe)
+        assert [u["id"] for u in utts] == [f"u{i}" for i in range(N_UTTS)]  # none lost, none twice
+        assert utts == _utterances(local, recipe)  # texts, references, word errors: the same records
+        (summary,) = json.loads(next(out.rglob(f"{recipe}-*/bench/*/summary.json")).read_text())
+        assert summary["complete"] and summary["utterances"] == N_UTTS
+
+
+def test_the_killed_worker_was_retried_and_resumed_its_shard(ray_run):
+    out, stdout, stderr, killed = ray_run
+    records = [json.loads(line) for line in killed.read_text().splitlines()]
+    runs = [r for r in records if r["type"] == "run"]
     assert len(runs) == 2  # the retry resumed the shard's results file
-    ids = [json.loads(line)["id"] for line in killed.read_text().splitlines() if '"type": "utterance"' in line]
+    ids = [r["id"] for r in records if r["type"] == "utterance"]
     start, stop = map(int, killed.parent.name.split("-"))
     assert len(ids) == len(set(ids)) == stop - start  # the orphaned bench process stopped instead of writing on
     orphan = runs[0]["pid"]
     assert not psutil.pid_exists(orphan) or psutil.Process(orphan).status() == psutil.STATUS_ZOMBIE
-    name = killed.stem
-    utts = _utterances(out, name)
-    assert [u["id"] for u in utts] == [f"u{i}" for i in range(N_UTTS)]  # none lost, none twice
-    assert utts == _utterances(local, name)
-    assert _table(out) == [r for r in _table(local) if r["name"] == "fp32"]
-    notes = [line for line in stderr.splitlines() if "shards were resumed" in line]
-    assert len(notes) == 1 and f"bench {name} on clean: 1 of 2 shards" in notes[0]
-    assert "raylet" not in stdout + stderr  # Ray's own report of the death stays out of the CLI
+    # Ray's own report of the death stays out of the CLI; edgeq says it in one note.
+    name, label = killed.stem, "clean"
+    assert stderr.strip().splitlines() == [
+        f"note: bench {name} on {label}: 1 of 2 shards were resumed (a Ray worker died or an earlier sweep was cut); "
+        "no utterance was measured twice",
+        f"built 2 bundles, benched 2 cells, 0 from the cache; results in {out}/ (results.csv, results.md, report.md, plots/)"]
+    assert "raylet" not in stdout
+
+
+def test_merged_cells_are_the_cache_of_a_local_run(ray_run, tiny_model, dataset):
+    out = ray_run[0]
+    again = edgeq(*_args(tiny_model, dataset, out))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "built 0 bundles, benched 0 cells, 2 from the cache" in again.stderr
+
+
+def test_shards_that_are_not_the_dataset_once_each_are_refused(ray_run):
+    from edgeq.sweep.shards import merge_shards
+
+    out = ray_run[0]
+    (results,) = out.rglob(f"{RECIPE}-*/bench/*/{RECIPE}.jsonl")
+    merged = results.read_text()
+    shards = [(0, 4), (4, 7)]
+    with pytest.raises(EdgeqError, match=r"the shards do not hold this dataset's utterances once each \(missing \['u7'\]"):
+        merge_shards(results.parent, RECIPE, shards, [f"u{i}" for i in range(N_UTTS + 1)])
+    assert results.read_text() == merged
+    # An id twice in a shard (not written by edgeq, which skips done ids) is merged once: the last counts.
+    shard = results.parent / "shards" / "000004-000007" / f"{RECIPE}.jsonl"
+    utterance = next(line for line in shard.read_text().splitlines() if '"type": "utterance"' in line)
+    shard.write_text(shard.read_text() + utterance + "\n")
+    merge_shards(results.parent, RECIPE, shards, [f"u{i}" for i in range(N_UTTS)])
+    assert sorted(results.read_text().splitlines()) == sorted(merged.splitlines())
 
 
 def test_a_dataset_missing_on_a_worker_is_one_line(cluster, local, tiny_model, dataset, tmp_path):
