@@ -88,8 +88,11 @@ def ray_run(cluster, tiny_model, dataset, tmp_path_factory):
         for results in out.rglob("shards/*/*.jsonl"):
             records = [json.loads(line) for line in results.read_text().splitlines() if line.endswith("}")]
             if any(r["type"] == "utterance" for r in records) and not any(r["type"] == "end" for r in records):
-                # The bench process's parent is the Ray worker running the task.
-                os.kill(psutil.Process(records[0]["pid"]).ppid(), signal.SIGKILL)
+                try:  # the bench process's parent is the Ray worker running the task
+                    ray_worker = psutil.Process(records[0]["pid"]).ppid()
+                except psutil.NoSuchProcess:
+                    continue  # that shard just finished
+                os.kill(ray_worker, signal.SIGKILL)
                 killed = results
                 break
         time.sleep(0.05)
