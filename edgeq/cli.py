@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -540,10 +542,15 @@ def push(bundle: Path, destination: str, force: bool) -> None:
               help="white, babble (other utterances of the set), or a noise audio file or folder.")
 @click.option("--clean/--no-clean", default=True, show_default=True, help="With --noise: also bench the clean set.")
 @click.option("--skip-fp16", is_flag=True, help="Leave out float16 recipes (meant for CUDA; slow on most CPUs).")
+@click.option("--executor", default="local", type=click.Choice(["local", "ray"]), show_default=True,
+              help="local: one task after the other here; ray: builds and dataset shards as tasks on a Ray cluster.")
+@click.option("--address", help="With --executor ray: the cluster to join (host:port, ray://...) [default: a local Ray].")
+@click.option("--shard-size", type=int, help="With --executor ray: utterances per bench task [default: 100].")
 def sweep(recipe_selector, model, datasets, out, limit, device, threads, language, calibration, snrs, noise_source,
-          clean, skip_fp16) -> None:
+          clean, skip_fp16, executor, address, shard_size) -> None:
     """Build and bench every recipe on every dataset; write the table, plots and a report (cached, resumable)."""
     from edgeq.sweep import SweepSettings, run_sweep
+    from edgeq.sweep.executors import make_executor
 
     if limit is not None and limit <= 0:
         raise click.BadParameter("must be positive", param_hint="--limit")
@@ -551,8 +558,14 @@ def sweep(recipe_selector, model, datasets, out, limit, device, threads, languag
     settings = SweepSettings(recipes=recipe_selector, model=model, datasets=tuple(datasets), out=out, limit=limit,
                              device=device, threads=threads, language=language, calibration=calibration,
                              snrs=levels, noise_source=noise_source, skip_float16=skip_fp16)
-    with _progress() as progress:
-        result = run_sweep(settings, progress)
+    runner = make_executor(executor, address, shard_size)
+    # Ray's driver prints the cluster's error events (a worker that died, a task retried) straight
+    # to sys.stdout from a thread, with no switch to turn them off (ray/_private/worker.py,
+    # listen_error_messages): kept out of the table on stdout and out of a one-line error; the
+    # sweep says in a note which shards were resumed.
+    quiet = contextlib.redirect_stdout(io.StringIO()) if executor == "ray" else contextlib.nullcontext()
+    with _progress() as progress, quiet:
+        result = run_sweep(settings, progress, runner)
     err = _console(stderr=True)
     for note in result.notes:
         err.print(f"[yellow]note:[/] {note}", soft_wrap=True)

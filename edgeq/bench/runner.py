@@ -40,6 +40,8 @@ class BenchSettings:
     decode: DecodeOptions = STUDY_OPTIONS  # greedy, no timestamps, no fallback: the study's numbers
     noise_snr_db: float | None = None  # mix noise into each utterance at this SNR (edgeq.bench.noise)
     noise_source: str = "white"
+    # Only dataset.utterances[start:stop]: one shard of a distributed sweep (edgeq.sweep.shards).
+    shard: tuple[int, int] | None = None
 
 
 def make_systems(bundles: list[str], models: list[str]) -> list[System]:
@@ -119,6 +121,7 @@ def _run_locked(systems: list[System], settings: BenchSettings, progress) -> lis
             "decode": settings.decode.to_dict(),
             "noise": None if settings.noise_snr_db is None
             else {"snr_db": settings.noise_snr_db, "source": settings.noise_source},
+            "shard": None if settings.shard is None else list(settings.shard),
         }
         fatal = _run_worker(job, system.name, progress)
         if fatal:

@@ -31,8 +31,13 @@ class ResultsFile:
         self.path = path
         _drop_cut_line(path)
         self._f = open(path, "a", encoding="utf-8")
+        self._parent = os.getppid()
 
     def write(self, record: dict) -> None:
+        if os.getppid() != self._parent:
+            # Our runner died (SIGKILL, OOM, a Ray worker killed mid-task): it no longer holds the
+            # folder's lock, so a retry may already be resuming this file. Stop before writing next to it.
+            raise SystemExit(f"{self.path}: the process that started this bench died; stopping")
         self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
         self._f.flush()
         os.fsync(self._f.fileno())
@@ -123,11 +128,15 @@ def run(job: dict) -> None:
         header = {"type": "run", "system": job["system"]["name"], "system_info": info, "settings": settings,
                   "load": load, "env": {**fingerprint(), "gpu": gpu_info()},
                   "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "pid": os.getpid()}
+        if job.get("shard") is not None:
+            header["shard"] = job["shard"]  # outside settings: a merged cell's summary reads like a local run's
         done = _done_ids(results, header) if job.get("resume") and results.exists() else set()
         out = ResultsFile(results)
         out.write(header)
-        todo = [u for u in dataset.utterances if u.id not in done]
-        _warm_up(transcriber, todo or list(dataset.utterances), job.get("warmup", 1), load_audio, options)
+        shard = job.get("shard")
+        utterances = dataset.utterances if shard is None else dataset.utterances[shard[0]:shard[1]]
+        todo = [u for u in utterances if u.id not in done]
+        _warm_up(transcriber, todo or list(utterances), job.get("warmup", 1), load_audio, options)
         mem.window()
         for i, utt in enumerate(todo):
             _say(progress=i, total=len(todo), id=utt.id)

@@ -3,29 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeq import __version__
-from edgeq.errors import EdgeqError, RecipeError
+from edgeq.errors import RecipeError
 from edgeq.spec.recipe import Recipe
+from edgeq.sweep.executors import Executor, LocalExecutor
 from edgeq.sweep.plan import BASELINE, Condition, SweepSettings, conditions, recipe_hash, select_recipes
 from edgeq.sweep.store import Store, finished_summary, model_key
-from edgeq.util import one_line
+from edgeq.sweep.work import Cell, Progress, RecipeOutcome, RecipeWork
 
-Progress = Callable[[str, int, int], None]
-
-
-@dataclass
-class Cell:
-    """One recipe on one condition: its bench summary, or why there is none."""
-
-    recipe: str
-    condition: str
-    summary: dict | None = None
-    failed: str | None = None
-    cached: bool = False
+__all__ = ["Cell", "SweepResult", "run_sweep", "describe"]
 
 
 @dataclass
@@ -51,9 +40,12 @@ class SweepResult:
         }
 
 
-def run_sweep(settings: SweepSettings, progress: Progress | None = None) -> SweepResult:
-    """Build and bench every selected recipe on every dataset condition; write the table, plots and report."""
+def run_sweep(settings: SweepSettings, progress: Progress | None = None,
+              executor: Executor | None = None) -> SweepResult:
+    """Build and bench every selected recipe on every dataset condition (what the cache lacks, run
+    by `executor`: this process by default); write the table, plots and report."""
     progress = progress or (lambda stage, done, total: None)
+    executor = executor or LocalExecutor()
     recipes = select_recipes(settings.recipes, settings.skip_float16)
     conds = conditions(settings)
     _preflight(recipes, conds, settings)
@@ -65,8 +57,12 @@ def run_sweep(settings: SweepSettings, progress: Progress | None = None) -> Swee
     for old in store.other_versions():
         result.notes.append(f"{old}: results of {old.name.replace('-', ' ', 1)}, kept apart (this is edgeq "
                             f"{__version__}; delete the folder to reclaim the space)")
+    work = [_missing(r, conds, store) for r in recipes]
+    todo = [w for w in work if w.benches]
+    outcomes = dict(zip((w.recipe.name for w in todo), executor.run(todo, settings, progress)))
     for recipe in recipes:
-        result.cells += _run_recipe(recipe, conds, settings, store, result, progress)
+        result.cells += _cells(recipe, conds, store, outcomes.get(recipe.name, RecipeOutcome()), result)
+    result.notes += executor.notes
     for info in result.recipes:
         info.update(_bundle_facts(store.bundle(_by_name(recipes, info["name"]))))
     from edgeq.sweep.views import write_views
@@ -98,43 +94,30 @@ def _preflight(recipes: list[Recipe], conds: list[Condition], settings: SweepSet
         check_noise_source(settings.noise_source)
 
 
-def _run_recipe(recipe: Recipe, conds: list[Condition], settings: SweepSettings, store: Store,
-                result: SweepResult, progress: Progress) -> list[Cell]:
+def _missing(recipe: Recipe, conds: list[Condition], store: Store) -> RecipeWork:
+    """What the cache lacks for `recipe`: the conditions without a finished bench, and the bundle if
+    one of them needs it."""
     from edgeq.format.bundle import is_bundle
 
+    todo = tuple((c, store.bench(recipe, c)) for c in conds if finished_summary(store.bench(recipe, c)) is None)
     bundle = store.bundle(recipe)
-    todo = [c for c in conds if finished_summary(store.bench(recipe, c)) is None]
-    cells = {c.label: Cell(recipe.name, c.label, finished_summary(store.bench(recipe, c)), cached=True)
-             for c in conds if c not in todo}
-    if todo and not is_bundle(bundle):
-        from edgeq.builder.pipeline import build
+    return RecipeWork(recipe, bundle, bool(todo) and not is_bundle(bundle), todo)
 
-        store.clear_staging(recipe)
-        try:
-            build(recipe, model=settings.model, out=bundle, calibration=settings.calibration,
-                  language=settings.language, force=True, progress=progress)
-        except EdgeqError as err:
-            # One recipe that cannot be built (a library missing here) must not stop the grid.
-            return [Cell(recipe.name, c.label, failed=f"build: {one_line(err)}") for c in conds]
+
+def _cells(recipe: Recipe, conds: list[Condition], store: Store, outcome: RecipeOutcome,
+           result: SweepResult) -> list[Cell]:
+    if outcome.build_failed:
+        return [Cell(recipe.name, c.label, failed=outcome.build_failed) for c in conds]
+    if outcome.built:
         result.built.append(recipe.name)
-    for c in todo:
-        cells[c.label] = _bench(recipe, bundle, c, store.bench(recipe, c), progress)
-        result.measured.append(f"{recipe.name} on {c.label}")
-    return [cells[c.label] for c in conds]
-
-
-def _bench(recipe: Recipe, bundle: Path, c: Condition, out: Path, progress: Progress) -> Cell:
-    from edgeq.bench.runner import BenchSettings, System, run_bench
-
-    noise = {} if c.snr_db is None else {"noise_snr_db": c.snr_db, "noise_source": c.noise_source}
-    settings = BenchSettings(dataset=c.dataset, out=out, limit=c.limit, device=c.device, threads=c.threads,
-                             warmup=c.warmup, resume=True, language=c.language, **noise)
-    label = f"bench {recipe.name} on {c.label}"
-    (summary,) = run_bench([System("bundle", str(bundle), recipe.name)], settings,
-                           progress=lambda _name, done, total: progress(label, done, total))
-    if "failed" in summary:
-        return Cell(recipe.name, c.label, failed=summary["failed"])
-    return Cell(recipe.name, c.label, summary)
+    cells = []
+    for c in conds:
+        if c.label in outcome.cells:
+            cells.append(outcome.cells[c.label])
+            result.measured.append(f"{recipe.name} on {c.label}")
+        else:
+            cells.append(Cell(recipe.name, c.label, finished_summary(store.bench(recipe, c)), cached=True))
+    return cells
 
 
 METHODS = {

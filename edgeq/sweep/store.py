@@ -35,18 +35,18 @@ class Store:
     def bench(self, recipe: Recipe, condition: Condition) -> Path:
         return self.cell(recipe) / "bench" / condition.key
 
-    def clear_staging(self, recipe: Recipe) -> None:
-        """A build killed with SIGKILL leaves its staging folder (write_bundle cleans up on
-        exceptions only); it is ours, half-written, and only wastes disk."""
-        cell = self.cell(recipe)
-        for stale in cell.glob(".bundle.edgeq-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-
     def other_versions(self) -> list[Path]:
         if not self.out.is_dir():
             return []
         return sorted(p for p in self.out.glob(f"{VERSION_PREFIX}*")
                       if p.is_dir() and p.name != f"{VERSION_PREFIX}{self.version}")
+
+
+def clear_staging(cell: Path) -> None:
+    """A build killed with SIGKILL leaves its staging folder (write_bundle cleans up on exceptions
+    only); it is ours, half-written, and only wastes disk."""
+    for stale in cell.glob(".bundle.edgeq-*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def finished_summary(bench_dir: Path) -> dict | None:
