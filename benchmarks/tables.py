@@ -94,23 +94,55 @@ def recipes() -> str | None:
 
 
 def compare(name: str, wer: bool = True) -> str | None:
-    """A compare_systems.py result; without the WER column for random weights (meaningless there)."""
+    """A compare_systems.py result: per system the median over its rounds, with the RTF's spread;
+    without the WER column for random weights (meaningless there). Then, for each edgeq bundle, its
+    ratios to the fastest peer and to whisper.cpp q8_0, round by round."""
     data = _load(name)
     if not data:
         return None
-    head = ["system"] + (["WER %"] if wer else []) + ["RTF", "tokens", "load s", "peak RSS MB", "size MB", "imports torch"]
-    table = _table(head, [
-        [r["system"], f"error: {r['error']}"] if "error" in r else
-        [r["system"]] + ([f"{r['wer_pct']:.2f}"] if wer else []) +
-        [f"{r['rtf']:.3f}", _f(r.get("tokens"), "d"), f"{r['load_s']:.2f}", f"{r['peak_rss_mb']:.0f}",
-         _f(r["size_mb"], ".1f"), "yes" if r["torch_imported"] else "no"]
-        for r in data["rows"]
-    ])
-    ok = [r for r in data["rows"] if "error" not in r]
+    rows = data["rows"]
+    rounds = data.get("rounds", 1)
+    names = list(dict.fromkeys(r["system"] for r in rows))
+    head = ["system"] + (["WER %"] if wer else []) + ["RTF (median, min–max)", "tokens", "load s", "peak RSS MB",
+                                                     "size MB", "encoder s/window", "decoder tokens/s"]
+    body = []
+    for n in names:
+        mine = [r for r in rows if r["system"] == n and "error" not in r]
+        if not mine:
+            body.append([n, f"error: {next(r['error'] for r in rows if r['system'] == n)}"])
+            continue
+        med = {k: _median([r[k] for r in mine]) for k in ("rtf", "load_s", "peak_rss_mb")}
+        rtfs = [r["rtf"] for r in mine]
+        first = mine[0]
+        body.append([n] + ([f"{first['wer_pct']:.2f}"] if wer else []) + [
+            f"{med['rtf']:.3f} ({min(rtfs):.3f}–{max(rtfs):.3f})", _f(first.get("tokens"), "d"), f"{med['load_s']:.2f}",
+            f"{med['peak_rss_mb']:.0f}", _f(first["size_mb"], ".1f"),
+            _f(_median([r["encoder_s_per_window"] for r in mine]) if "encoder_s_per_window" in first else None, ".3f"),
+            _f(_median([r["decoder_tokens_per_s"] for r in mine]) if "decoder_tokens_per_s" in first else None, ".0f")])
+    table = _table(head, body)
+    ok = [r for r in rows if "error" not in r]
     if ok:
         table += (f"\n{ok[0]['utterances']} utterances, {ok[0]['audio_s']:.1f} s of audio, {data['threads']} threads, "
-                  f"one process per system; machine: {machine(data['env'])}\n")
+                  f"{rounds} rounds in alternation, one fresh process per system and round; "
+                  f"machine: {machine(data['env'])}\n")
+    ratios = (data.get("summary") or {}).get("edgeq_ratios") or {}
+    if ratios:
+        def cell(r, key):
+            v = r.get(key)
+            return "—" if not v else f"{v['median']:.2f} × ({v['min']:.2f}–{v['max']:.2f})"
+
+        table += "\n" + _table(["edgeq bundle", "RTF / fastest peer's", "peak RSS / whisper.cpp q8_0's",
+                                "load time / whisper.cpp q8_0's", "fastest peer"], [
+            [n, cell(r, "rtf_vs_fastest_peer"), cell(r, "rss_vs_whisper_cpp_q8_0"), cell(r, "load_vs_whisper_cpp_q8_0"),
+             ", ".join(sorted(set(r["fastest_peer"])))]
+            for n, r in ratios.items()])
     return table
+
+
+def _median(values: list[float]) -> float:
+    import statistics
+
+    return statistics.median(values)
 
 
 def overhead() -> str | None:

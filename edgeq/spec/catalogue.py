@@ -46,7 +46,7 @@ RUNTIMES: dict[str, RuntimeSpec] = {
             writer="edgeq.builder.torch_writer",
             imports=(("torch", "torch"), ("transformers", "transformers")),
             extra=None,
-            packages=("torch", "transformers", "safetensors", "numpy", "tokenizers"),
+            packages=("torch", "transformers", "safetensors", "numpy"),
             teacher_forced_calibration=True,
         ),
         RuntimeSpec(
@@ -55,7 +55,7 @@ RUNTIMES: dict[str, RuntimeSpec] = {
             writer="edgeq.backends.onnx",
             imports=(("onnxruntime", "onnxruntime"),),
             extra="runtime",
-            packages=("onnxruntime", "numpy", "tokenizers"),
+            packages=("onnxruntime", "numpy"),
             teacher_forced_calibration=False,
         ),
     )

@@ -1,0 +1,55 @@
+"""edgeq's decode-only tokenizer against the `tokenizers` library it replaces on the device."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from helpers import WHISPER_BASE
+
+from edgeq.errors import BundleError
+from edgeq.runtime.tokenizer import WhisperTokenizer
+
+tokenizers = pytest.importorskip("tokenizers")
+
+
+def _files(tiny_model):
+    files = [tiny_model / "tokenizer.json"]
+    if (WHISPER_BASE / "tokenizer.json").is_file():
+        files.append(WHISPER_BASE / "tokenizer.json")  # the real 51865-token vocabulary, when at hand
+    return files
+
+
+def test_every_id_and_random_sequences_decode_as_tokenizers_does(tiny_model):
+    for path in _files(tiny_model):
+        ours, theirs = WhisperTokenizer(path), tokenizers.Tokenizer.from_file(str(path))
+        size = theirs.get_vocab_size(with_added_tokens=True)
+        for i in range(size + 3):  # + ids past the vocabulary, which both skip
+            assert ours.decode([i]) == theirs.decode([i], skip_special_tokens=True).strip(), (path, i)
+        rng = np.random.default_rng(0)
+        for _ in range(300):
+            ids = rng.integers(0, size, rng.integers(1, 40)).tolist()  # split multi-byte characters included
+            assert ours.decode(ids) == theirs.decode(ids, skip_special_tokens=True).strip(), (path, ids)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{", r"not a readable Whisper tokenizer.json"),
+    ('{"model": {"type": "WordPiece", "vocab": {}}, "decoder": {"type": "WordPiece"}}', r"not Whisper's byte-level BPE"),
+    ('{"model": {"type": "BPE", "vocab": {"\\u4e00": 0}}, "decoder": {"type": "ByteLevel"}}', r"tokenizer.json"),
+])
+def test_a_tokenizer_json_that_is_not_whispers_is_one_line(tmp_path, content, message):
+    path = tmp_path / "tokenizer.json"
+    path.write_text(content)
+    with pytest.raises(BundleError, match=message) as err:
+        WhisperTokenizer(path)
+    assert "\n" not in str(err.value)
+
+
+def test_special_tokens_are_skipped_and_timestamps_kept(tmp_path):
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps({
+        "model": {"type": "BPE", "vocab": {"a": 0, "Ġb": 1}}, "decoder": {"type": "ByteLevel"},
+        "added_tokens": [{"id": 2, "content": "<|endoftext|>", "special": True},
+                         {"id": 3, "content": "<|0.00|>", "special": False}]}))
+    assert WhisperTokenizer(path).decode([3, 0, 1, 2]) == "<|0.00|>a b"
