@@ -82,6 +82,12 @@ def test_build_transcribe_and_refuse_overwrite(tiny_model, audio_dir, tmp_path):
     proc = edgeq("transcribe", "--json", out, audio_dir / "d.mp3")
     record = json.loads(proc.stdout)
     assert record["timings"]["encoder_s"] > 0 and record["tokens"]
+    # More threads than CPUs: the same transcript, and one warning line that says why it is slow.
+    many = edgeq("transcribe", "--threads", "512", out, audio_dir / "a_16k.wav")
+    assert many.returncode == 0 and many.stdout.splitlines()[0] == lines[0], many.stderr
+    warning = [line for line in many.stderr.splitlines() if "threads" in line]
+    assert len(warning) == 1 and "512 threads asked for, but this process can run on" in warning[0], many.stderr
+    assert "Traceback" not in many.stderr
     # A bad file among good ones: the good ones are still transcribed, exit is non-zero.
     (tmp_path / "empty.wav").write_bytes(b"")
     proc = edgeq("transcribe", out, tmp_path / "empty.wav", audio_dir / "a_16k.wav")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +22,8 @@ from edgeq.runtime.tokenizer import WhisperTokenizer
 from edgeq.spec.catalogue import backend_spec, load_engine_module
 from edgeq.spec.protocols import Engine, Progress
 from edgeq.util import read_json
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -93,6 +97,11 @@ def load(path: str | Path, device: str = "cpu", threads: int | None = None,
     """
     if threads is not None and threads < 1:
         raise EdgeqError(f"threads must be 1 or more, not {threads}")
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if threads is not None and threads > usable:
+        # Correct, but slow: more compute threads than CPUs take turns and wait for each other.
+        log.warning("%d threads asked for, but this process can run on %d CPUs: expect it to be slower "
+                    "than with --threads %d", threads, usable, usable)
     bundle = open_bundle(path, verify_hashes=verify)
     # Through bundle.file: only files the manifest lists (and open_bundle verified) are read.
     config = read_json(bundle.file(CONFIG), BundleError)
