@@ -117,6 +117,17 @@ def test_allocation_spends_what_a_big_step_down_left():
     assert used <= budget
 
 
+def test_two_bits_only_for_the_bytes_four_bits_cannot_save():
+    shapes = {f"m{i}": (64, 256) for i in range(6)}
+    # int2 looks cheap per byte in every module; all at int4/128 misses the budget by a few bytes.
+    kl = {n: {("int8", 128): 0.0, ("int4", 32): 0.01, ("int4", 128): 0.02, ("int2", 32): 0.021 + 0.001 * i}
+          for i, n in enumerate(shapes)}
+    budget = sum(module_bytes(s, ("int4", 128)) for s in shapes.values()) - 10
+    chosen = allocate(Scan(kl, shapes), budget)
+    assert [n for n, c in chosen.items() if c[0] == "int2"] == ["m0"]
+    assert sum(module_bytes(shapes[n], c) for n, c in chosen.items()) <= budget
+
+
 def test_allocation_never_takes_a_noisy_negative_kl_as_a_gain():
     shapes = {"a": (64, 256), "b": (64, 256)}
     kl = {"a": {c: 0.5 for c in LINEAR_CHOICES} | {LINEAR_CHOICES[0]: 0.0},
