@@ -222,7 +222,7 @@ def allocate(result: Scan, budget_bytes: int) -> dict[str, Choice]:
     except EdgeqError:
         # From every module at its smallest 4-bit choice, so that only the bytes still missing are
         # bought with 2 bits (from the top, auto-45MB took 17-26 int2 Linears).
-        smallest = {n: min((c for c in result.kl[n] if FORMAT_BITS[c[0]] >= 4),
+        smallest = {n: min((c for c in choices_of(n) if c in result.kl[n] and FORMAT_BITS[c[0]] >= 4),
                            key=lambda c: size_of(n, result.shapes[n], c)) for n in result.kl}
         return allocate_with(result, budget_bytes, start=smallest)
 

@@ -122,6 +122,8 @@ def test_two_bits_only_for_the_bytes_four_bits_cannot_save():
     # int2 looks cheap per byte in every module; all at int4/128 misses the budget by a few bytes.
     kl = {n: {("int8", 128): 0.0, ("int4", 32): 0.01, ("int4", 128): 0.02, ("int2", 32): 0.021 + 0.001 * i}
           for i, n in enumerate(shapes)}
+    for c in kl.values():
+        c[("int4", 256)] = 0.0  # scanned once, no longer a choice: never taken
     budget = sum(module_bytes(s, ("int4", 128)) for s in shapes.values()) - 10
     chosen = allocate(Scan(kl, shapes), budget)
     assert [n for n, c in chosen.items() if c[0] == "int2"] == ["m0"]
