@@ -127,6 +127,7 @@ def test_two_bits_only_for_the_bytes_four_bits_cannot_save():
     budget = sum(module_bytes(s, ("int4", 128)) for s in shapes.values()) - 10
     chosen = allocate(Scan(kl, shapes), budget)
     assert [n for n, c in chosen.items() if c[0] == "int2"] == ["m0"]
+    assert ("int4", 256) not in chosen.values()
     assert sum(module_bytes(shapes[n], c) for n, c in chosen.items()) <= budget
 
 
