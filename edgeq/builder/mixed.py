@@ -42,13 +42,18 @@ BASE_RECIPE = "onnx-int4"
 # (format, block) choices, largest first. 8-bit is symmetric (no zero points), as onnx.py stores
 # it; its KL is not scanned (0.0): on whisper-base int8 MatMulNBits gave fp32's transcripts.
 # int4/64 is left out of the Linears' choices: the encoder's part of the scan is most of its time.
-# int4/256 was tried and left out: its summed KL was close to int4/128's (0.022 vs 0.017 over all
-# Linears) but bundles that used it read worse on speech-dev (auto-50MB WER 5.65 % with 37 Linears
-# at int4/256, 4.52 % without; auto-56MB 4.52 % vs 3.39 %).
-LINEAR_CHOICES = (("int8", 128), ("int4", 32), ("int4", 128), ("int2", 32))
+# Last resorts (LAST_RESORT), taken only when int8/int4-128 cannot fit: blocks of 256, then 2 bits.
+# whisper-base / speech-dev (177 words, fp32 WER 2.82 %): 45 MB is below all-int4/128 (46.4 MB);
+# 17-26 Linears at int2 chosen from the top read WER 7.91-8.47 %, every module at int4/256 with
+# 6 Linears at int2 3.39 %. Above that, bundles with or without int4/256 read within 2 words.
+LINEAR_CHOICES = (("int8", 128), ("int4", 32), ("int4", 128), ("int4", 256), ("int2", 32))
 # The tied table is symmetric 4/8-bit blocks (onnx_quant.quantize_tied_table); its block is the
 # recipe's weights.group_size.
-TABLE_CHOICES = (("int8", 128), ("int4", 32), ("int4", 64), ("int4", 128))
+TABLE_CHOICES = (("int8", 128), ("int4", 32), ("int4", 64), ("int4", 128), ("int4", 256))
+
+
+def last_resort(choice: "Choice") -> bool:
+    return FORMAT_BITS[choice[0]] < 4 or choice[1] > 128
 TABLE = "proj_out"  # the tied embedding / LM head in the scan and allocation
 FLOAT_BYTES = 4
 MAX_BUILDS = 3
@@ -211,31 +216,29 @@ def scan(model, features: list, transcripts: list[list[int]], names: list[str], 
 
 
 def allocate(result: Scan, budget_bytes: int) -> dict[str, Choice]:
-    """allocate_with() without 2-bit formats when that fits, else with them.
+    """allocate_with() without the last-resort formats when that fits, else with them.
 
-    Summed KL undercounts what 2-bit layers do to decoding: on whisper-base / speech-dev the
-    auto-65MB bundle with 2 Linears at int2/32 (summed KL 0.0045) read WER 3.95 %, the 57 MB
-    all-int4 onnx-int4 3.39 %. So 2 bits are a last resort, taken only below all-4-bit sizes.
+    Summed KL undercounts what 2-bit layers do to decoding: at --max-size 45 on whisper-base,
+    17 Linears at int2 picked from the top (summed KL 0.05) read WER 7.91 %; so the fallback
+    starts from every module at its smallest 4-bit choice and buys only the bytes still missing
+    with 2 bits (6 Linears: WER 3.39 %).
     """
     try:
-        return allocate_with(result, budget_bytes, max_bits_below=4)
+        return allocate_with(result, budget_bytes, allowed=lambda c: not last_resort(c))
     except EdgeqError:
-        # From every module at its smallest 4-bit choice, so that only the bytes still missing are
-        # bought with 2 bits (from the top, auto-45MB took 17-26 int2 Linears).
         smallest = {n: min((c for c in choices_of(n) if c in result.kl[n] and FORMAT_BITS[c[0]] >= 4),
                            key=lambda c: size_of(n, result.shapes[n], c)) for n in result.kl}
         return allocate_with(result, budget_bytes, start=smallest)
 
 
-def allocate_with(result: Scan, budget_bytes: int, max_bits_below: int = 0,
+def allocate_with(result: Scan, budget_bytes: int, allowed=lambda c: True,
                   start: dict[str, Choice] | None = None) -> dict[str, Choice]:
     """A choice per module whose summed size fits `budget_bytes`, at the least summed KL (greedy:
     each step takes the move to a smaller choice with the least KL added per byte saved; then the
-    bytes left are spent back, most KL removed per byte first). Formats of fewer than
-    `max_bits_below` bits are not used."""
+    bytes left are spent back, most KL removed per byte first), among the choices `allowed`."""
 
     def choices(n: str) -> tuple[Choice, ...]:
-        return tuple(c for c in choices_of(n) if FORMAT_BITS[c[0]] >= max_bits_below and c in result.kl[n])
+        return tuple(c for c in choices_of(n) if allowed(c) and c in result.kl[n])
 
     chosen = dict(start) if start else {n: choices(n)[0] for n in result.kl}
     size = {n: size_of(n, result.shapes[n], c) for n, c in chosen.items()}
