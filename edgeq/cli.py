@@ -206,7 +206,7 @@ def _build_auto(recipe, model, out, calibration, language, sets, max_size, force
     with _progress() as progress:
         bundle, _ = build_auto(model, max_size, calibration, out=out, language=language, force=force,
                                progress=progress)
-    _print_bundle_summary(bundle)
+    _print_bundle_summary(bundle, "built")
     _console().print(f"  recipe     {bundle.path / 'recipe.toml'} (replay: edgeq build --recipe that file)")
 
 

@@ -18,7 +18,9 @@ MatMulNBits blocks are `weights.group_size` wide (granularity "group" is require
 used); `options.per_channel` and `options.reduce_range` apply to quantize_dynamic / QDQ weights.
 `modules.embeddings` stores the tied embedding / LM-head table once as float, int8 or int4
 blocks. `modules.encoder/decoder/include/exclude` select layers by their transformers names, as
-for every other backend; overrides to another format are not supported here.
+for every other backend; with scheme weight-only, `modules.overrides` give a layer its own
+MatMulNBits format (int8/int4/int2) and block (what `--recipe auto` writes). `options.
+float16_storage` stores the float tensors left (convolutions, positional tables) as float16.
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ log = logging.getLogger(__name__)
 # Measured: whisper-base encoder (cross K/V) 2e-6, decoder logits 1e-6; the tiny random test
 # model 1e-6. A broken graph is off by O(1); 1e-3 leaves room for other CPUs' kernels.
 TOLERANCE = 1e-3
+# Weight formats MatMulNBits stores (onnxruntime 1.32 packs and runs 2, 4 and 8 bits on CPU).
+NBITS_FORMATS = ("int8", "int4", "int2")
+# options.float16_storage: float initializers this large (convolutions, positional tables) are
+# stored as float16; biases and LayerNorms are not worth a Cast node each.
+FLOAT16_STORAGE_MIN = 4096
 
 
 
@@ -100,10 +107,16 @@ def _check_recipe(recipe) -> None:
         )
     if recipe.scheme == "static" and recipe.activations.format != "int8":
         raise RecipeError(f"recipe {recipe.name}: ONNX static quantization has int8 activations only")
-    if recipe.modules.overrides and any(o.format != "float" for o in recipe.modules.overrides.values()):
+    formats = {o.format for o in recipe.modules.overrides.values()} - {"float"}
+    if formats and recipe.scheme != "weight-only":
         raise RecipeError(
-            f"recipe {recipe.name}: the ONNX backend applies one weight format to all planned layers; "
-            "only overrides with format = 'float' (keep a layer float) are supported"
+            f"recipe {recipe.name}: ONNX per-layer weight formats need scheme 'weight-only' (MatMulNBits); "
+            "with other schemes only overrides with format = 'float' (keep a layer float) are supported"
+        )
+    if formats - set(NBITS_FORMATS):
+        raise RecipeError(
+            f"recipe {recipe.name}: ONNX MatMulNBits overrides take format {', '.join(NBITS_FORMATS)} "
+            f"or float, not {', '.join(sorted(formats - set(NBITS_FORMATS)))}"
         )
 
 
@@ -133,12 +146,15 @@ def quantize_graphs(model, recipe, encoder, decoder, calibration):
     bits = w.bits
     block = w.group_size
     if scheme == "weight-only":
+        plan = _plan(model, recipe)
+        widths: dict[str, int] = {}
+        encoder = _matmul_nbits_per_spec(encoder, enc_nodes, plan, opts.accuracy_level, widths)
+        decoder = _matmul_nbits_per_spec(decoder, dec_nodes, plan, opts.accuracy_level, widths)
         # 4-bit: zero points (asymmetric) measured better than symmetric (WER 2.82 vs 3.95 on the
         # decoder alone); 8-bit symmetric already matches fp32.
-        symmetric = bits == 8
-        encoder = oq.matmul_nbits(encoder, bits, block, symmetric, opts.accuracy_level, enc_skip)
-        decoder = oq.matmul_nbits(decoder, bits, block, symmetric, opts.accuracy_level, dec_skip)
-        info.update(encoder="MatMulNBits", decoder="MatMulNBits", block_size=block, symmetric=symmetric)
+        info.update(encoder="MatMulNBits", decoder="MatMulNBits", block_size=block, symmetric=bits == 8)
+        if len(widths) > 1:
+            info["layers_per_format"] = dict(sorted(widths.items()))
     else:
         if scheme == "dynamic":
             encoder = oq.dynamic_int8(encoder, opts.per_channel, opts.reduce_range, enc_skip)
@@ -158,7 +174,28 @@ def quantize_graphs(model, recipe, encoder, decoder, calibration):
         info["tied_table"] = tied or "float"
     else:
         info["tied_table"] = "float"
+    if opts.float16_storage:
+        stored = [oq.store_floats_as_float16(g, FLOAT16_STORAGE_MIN) for g in (encoder, decoder)]
+        info["float16_storage"] = sum(len(s) for s in stored)
     return encoder, decoder, info
+
+
+def _matmul_nbits_per_spec(graph, nodes: dict, plan: dict, accuracy_level, widths: dict):
+    """MatMulNBits on each planned MatMul with its own weight spec: one quantizer pass per distinct
+    (bits, block), every other MatMul excluded from that pass. Counts layers per format in `widths`."""
+    from edgeq.backends import onnx_quant as oq
+
+    groups: dict[tuple[int, int], list[str]] = {}
+    for node, module in nodes.items():
+        if module is not None:
+            spec = plan[module]
+            groups.setdefault((spec.bits, spec.group_size), []).append(node)
+    for (bits, block), members in sorted(groups.items()):
+        exclude = sorted(set(nodes) - set(members))
+        graph = oq.matmul_nbits(graph, bits, block, bits == 8, accuracy_level, exclude)
+        label = f"int{bits}-b{block}"
+        widths[label] = widths.get(label, 0) + len(members)
+    return graph
 
 
 def _quantize_static(encoder, nodes: dict, calibration, opts):
@@ -183,6 +220,12 @@ def _quantize_static(encoder, nodes: dict, calibration, opts):
     encoder = oq.static_int8(encoder, calibration.features, "input_features", opts.per_channel,
                              opts.reduce_range, skip + dynamic)
     return oq.dynamic_int8(encoder, opts.per_channel, opts.reduce_range, only=dynamic)
+
+
+def _plan(model, recipe) -> dict:
+    from edgeq.builder.plan import quantization_plan
+
+    return quantization_plan(model, recipe)
 
 
 def _planned_nodes(model, recipe, encoder, decoder) -> tuple[dict, dict]:

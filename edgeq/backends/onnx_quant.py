@@ -104,8 +104,8 @@ def quantize_tied_table(model: onnx.ModelProto, bits: int, block: int,
     The exported decoder reads the table through Gather(table, ids) (embedding) and
     Gemm(h, table, transB=1) (logits). Both become contrib ops on one packed initializer:
     MatMulNBits (N=vocab, K=d_model) and GatherBlockQuantized (gather_axis 0, quantize_axis 2).
-    Only the scales are stored twice, in the two shapes the kernels want (vocab*d_model/block
-    floats each). Returns what was done, or None when the graph has no such table.
+    The scales are stored once; GatherBlockQuantized reads them through a Reshape. Returns what
+    was done, or None when the graph has no such table.
     """
     g = model.graph
     inits = {t.name: t for t in g.initializer}
@@ -124,14 +124,17 @@ def quantize_tied_table(model: onnx.ModelProto, bits: int, block: int,
     q, scale = _quantize_rows(table, bits, block)
     kb = dim // block
     qname, sname, s3name, shape = f"{name}_q{bits}", f"{name}_scales", f"{name}_scales3d", f"{name}_rows"
+    s3shape = f"{name}_scales3d_shape"
     g.initializer.remove(inits[name])
     g.initializer.extend([
         numpy_helper.from_array(q, qname),
         numpy_helper.from_array(scale, sname),
-        numpy_helper.from_array(scale.reshape(vocab, kb, 1), s3name),
+        numpy_helper.from_array(np.array([vocab, kb, 1], np.int64), s3shape),
         numpy_helper.from_array(np.array([0, 0, dim], np.int64), shape),
     ])
-    nodes = []
+    # GatherBlockQuantized wants the same scales as [vocab, K/block, 1]: a Reshape of the one copy
+    # (ORT folds it at load) instead of a second initializer, 3.3 MB less on whisper-base at block 32.
+    nodes = [helper.make_node("Reshape", [sname, s3shape], [s3name], name=f"{name}_scales_rows")]
     for n in g.node:
         if n is gemm:
             extra = {"accuracy_level": accuracy_level} if accuracy_level else {}
@@ -151,6 +154,34 @@ def quantize_tied_table(model: onnx.ModelProto, bits: int, block: int,
     g.node.extend(nodes)
     _use_ms_domain(model)
     return {"initializer": qname, "bits": bits, "block_size": block, "users": ["MatMulNBits", "GatherBlockQuantized"]}
+
+
+def store_floats_as_float16(model: onnx.ModelProto, min_elements: int) -> list[str]:
+    """Store float32 initializers of at least `min_elements` as float16, cast back to float32 at load.
+
+    Compute stays float32; only storage halves. For the convolutions and positional tables that
+    weight-only recipes leave float (1.9 M values, 7.6 MB of whisper-base) a float16 copy is off
+    by at most 5e-4 relative. Returns the initializers changed.
+    """
+    g = model.graph
+    users = {i for n in g.node for i in n.input}
+    # Scales of MatMulNBits / GatherBlockQuantized stay initializers: their kernels pre-pack them.
+    packed = {i for n in g.node if n.domain == MS_DOMAIN for i in n.input}
+    changed, casts = [], []
+    for t in list(g.initializer):
+        if (t.data_type != onnx.TensorProto.FLOAT or t.name not in users or t.name in packed
+                or int(np.prod(t.dims)) < min_elements):
+            continue
+        half = numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), f"{t.name}_fp16")
+        g.initializer.remove(t)
+        g.initializer.append(half)
+        casts.append(helper.make_node("Cast", [half.name], [t.name], name=f"{t.name}_cast",
+                                      to=onnx.TensorProto.FLOAT))
+        changed.append(t.name)
+    nodes = list(g.node)
+    del g.node[:]
+    g.node.extend(casts + nodes)
+    return changed
 
 
 def _use_ms_domain(model: onnx.ModelProto) -> None:

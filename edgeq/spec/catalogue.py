@@ -168,7 +168,7 @@ BACKENDS: dict[str, BackendSpec] = {
                 _pairs("none", "float32", "float16")
                 | _pairs("dynamic", "int8")
                 | _pairs("static", "int8")
-                | _pairs("weight-only", "int4", "int8")
+                | _pairs("weight-only", "int4", "int8", "int2")
             ),
             summary="ONNX export + ONNX Runtime quantization; runs without PyTorch",
         ),

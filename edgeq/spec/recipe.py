@@ -144,6 +144,9 @@ class OnnxOptions(_Strict):
     accuracy_level: Literal[0, 1, 2, 3, 4] = Field(
         4, description="MatMulNBits compute type (4 = int8 activations, 0 = unset)"
     )
+    float16_storage: bool = Field(
+        False, description="store the float tensors left (convolutions, positional tables) as float16, computed in float32"
+    )
 
 
 class FloatOptions(_Strict):
