@@ -186,7 +186,10 @@ def test_auto_bundle_fits_holds_the_formats_and_replays(tiny_model, calibration,
     fixed = fixed_bytes(model, names, source.path)
     largest = sum(module_bytes(result.shapes[n], LINEAR_CHOICES[0]) for n in names) \
         + table_bytes(result.shapes[TABLE], TABLE_CHOICES[0])
-    budget_mb = (fixed + (smallest_bytes(result) + largest) / 2) / 1e6
+    # Three quarters of the way from the smallest formats to the largest: the graphs' own structure
+    # (~0.24 MB on this model, outside the size model, budgeted after the first build) must still
+    # leave room for a mix.
+    budget_mb = (fixed + smallest_bytes(result) + 0.75 * (largest - smallest_bytes(result))) / 1e6
     bundle, _ = build_auto(str(tiny_model), budget_mb, str(calibration), out=tmp_path / "auto", scanned=scanned)
     size = bundle.manifest.size.bundle_bytes
     assert size <= budget_mb * 1e6
