@@ -72,6 +72,7 @@ def main() -> None:
     from edgeq.format.bundle import is_bundle
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--plot-only", action="store_true", help="redraw results/auto_vs_front.png from the JSON")
     ap.add_argument("--budgets", default="45,50,56,65", help="--max-size values in MB")
     ap.add_argument("--front", default="fp32,onnx-int8-dynamic,onnx-int4,hqq-int4-g64",
                     help="fixed recipes to measure alongside")
@@ -82,6 +83,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/edgeq-auto"))
     ap.add_argument("--rescan", action="store_true")
     args = ap.parse_args()
+    if args.plot_only:
+        print(f"wrote {plot(json.loads((RESULTS / 'auto_vs_front.json').read_text()))}")
+        return
     require_shared()
     budgets = [float(b) for b in args.budgets.split(",")]
     fixed_names = [n for n in args.front.split(",") if n]
@@ -119,6 +123,7 @@ def main() -> None:
               "samples": args.samples, "scan_s": round(scan_seconds, 1), "fp32_wer_pct": fp32,
               "rows": table, "summaries": summaries, "env": fingerprint()}
     path = write_json("auto_vs_front.json", result)
+    plot(result)
     for r in sorted(table, key=lambda r: r.get("size_mb") or 0):
         if "failed" in r:
             print(f"{r['system']:22} FAILED {r['failed']}")
@@ -129,6 +134,34 @@ def main() -> None:
         print(f"{r['system']:22} {r['size_mb']:7.1f} MB  WER {r['wer_pct']:5.2f}% ({delta})  RTF {r['rtf']:.3f}  "
               f"{front}  {alloc.get('table', '')} {alloc.get('linears', '')}")
     print(f"wrote {path}")
+
+
+def plot(result: dict) -> Path:
+    """WER against bundle size: the fixed recipes (the front) and the auto bundles, in one picture."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["rows"] if "failed" not in r]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for auto, style in ((False, dict(marker="o", color="tab:blue", label="fixed recipes")),
+                        (True, dict(marker="*", s=140, color="tab:red", label="--recipe auto --max-size MB"))):
+        pts = [r for r in rows if r["system"].startswith("auto-") == auto]
+        ax.scatter([r["size_mb"] for r in pts], [r["wer_pct"] for r in pts], **style)
+        for r in pts:
+            ax.annotate(r["system"], (r["size_mb"], r["wer_pct"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.axhline(result["fp32_wer_pct"], color="grey", linestyle=":", label="fp32 WER")
+    ax.set_xscale("log")
+    ax.set_xlabel("bundle size, MB (log)")
+    ax.set_ylabel("WER %, speech-dev LibriSpeech part")
+    ax.set_title("whisper-base: mixed precision against the fixed recipes (one run)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = RESULTS / "auto_vs_front.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
 
 
 if __name__ == "__main__":

@@ -145,6 +145,42 @@ def _median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def auto_front() -> str | None:
+    """benchmarks/auto_vs_front.py: the auto bundles beside the fixed recipes, from one run."""
+    data = _load("auto_vs_front.json")
+    if not data:
+        return None
+    fp32 = data["fp32_wer_pct"]
+    table = _table(["bundle", "size MB", "WER %", "vs fp32", "S/D/I", "RTF"], [
+        [r["system"], f"failed: {r['failed']}"] if "failed" in r else
+        [r["system"], f"{r['size_mb']:.1f}", f"{r['wer_pct']:.2f}", f"{r['wer_pct'] - fp32:+.2f}", r["sdi"], f"{r['rtf']:.3f}"]
+        for r in data["rows"]])
+    s = next((x for x in data["summaries"] if "failed" not in x), None)
+    words = s["wer"]["ref_words"] if s and "ref_words" in s.get("wer", {}) else None
+    scan = f", scan on {data['samples']} calibration clips ({data['scan_s']:.0f} s)"
+    return table + (f"\n{data['rows'][0].get('utts', '?')} utterances" + (f", {words} words" if words else "")
+                    + f"{scan}; machine: {machine(data['env'])}\n")
+
+
+def cpu_limits() -> str | None:
+    """benchmarks/cpu_limits.py: what the CPU can do against what edgeq takes, per phase."""
+    d = _load("cpu_limits.json")
+    if not d:
+        return None
+    b = d.get("bundle") or {}
+    gemm = "; ".join(f"{k}: float32 {v['float32']:.0f}, int8 {v['int8']:.0f} GOPS" for k, v in d["gemm_gops"].items())
+    rows = [["encoder, one 30 s window", f"{d['encoder_gop_per_window']:.1f} GOP at the best int8 rate: "
+             f"{d['encoder_floor_s_at_int8']:.2f} s", _f(b.get("encoder_s_per_window"), ".2f") + " s",
+             _f(b.get("encoder_s_per_window") and b["encoder_s_per_window"] / d["encoder_floor_s_at_int8"], ".1f") + " ×"],
+            ["decoder, one token", f"{d['decoder_int8_mb_per_token']:.1f} MB of int8 weights at "
+             f"{d['read_bandwidth_gbs']:.0f} GB/s: {d['decoder_floor_ms_per_token']:.1f} ms",
+             _f(b.get("decoder_ms_per_token"), ".1f") + " ms",
+             _f(b.get("decoder_ms_per_token") and b["decoder_ms_per_token"] / d["decoder_floor_ms_per_token"], ".1f") + " ×"]]
+    return (_table(["phase", "floor on this CPU", "edgeq onnx-int8-dynamic", "above the floor"], rows)
+            + f"\nGEMM at the encoder's shapes through ONNX Runtime, {d['threads']} threads — {gemm}; memory read one "
+              f"thread; machine: {machine(d['env'])}\n")
+
+
 def overhead() -> str | None:
     data = _load("harness_overhead.json")
     return "harness overhead: " + json.dumps({k: v for k, v in data.items() if k != "env"}) + "\n" if data else None
@@ -157,6 +193,8 @@ TABLES = {
     "RECIPES_TABLE": recipes,
     "SMALL_TABLE": lambda: compare("compare_systems_whisper-small-random.json", wer=False),
     "COMPARE_TABLE": lambda: compare("compare_systems.json"),
+    "AUTO_TABLE": auto_front,
+    "CPU_LIMITS": cpu_limits,
 }
 
 
