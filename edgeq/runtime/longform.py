@@ -242,6 +242,10 @@ class LongformTranscriber:
                 text = self._text(piece)
                 if start == end or not text:
                     continue  # an instantaneous or empty segment: kept out of the text and the prompt
+                if start < offset + duration < end:
+                    # The last timestamp can fall in the padding after the audio (more often in a
+                    # fitted window's 2 s margin): a segment ends where the audio does.
+                    end = offset + duration
                 found = [Segment(round(start, 2), round(end, 2), text, piece, result.avg_logprob,
                                  result.no_speech_prob, ratio, result.temperature)]
                 if decoder.timestamps and options.recheck_sparse_segments:

@@ -390,3 +390,10 @@ def test_an_unknown_encoder_window_is_refused():
 
     with pytest.raises(EdgeqError, match=r"--encoder-window must be one of full, fit, not 'half'"):
         DecodeOptions(encoder_window="half")
+
+
+def test_a_segment_ends_where_the_audio_ends():
+    # the last timestamp falls in the padding after 5 s of audio
+    engine = FittingEngine(follow([[ts(0), 1, 2, ts(6.5)]]))
+    r = transcribe(engine, 5.0, DecodeOptions(temperatures=(0.0,)))
+    assert [(s.start, s.end, s.text) for s in r.segments] == [(0.0, 5.0, "w1 w2")]
