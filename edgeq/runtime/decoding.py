@@ -33,6 +33,14 @@ ENCODER_WINDOWS = ("full", "fit")
 ENCODER_FIT_MARGIN_S = 2.0
 
 
+def fit_window(features: np.ndarray, content_frames: int) -> np.ndarray:
+    """The first frames of a window's `features` that hold its `content_frames` of audio plus
+    ENCODER_FIT_MARGIN_S (an even number: the encoder's stride), or all of them."""
+    frames = content_frames + round(ENCODER_FIT_MARGIN_S * 100)  # 100 mel frames per second
+    frames += frames % 2
+    return features if frames >= features.shape[-1] else features[:, :frames]
+
+
 @dataclass(frozen=True)
 class DecodeSettings:
     """Token ids and rules, read from the bundle's generation_config.json and config.json."""

@@ -28,12 +28,12 @@ import numpy as np
 
 from edgeq.runtime.audio import AudioStream
 from edgeq.runtime.decoding import (
-    ENCODER_FIT_MARGIN_S,
     TIME_PRECISION,
     DecodeOptions,
     DecodeResult,
     DecodeSettings,
     WindowDecoder,
+    fit_window,
 )
 from edgeq.runtime.features import HOP_LENGTH, N_FRAMES, SAMPLE_RATE, log_mel_spectrogram
 from edgeq.runtime.tokenizer import WhisperTokenizer
@@ -267,9 +267,7 @@ class LongformTranscriber:
         margin (an even number, the encoder's stride), or all of them."""
         if options.encoder_window != "fit" or not getattr(self.engine, "variable_window", False):
             return features
-        frames = content + round(ENCODER_FIT_MARGIN_S * SAMPLE_RATE / HOP_LENGTH)
-        frames += frames % FRAMES_PER_TOKEN
-        return features if frames >= features.shape[-1] else features[:, :frames]
+        return fit_window(features, content)
 
     @staticmethod
     def _silence_ahead(finder: SpeechFinder, samples, seek: int, content_frames: int) -> int:

