@@ -78,19 +78,6 @@ def ggml_name(hf_name: str) -> str | None:
     return TOP_LEVEL.get(name, name)
 
 
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte <-> printable-character table: the BPE vocabulary spells bytes with these characters."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    extra = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + extra)
-            extra += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
 def load_vocab(model: Path) -> list[bytes]:
     """The BPE tokens by id, as raw bytes. Special tokens (<|endoftext|> onwards) are left out on
     purpose: whisper.cpp names the ids past the written vocabulary itself ([_EOT_], [_SOT_], ...),
@@ -99,7 +86,9 @@ def load_vocab(model: Path) -> list[bytes]:
         vocab = json.loads((model / "vocab.json").read_text(encoding="utf-8"))
     else:
         vocab = json.loads((model / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
-    byte_of = {c: b for b, c in bytes_to_unicode().items()}
+    from edgeq.runtime.tokenizer import byte_of_char  # GPT-2's byte-level alphabet, as edgeq decodes it
+
+    byte_of = byte_of_char()
     ordered = sorted(vocab.items(), key=lambda kv: kv[1])
     assert [i for _, i in ordered] == list(range(len(ordered))), "token ids must be contiguous from 0"
     return [bytes(byte_of[c] for c in token) for token, _ in ordered]

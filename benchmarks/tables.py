@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from statistics import median
 
 from _common import REPO, RESULTS
 
@@ -111,14 +112,14 @@ def compare(name: str, wer: bool = True) -> str | None:
         if not mine:
             body.append([n, f"error: {next(r['error'] for r in rows if r['system'] == n)}"])
             continue
-        med = {k: _median([r[k] for r in mine]) for k in ("rtf", "load_s", "peak_rss_mb")}
+        med = {k: median([r[k] for r in mine]) for k in ("rtf", "load_s", "peak_rss_mb")}
         rtfs = [r["rtf"] for r in mine]
         first = mine[0]
         body.append([n] + ([f"{first['wer_pct']:.2f}"] if wer else []) + [
             f"{med['rtf']:.3f} ({min(rtfs):.3f}–{max(rtfs):.3f})", _f(first.get("tokens"), "d"), f"{med['load_s']:.2f}",
             f"{med['peak_rss_mb']:.0f}", _f(first["size_mb"], ".1f"),
-            _f(_median([r["encoder_s_per_window"] for r in mine]) if "encoder_s_per_window" in first else None, ".3f"),
-            _f(_median([r["decoder_tokens_per_s"] for r in mine]) if "decoder_tokens_per_s" in first else None, ".0f")])
+            _f(median([r["encoder_s_per_window"] for r in mine]) if "encoder_s_per_window" in first else None, ".3f"),
+            _f(median([r["decoder_tokens_per_s"] for r in mine]) if "decoder_tokens_per_s" in first else None, ".0f")])
     table = _table(head, body)
     ok = [r for r in rows if "error" not in r]
     if ok:
@@ -137,12 +138,6 @@ def compare(name: str, wer: bool = True) -> str | None:
              ", ".join(sorted(set(r["fastest_peer"])))]
             for n, r in ratios.items()])
     return table
-
-
-def _median(values: list[float]) -> float:
-    import statistics
-
-    return statistics.median(values)
 
 
 def auto_front() -> str | None:

@@ -31,6 +31,18 @@ def tone(seconds: float, rate: int = 16000, freq: float = 440.0, channels: int =
     return np.stack([x] * channels, axis=1) if channels > 1 else x
 
 
+def tone_dataset(folder: Path, n: int) -> Path:
+    """A manifest dataset of `n` tones of growing length and pitch, each with a reference text."""
+    import soundfile as sf
+
+    rows = []
+    for i in range(n):
+        sf.write(folder / f"u{i}.wav", tone(1.0 + 0.25 * i, freq=200 + 60 * i), 16000)
+        rows.append(f"u{i}.wav\thello world number {i}\n")
+    (folder / "manifest.tsv").write_text("file\ttranscript\n" + "".join(rows))
+    return folder / "manifest.tsv"
+
+
 def each(names, make) -> dict:
     """name -> make(name), or the exception it raised: a module-scoped fixture builds every recipe
     once, and a broken recipe fails its own tests (through `outcome`), not the whole module."""

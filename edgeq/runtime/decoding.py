@@ -22,6 +22,7 @@ import numpy as np
 
 from edgeq.errors import EdgeqError
 from edgeq.format import configs
+from edgeq.runtime.features import HOP_LENGTH, SAMPLE_RATE
 from edgeq.spec.protocols import Engine
 
 TIME_PRECISION = 0.02  # seconds per timestamp token: 30 s / 1500 encoder positions
@@ -36,8 +37,8 @@ ENCODER_FIT_MARGIN_S = 2.0
 def fit_window(features: np.ndarray, content_frames: int) -> np.ndarray:
     """The first frames of a window's `features` that hold its `content_frames` of audio plus
     ENCODER_FIT_MARGIN_S (an even number: the encoder's stride), or all of them."""
-    frames = content_frames + round(ENCODER_FIT_MARGIN_S * 100)  # 100 mel frames per second
-    frames += frames % 2
+    frames = content_frames + round(ENCODER_FIT_MARGIN_S * SAMPLE_RATE / HOP_LENGTH)
+    frames += frames % 2  # the encoder's second convolution halves the frames
     return features if frames >= features.shape[-1] else features[:, :frames]
 
 

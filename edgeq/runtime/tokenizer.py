@@ -18,7 +18,7 @@ from edgeq.errors import BundleError
 
 
 @cache
-def _byte_of_char() -> dict[str, int]:
+def byte_of_char() -> dict[str, int]:
     """GPT-2's byte-level alphabet, reversed: each of the 256 bytes is spelled by one printable
     character in the vocabulary (printable bytes by themselves, the others from U+0100 on)."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
@@ -41,7 +41,7 @@ class WhisperTokenizer:
             if model.get("type") != "BPE" or decoder.get("type") != "ByteLevel":
                 raise ValueError(f"a {model.get('type')} model with a {decoder.get('type')} decoder, "
                                  "not Whisper's byte-level BPE")
-            byte_of = _byte_of_char()
+            byte_of = byte_of_char()
             added = {int(t["id"]): t for t in data.get("added_tokens", [])}
             size = max([*model["vocab"].values(), *added]) + 1
             pieces: list[bytes | None] = [b""] * size

@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 import ray
-from helpers import assert_one_line_error, edgeq, tone
+from helpers import assert_one_line_error, edgeq, tone_dataset
 
 from edgeq.errors import DatasetError, EdgeqError
 
@@ -31,15 +31,7 @@ MEASURED = {"audio_load_s", "latency_s", "features_s", "encoder_s", "decode_s", 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    import soundfile as sf
-
-    d = tmp_path_factory.mktemp("ray-ds")
-    rows = []
-    for i in range(N_UTTS):
-        sf.write(d / f"u{i}.wav", tone(1.0 + 0.25 * i, freq=200 + 60 * i), 16000)
-        rows.append(f"u{i}.wav\thello world number {i}\n")
-    (d / "manifest.tsv").write_text("file\ttranscript\n" + "".join(rows))
-    return d / "manifest.tsv"
+    return tone_dataset(tmp_path_factory.mktemp("ray-ds"), N_UTTS)
 
 
 @pytest.fixture(scope="module")

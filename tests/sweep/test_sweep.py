@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import assert_one_line_error, edgeq, tone
+from helpers import assert_one_line_error, edgeq, tone_dataset
 
 from edgeq import __version__
 
@@ -27,15 +27,7 @@ N_UTTS = 8
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    import soundfile as sf
-
-    d = tmp_path_factory.mktemp("sweep-ds")
-    rows = []
-    for i in range(N_UTTS):
-        sf.write(d / f"u{i}.wav", tone(1.0 + 0.25 * i, freq=200 + 60 * i), 16000)
-        rows.append(f"u{i}.wav\thello world number {i}\n")
-    (d / "manifest.tsv").write_text("file\ttranscript\n" + "".join(rows))
-    return d / "manifest.tsv"
+    return tone_dataset(tmp_path_factory.mktemp("sweep-ds"), N_UTTS)
 
 
 def _args(tiny_model, dataset, out, *extra):
