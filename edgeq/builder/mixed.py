@@ -11,8 +11,8 @@
      fits (summing per-module KL assumes the errors add up, the first-order assumption of
      sensitivity-based mixed precision: HAWQ, HQQ's mixed configs);
   3. build: an ordinary onnx weight-only recipe with one override per module (replayable with
-     `edgeq build --recipe recipe.toml`); if the real bundle overshoots, the budget shrinks by the
-     overshoot and it is built again.
+     `edgeq build --recipe recipe.toml`); the size model counts tensors and recipe.toml, the graphs'
+     own structure is measured by the first build and, if that overshot, budgeted in a second.
 
 Why ONNX and not HQQ (the first version): whisper-base as an HQQ bundle carries 38.5 MB that no
 Linear choice can touch (the tied table as int8 rows 26.8 MB, float32 convolutions / positional
@@ -57,6 +57,10 @@ def last_resort(choice: "Choice") -> bool:
 TABLE = "proj_out"  # the tied embedding / LM head in the scan and allocation
 FLOAT_BYTES = 4
 MAX_BUILDS = 3
+# A module's tensors under onnx's 1 KB external-data threshold are stored inline in the graph, those
+# above it carry a location/offset/length entry (~50 bytes); which side a tensor falls on, and the
+# offsets' digits, change with its format, so the graph's own bytes move by up to that per module.
+STRUCTURE_SLACK_PER_MODULE = 64
 
 Choice = tuple[str, int]
 
@@ -354,6 +358,28 @@ def smallest_bytes(result: Scan) -> int:
     return sum(min(size_of(n, result.shapes[n], c) for c in choices_of(n)) for n in result.kl)
 
 
+def recipe_bytes(recipe: Recipe) -> int:
+    """The recipe's bytes in the bundle's size: recipe.toml (manifest.json, which holds a copy, is
+    outside bundle_bytes). One override costs ~60 bytes there; on a small model that decides the fit."""
+    from edgeq.spec.recipe import recipe_to_toml
+
+    return len(recipe_to_toml(recipe).encode())
+
+
+def _fit_recipe(result: Scan, target: int, fixed: int, max_size_mb: float, base: Recipe):
+    """The allocation whose tensors + recipe text fit `target` bytes beside `fixed`: the recipe's
+    text grows with the overrides the allocation makes, so the tensor budget shrinks by the
+    overshoot until both fit (allocation only, no build)."""
+    budget = target - fixed
+    while True:
+        chosen = allocate(result, budget)
+        recipe = auto_recipe(chosen, max_size_mb, base)
+        estimate = fixed + sum(size_of(n, result.shapes[n], c) for n, c in chosen.items()) + recipe_bytes(recipe)
+        if estimate <= target:
+            return chosen, recipe, estimate
+        budget -= estimate - target
+
+
 def build_auto(model: str, max_size_mb: float, calibration: str, out=None, language: str | None = None,
                samples: int = 4, force: bool = False, progress=None, scanned=None):
     """Scan, allocate and build the least-KL mixed-precision ONNX bundle of at most `max_size_mb`.
@@ -382,20 +408,19 @@ def build_auto(model: str, max_size_mb: float, calibration: str, out=None, langu
         scanned = _scan_source(source, float_model, names, calibration, language, samples, progress)
     source, float_model, names, result = scanned
     fixed = fixed_bytes(float_model, names, source.path)
-    budget = target - fixed
     base = load_recipe(BASE_RECIPE)
+    # What neither the size model nor the recipe text accounts for (the graphs' structure, config
+    # files): unknown before the first build, then measured; it moves a little between allocations,
+    # hence the slack.
+    structure = 0
     for attempt in range(MAX_BUILDS):
-        chosen = allocate(result, budget)
-        recipe = auto_recipe(chosen, max_size_mb, base)
+        chosen, recipe, estimate = _fit_recipe(result, target - structure, fixed, max_size_mb, base)
         bundle = build(recipe, model=model, out=out, language=language, force=force or attempt > 0,
                        progress=progress)
         size = bundle.manifest.size.bundle_bytes
         log.info("auto: %s is %.2f MB (budget %.2f MB)", bundle.path, size / 1e6, max_size_mb)
         if size <= target:
             return bundle, result
-        # What the size model leaves out (graph structure, manifest): 0.58 MB on whisper-base,
-        # the same for every allocation; measured once, then budgeted exactly.
-        estimate = fixed + sum(size_of(n, result.shapes[n], c) for n, c in chosen.items())
-        budget = min(budget - 1, target - fixed - (size - estimate))
+        structure = size - estimate + STRUCTURE_SLACK_PER_MODULE * len(chosen)
     raise EdgeqError(f"--max-size {max_size_mb:g}: the auto bundle stayed at {size / 1e6:.1f} MB after "
                      f"{MAX_BUILDS} builds; raise --max-size")

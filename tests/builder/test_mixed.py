@@ -221,6 +221,38 @@ def test_auto_bundle_fits_holds_the_formats_and_replays(tiny_model, calibration,
     assert lib.load(again.path).transcribe(tone(1.0)).text is not None
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_auto_fits_in_two_builds_whatever_the_scan_says(tiny_model, calibration, tmp_path, caplog, seed):
+    """The scan's KL differs between CPUs (a CI machine's allocation overshot three times in a row
+    when the recipe text, which grows ~60 bytes per override, was outside the size model): with
+    the recipe text modelled and the graphs' structure measured once, any allocation fits by the
+    second build, a little under the budget."""
+    import copy
+    import logging
+    import random
+
+    from edgeq.builder.mixed import build_auto, fixed_bytes, scan_model, smallest_bytes
+
+    scanned = scan_model(str(tiny_model), str(calibration), samples=2)
+    source, model, names, result = scanned
+    rng = random.Random(seed)
+    result = copy.deepcopy(result)
+    for kl in result.kl.values():
+        for c in kl:
+            kl[c] *= rng.uniform(0.3, 3.0)
+    fixed = fixed_bytes(model, names, source.path)
+    largest = sum(module_bytes(result.shapes[n], LINEAR_CHOICES[0]) for n in names) \
+        + table_bytes(result.shapes[TABLE], TABLE_CHOICES[0])
+    smallest = smallest_bytes(result)
+    budget = fixed + smallest + (0.3 + 0.2 * seed) * (largest - smallest)
+    with caplog.at_level(logging.INFO, logger="edgeq.builder.mixed"):
+        bundle, _ = build_auto(str(tiny_model), budget / 1e6, str(calibration), out=tmp_path / "auto",
+                               scanned=(source, model, names, result))
+    builds = [r for r in caplog.records if r.getMessage().startswith("auto:")]
+    assert len(builds) <= 2
+    assert budget - 0.01 * budget < bundle.manifest.size.bundle_bytes <= budget
+
+
 def test_auto_needs_max_size_and_calibration(tiny_model, tmp_path):
     assert_one_line_error(edgeq("build", "--recipe", "auto", "-m", tiny_model, "-o", tmp_path / "a"), r"--max-size")
     assert_one_line_error(edgeq("build", "--recipe", "auto", "--max-size", "1", "-m", tiny_model, "-o", tmp_path / "a"),
