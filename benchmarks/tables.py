@@ -79,19 +79,19 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def recipes() -> str | None:
-    data = _load("recipes_whisper-base.json")
+    """The sweep's own table (edgeq.sweep.table), from the results file sweep_whisper-base.sh copies."""
+    from edgeq.sweep.table import to_markdown
+
+    data = _load("sweep_whisper-base/results.json")
     if not data:
         return None
-    table = _table(["bundle", "size MB", "WER %", "S/D/I", "p50 s", "RTF", "ms/token", "load s", "peak RSS MB"], [
-        [r["system"], f"failed: {r['failed']}"] if "failed" in r else
-        [r["system"], _f(r["size_mb"], ".1f"), f"{r['wer_pct']:.2f}", r["sdi"], f"{r['p50_s']:.2f}", f"{r['rtf']:.3f}",
-         _f(r["ms_per_token"], ".1f"), f"{r['load_s']:.2f}", _f(r["peak_rss_mb"], ".0f")]
-        for r in data["rows"]
-    ])
-    s = next((x for x in data["summaries"] if "failed" not in x), None)
-    if s:
-        table += f"\n{s['utterances']} utterances, {s['settings'].get('threads')} threads; machine: {machine(s['env'])}\n"
-    return table
+    first = next(c["summary"] for c in data["cells"] if c.get("summary"))
+    conditions = "; ".join(
+        c["label"] + (f" = {c['noise_source']} noise at {c['snr_db']:g} dB SNR" if c.get("snr_db") is not None else "")
+        for c in data["conditions"])
+    return (to_markdown(data) + f"\n{first['utterances']} utterances ({first['audio_s']:.0f} s) per condition ({conditions}); "
+            f"{first['settings'].get('threads')} threads; latency, RTF and RSS on the clean set; "
+            f"machine: {machine(first['env'])}\n")
 
 
 def compare(name: str, wer: bool = True) -> str | None:

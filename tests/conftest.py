@@ -11,6 +11,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 from helpers import SPEECH_DEV, WHISPER_BASE, real_data_available, tone  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_cache(tmp_path_factory):
+    """Caches edgeq keeps under ~/.cache/edgeq (sensitivity scans) go to the test session's folder."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("EDGEQ_CACHE", str(tmp_path_factory.mktemp("edgeq-cache")))
+    yield
+    mp.undo()
+
+
 def pytest_collection_modifyitems(config, items):
     if real_data_available():
         return

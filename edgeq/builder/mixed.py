@@ -26,14 +26,18 @@ halves the float tensors left; so the same bytes buy 4 bits nearly everywhere.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from dataclasses import dataclass
 from math import ceil
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from edgeq.errors import EdgeqError, RecipeError
+from edgeq.runtime.writers import write_atomic
 from edgeq.spec.recipe import FORMAT_BITS, Recipe, load_recipe, recipe_from_dict
 
 log = logging.getLogger(__name__)
@@ -346,12 +350,34 @@ def _scan_source(source, float_model, names, calibration, language, samples, pro
         raise RecipeError("--recipe auto scans layer sensitivity on real audio: pass --calibration DATASET")
     settings = _decode_settings(source, language)
     calib = prepare_calibration(calibration, samples, settings, int(source.config.get("num_mel_bins", 80)), progress)
+    cached = _scan_cache(source, calib.features, language)
+    if cached.is_file():
+        log.info("auto: sensitivity scan read from %s", cached)
+        return source, float_model, names, Scan.from_dict(json.loads(cached.read_text()))
     engine, decoder = TorchEngine(float_model), WindowDecoder(settings, STUDY_OPTIONS)
     transcripts = []
     for f in calib.features:
         r = decoder.decode(engine, f)
         transcripts.append([*settings.prompt(r.language), *r.tokens, settings.eot])
-    return source, float_model, names, scan(float_model, calib.features, transcripts, names, progress)
+    result = scan(float_model, calib.features, transcripts, names, progress)
+    write_atomic(cached, json.dumps(result.to_dict()))
+    return source, float_model, names, result
+
+
+def _scan_cache(source, features, language: str | None) -> Path:
+    """Where the scan of these weights on these calibration features is kept: it takes ~20 minutes
+    on whisper-base (2 cores) and does not depend on the budget, so trying another --max-size
+    reuses it. Keyed by everything the KL values depend on."""
+    import hashlib
+
+    from edgeq import __version__
+
+    h = hashlib.sha256(source.weights_sha256().encode())
+    for f in features:
+        h.update(np.ascontiguousarray(f, dtype=np.float32).tobytes())
+    h.update(repr((language, LINEAR_CHOICES, TABLE_CHOICES, __version__)).encode())
+    root = Path(os.environ.get("EDGEQ_CACHE", Path.home() / ".cache" / "edgeq"))
+    return root / "scans" / f"{h.hexdigest()[:32]}.json"
 
 
 def smallest_bytes(result: Scan) -> int:

@@ -173,6 +173,9 @@ def test_quantized_graphs_use_the_recipes_operators(bundles):
     assert "DynamicQuantizeMatMul" in ops["onnx-int8-dynamic"][0] or "MatMulInteger" in ops["onnx-int8-dynamic"][0]
     assert "QuantizeLinear" in ops["onnx-int8-static"][0] and "DequantizeLinear" in ops["onnx-int8-static"][0]
     assert "MatMulInteger" in ops["onnx-int8-static"][0]  # fc2, options.dynamic
+    # Calibrated on full windows, a static encoder runs on full windows; every other one is fitted.
+    assert [name for name in ops if not json.loads((_get(bundles, name).path / "onnx.json").read_text())[
+        "variable_frames"]] == ["onnx-int8-static"]
     assert "MatMulNBits" in ops["onnx-int4"][0]
     for name in ("onnx-int8-dynamic", "onnx-int8-static", "onnx-int4"):
         assert {"MatMulNBits", "GatherBlockQuantized"} <= ops[name][1], name

@@ -253,6 +253,24 @@ def test_auto_fits_in_two_builds_whatever_the_scan_says(tiny_model, calibration,
     assert budget - 0.01 * budget < bundle.manifest.size.bundle_bytes <= budget
 
 
+def test_the_scan_is_kept_and_reused_for_the_same_weights_and_calibration(tiny_model, calibration, tmp_path,
+                                                                          monkeypatch):
+    import edgeq.builder.mixed as mixed
+
+    monkeypatch.setenv("EDGEQ_CACHE", str(tmp_path))
+    first = mixed.scan_model(str(tiny_model), str(calibration), samples=2)[3]
+    assert len(list((tmp_path / "scans").glob("*.json"))) == 1
+
+    def no_scan(*args, **kwargs):
+        raise AssertionError("scanned again")
+
+    monkeypatch.setattr(mixed, "scan", no_scan)
+    assert mixed.scan_model(str(tiny_model), str(calibration), samples=2)[3] == first
+    # Other calibration audio (one utterance, not two) is another scan.
+    with pytest.raises(AssertionError, match="scanned again"):
+        mixed.scan_model(str(tiny_model), str(calibration), samples=1)
+
+
 def test_auto_needs_max_size_and_calibration(tiny_model, tmp_path):
     assert_one_line_error(edgeq("build", "--recipe", "auto", "-m", tiny_model, "-o", tmp_path / "a"), r"--max-size")
     assert_one_line_error(edgeq("build", "--recipe", "auto", "--max-size", "1", "-m", tiny_model, "-o", tmp_path / "a"),

@@ -21,7 +21,7 @@ RECIPES = [r for r in list_recipes() if r.runtime == "torch"]
 # and keep WER within 1 point of fp32. The others run on the 2 shortest (CI time: HQQ and
 # bitsandbytes 4-bit dequantize every weight on every decoder step on a CPU) and must give a real
 # transcript: not empty, no loop, WER <= 50 %. Their WER on the full set is measured in
-# benchmarks/recipes_speech_dev.py. Static recipes calibrate on 4 utterances instead of 16 here.
+# benchmarks/sweep_whisper-base.sh (README recipes table). Static recipes calibrate on 4 utterances instead of 16 here.
 BUDGET_8BIT = 1.0
 # Static activation ranges cost more (the study's finding): pytorch-int8-static measured +1.13
 # points (2 words in 177) both with padded 30 s windows (3.95 vs 2.82, benchmarks' recipes table,
