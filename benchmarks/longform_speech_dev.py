@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--pause", type=float, default=0.0, help="seconds of room noise between utterances (VAD)")
     ap.add_argument("--pause-noise", type=float, default=0.003, help="deviation of that noise")
     ap.add_argument("--name", default="", help="suffix of the results file")
+    ap.add_argument("--seed", type=int, default=0, help="order in which the utterances are joined")
     args = ap.parse_args()
     require_shared()
     if args.bundle:
@@ -53,7 +54,8 @@ def main() -> None:
         transcriber, _ = load_checkpoint(str(WHISPER_BASE), threads=args.threads, language="en")
         system = "whisper-base-fp32"
     dataset = open_dataset(args.dataset)
-    joined = join_utterances(dataset, args.minutes * 60, pause_s=args.pause, pause_noise=args.pause_noise)
+    joined = join_utterances(dataset, args.minutes * 60, pause_s=args.pause, pause_noise=args.pause_noise,
+                             seed=args.seed)
     options = {
         "longform": DecodeOptions(),
         "whisper": DecodeOptions(recheck_sparse_segments=False),  # openai-whisper's algorithm alone
@@ -63,7 +65,7 @@ def main() -> None:
         "longform-vad": DecodeOptions(vad=True),
     }
     out = {"model": "whisper-base", "system": system, "threads": args.threads, "dataset": args.dataset,
-           "audio_s": joined.seconds, "utterances": len(joined.parts), "pause_s": args.pause,
+           "seed": args.seed, "audio_s": joined.seconds, "utterances": len(joined.parts), "pause_s": args.pause,
            "pause_noise": args.pause_noise if args.pause else None, "methods": {}}
     for method in args.methods.split(","):
         t0 = time.perf_counter()

@@ -47,6 +47,9 @@ FRAMES_PER_TOKEN = 2  # the encoder halves the 3000 mel frames into 1500 positio
 # recording's speech rate. Measured on 20 min of joined speech-dev (244 segments): the 8 segments
 # that had lost words had 1.2-6.2 s unexplained, normal ones up to 2.6 s.
 RECHECK_EXCESS_S = 1.5
+# A span between two segments is decoded alone when its RMS is at least this share of the 2 s of
+# audio either side (a pause between sentences is quieter).
+HOLE_MIN_LOUDNESS = 0.5
 RECHECK_MIN_GAIN_CHARS = 10  # about two words more, or the first decoding stays
 # A fitted encoder window whose first decode compresses better than this (a loop) is decoded again
 # on the full window; openai-whisper's fallback threshold.
@@ -112,6 +115,30 @@ class LongformResult:
 def _chars_per_second(segments: list[Segment]) -> float:
     rates = [len(s.text) / (s.end - s.start) for s in segments[-200:] if s.end - s.start >= 1.0]
     return float(np.median(rates)) if len(rates) >= 8 else DEFAULT_CHARS_PER_S
+
+
+@dataclass(frozen=True)
+class _Window:
+    """The samples of the window being decoded, at absolute sample index `start`: what rechecks
+    read (an AudioStream reads forward only, and a window's spans all lie inside it)."""
+
+    samples: np.ndarray
+    start: int
+
+    def span(self, a: int, b: int) -> np.ndarray:
+        lo = min(max(a - self.start, 0), len(self.samples))
+        return self.samples[lo:max(lo, min(b - self.start, len(self.samples)))]
+
+
+def _quietest(window: _Window, lo: int, hi: int, width: int = SAMPLE_RATE // 10) -> int:
+    """The sample at the centre of the quietest `width` samples (RMS, 20 ms steps) in lo:hi."""
+    x = np.asarray(window.span(lo, hi), dtype=np.float32)
+    if len(x) <= width:
+        return (lo + hi) // 2
+    step = SAMPLE_RATE // 50
+    starts = range(0, len(x) - width, step)
+    energy = [float(np.mean(x[s:s + width] ** 2)) for s in starts]
+    return lo + starts[int(np.argmin(energy))] + width // 2
 
 
 def compression_ratio(text: str) -> float:
@@ -189,7 +216,8 @@ class LongformTranscriber:
             size = min(N_FRAMES, content_frames - seek)
             duration = size * HOP_LENGTH / SAMPLE_RATE
             t0 = time.perf_counter()
-            chunk = samples[seek * HOP_LENGTH : (seek + size) * HOP_LENGTH]
+            seek_start = seek * HOP_LENGTH
+            chunk = samples[seek_start : (seek + size) * HOP_LENGTH]
             if float(np.max(np.abs(chunk))) < DIGITAL_SILENCE:
                 # Whisper reads digital silence as "you you you" with confidence (whisper-base: avg
                 # log-prob above -1, so the no-speech rule keeps it): nothing to decode here.
@@ -249,8 +277,13 @@ class LongformTranscriber:
                 found = [Segment(round(start, 2), round(end, 2), text, piece, result.avg_logprob,
                                  result.no_speech_prob, ratio, result.temperature)]
                 if decoder.timestamps and options.recheck_sparse_segments:
-                    found, tried = self._recheck(found[0], samples, decoder, language, rng, timings, segments, gaps)
+                    here = _Window(chunk, seek_start)
+                    found, tried = self._recheck(found[0], here, decoder, language, rng, timings, segments, gaps)
                     rechecks += tried
+                    if segments:
+                        hole, tried = self._fill_hole(segments[-1].end, found[0].start, here, decoder, language,
+                                                      rng, timings)
+                        found, rechecks = hole + found, rechecks + tried
                 segments.extend(found)
                 for seg in found:
                     all_tokens.extend(seg.tokens)
@@ -281,7 +314,7 @@ class LongformTranscriber:
         lead = (speech - seek * HOP_LENGTH) / SAMPLE_RATE - VAD_PAD_S
         return int(lead * SAMPLE_RATE) // HOP_LENGTH if lead >= VAD_MIN_SILENCE_S else 0
 
-    def _recheck(self, seg: Segment, samples, decoder: WindowDecoder, language: str | None,
+    def _recheck(self, seg: Segment, window: _Window, decoder: WindowDecoder, language: str | None,
                  rng: np.random.Generator, timings: Timings, before: list[Segment],
                  gaps: list[Gap]) -> tuple[list[Segment], bool]:
         """Decode again, alone, a segment whose span holds far more time than its text needs.
@@ -290,38 +323,86 @@ class LongformTranscriber:
         of joined speech-dev clips, base int8: 5.4 s skipped in a 10 s segment of 10 words; 78
         words in runs). Decoded alone, with no other sentence around it, the span gives its
         words back. Speech rate is this recording's own (median characters per second so far).
+        When the span alone still reads short (a 2-3 s utterance of another speaker spliced
+        between two sentences: whisper-base skips it even alone, greedy or beam 5), its two
+        halves, cut at the quietest 100 ms of its middle 60 %, are decoded alone each.
         """
         rate = _chars_per_second(before)
         excess = (seg.end - seg.start) - len(seg.text) / rate
         if excess < RECHECK_EXCESS_S:
             return [seg], False
         a, b = round(seg.start * SAMPLE_RATE), round(seg.end * SAMPLE_RATE)
+        found, unreliable = self._decode_alone(window, a, b, decoder, language, rng, timings)
+        gained = sum(len(f.text) for f in found) - len(seg.text)
+        log.debug("recheck %.2f-%.2f s (%.1f s unexplained): %+d characters", seg.start, seg.end, excess, gained)
+        if found and not unreliable and gained >= RECHECK_MIN_GAIN_CHARS:
+            return found, True
+        cut = _quietest(window, a + (b - a) // 5, b - (b - a) // 5)
+        halves = [self._decode_alone(window, lo, hi, decoder, language, rng, timings) for lo, hi in ((a, cut), (cut, b))]
+        split = [f for part, _ in halves for f in part]
+        gained = sum(len(f.text) for f in split) - len(seg.text)
+        log.debug("recheck %.2f-%.2f s in halves at %.2f s: %+d characters", seg.start, seg.end, cut / SAMPLE_RATE, gained)
+        if all(part and not rep for part, rep in halves) and gained >= RECHECK_MIN_GAIN_CHARS:
+            return split, True
+        if excess >= GAP_EXCESS_S:
+            gaps.append(Gap(seg.start, seg.end, f"{excess:.1f} s of this segment are not explained by its text, "
+                                                "and decoding it alone found nothing more: speech may be missing"))
+        return [seg], True
+
+    def _fill_hole(self, start_s: float, end_s: float, window: _Window, decoder: WindowDecoder, language: str | None,
+                   rng: np.random.Generator, timings: Timings) -> tuple[list[Segment], bool]:
+        """Decode alone a span no segment covers, between two segments, when it holds sound.
+
+        Whisper's timestamps can step over a sentence (20 minutes of joined speech-dev, seed 1:
+        5.8 s of speech between two segments, 17 words). A pause is quieter than the speech
+        around it; a span as loud as its neighbours is decoded alone and kept when it reads as
+        words at temperature 0.
+        """
+        if end_s - start_s < RECHECK_EXCESS_S:
+            return [], False
+        a, b = max(round(start_s * SAMPLE_RATE), window.start), round(end_s * SAMPLE_RATE)
+        if b - a < RECHECK_EXCESS_S * SAMPLE_RATE:
+            return [], False
+        pad = 2 * SAMPLE_RATE
+        around = np.concatenate([window.span(a - pad, a), window.span(b, b + pad)])
+        inside = window.span(a, b)
+        if not len(around) or np.sqrt(np.mean(inside**2)) < HOLE_MIN_LOUDNESS * np.sqrt(np.mean(around**2)):
+            return [], False
+        found, unreliable = self._decode_alone(window, a, b, decoder, language, rng, timings)
+        chars = sum(len(f.text) for f in found)
+        log.debug("hole %.2f-%.2f s decoded alone: %d characters", start_s, end_s, chars)
+        if unreliable or chars < RECHECK_MIN_GAIN_CHARS:
+            return [], True
+        return found, True
+
+    def _decode_alone(self, window: _Window, a: int, b: int, decoder: WindowDecoder, language: str | None,
+                      rng: np.random.Generator, timings: Timings) -> tuple[list[Segment], bool]:
+        """Samples a:b decoded as a window of their own, with no previous text: their segments, and
+        whether the decoding was repetitive (a loop is never kept)."""
+        a, b = max(a, window.start), min(b, window.start + len(window.samples))
         t0 = time.perf_counter()
-        # Fitted like any short window; a broken decode is not kept anyway (`repetitive` below).
-        features = self._fitted(log_mel_spectrogram(samples[a:b], self.n_mels), math.ceil((b - a) / HOP_LENGTH),
+        # Fitted like any short window; a broken decode is not kept anyway (`repetitive`).
+        features = self._fitted(log_mel_spectrogram(window.span(a, b), self.n_mels), math.ceil((b - a) / HOP_LENGTH),
                                 decoder.options)
         t1 = time.perf_counter()
         encoder_state = self.engine.encode(features)
         timings.features_s += t1 - t0
         timings.encoder_s += time.perf_counter() - t1
         result, ratio, _ = self._decode_with_fallback(decoder, encoder_state, language, [], rng, timings)
-        o = decoder.options
-        pieces, _ = split_segments(result.tokens, self.settings.timestamp_begin, seg.start, seg.end - seg.start)
+        start_s, end_s = a / SAMPLE_RATE, b / SAMPLE_RATE
+        pieces, _ = split_segments(result.tokens, self.settings.timestamp_begin, start_s, end_s - start_s)
         found = []
         for start, end, piece in pieces:
             text = self._text(piece)
+            end = min(end, end_s)  # a timestamp in the fitted window's margin
             if text and end > start:
-                found.append(Segment(round(start, 2), round(min(end, seg.end), 2), text, piece, result.avg_logprob,
+                found.append(Segment(round(start, 2), round(end, 2), text, piece, result.avg_logprob,
                                      result.no_speech_prob, ratio, result.temperature))
-        repetitive = o.compression_ratio_threshold is not None and ratio > o.compression_ratio_threshold
-        gained = sum(len(f.text) for f in found) - len(seg.text)
-        log.debug("recheck %.2f-%.2f s (%.1f s unexplained): %+d characters", seg.start, seg.end, excess, gained)
-        if found and not repetitive and gained >= RECHECK_MIN_GAIN_CHARS:
-            return found, True
-        if excess >= GAP_EXCESS_S:
-            gaps.append(Gap(seg.start, seg.end, f"{excess:.1f} s of this segment are not explained by its text, "
-                                                "and decoding it alone found nothing more: speech may be missing"))
-        return [seg], True
+        o = decoder.options
+        # Kept only as decoded at temperature 0: sampled text is a guess, not words found.
+        unreliable = result.temperature > 0 or (o.compression_ratio_threshold is not None
+                                                and ratio > o.compression_ratio_threshold)
+        return found, unreliable
 
     def _decode_with_fallback(self, decoder: WindowDecoder, encoder_state, language: str | None,
                               previous: list[int], rng: np.random.Generator,

@@ -326,6 +326,45 @@ def test_a_segment_whose_span_its_text_does_not_explain_is_decoded_again_alone()
     assert engine.prompts[1][0] == SOT  # decoded alone: no previous text
 
 
+def test_a_span_that_reads_short_even_alone_is_decoded_again_in_halves_at_its_quietest_point():
+    # One word over 10 s, and alone still one word (a short utterance of another speaker spliced
+    # in: whisper-base skips it even alone); cut at the quiet 100 ms at 6.05 s, each half has words.
+    engine = ScriptedEngine(follow([[ts(0), 1, ts(10.0)], [ts(0), 1, ts(10.0)],
+                                    [ts(0), 1, 2, 3, 4, ts(5.0)], [ts(0), 5, 6, 7, ts(3.5)]]))
+    audio = np.random.default_rng(0).normal(0, 0.1, 160000).astype(np.float32)
+    audio[96000:97600] *= 0.01  # 6.0-6.1 s: the cut falls at its centre
+    r = LongformTranscriber(engine, Words(), SETTINGS, DecodeOptions()).run(audio)
+    assert [(s.start, s.end, s.text) for s in r.segments] == [(0.0, 5.0, "w1 w2 w3 w4"), (6.05, 9.55, "w5 w6 w7")]
+    assert r.rechecks == 1 and engine.windows == 3 and not r.gaps
+
+
+def test_a_loud_span_between_two_segments_is_decoded_alone():
+    # The timestamps step over 4-9 s; the audio there is as loud as around it: decoded alone, it
+    # gives its words. Over a quiet span (a pause) nothing is decoded.
+    # (segments of 14 words in 4 s: dense enough not to be rechecked themselves)
+    script = follow([[ts(0), *range(20, 34), ts(4.0), ts(9.0), *range(40, 54), ts(13.0)],
+                     [ts(0), 60, 61, 62, 63, 64, ts(4.5)]])
+    audio = np.random.default_rng(0).normal(0, 0.1, 14 * 16000).astype(np.float32)
+    engine = ScriptedEngine(script)
+    r = LongformTranscriber(engine, Words(), SETTINGS, DecodeOptions()).run(audio)
+    assert [(s.start, s.end) for s in r.segments] == [(0.0, 4.0), (4.0, 8.5), (9.0, 13.0)]
+    assert r.segments[1].text == "w60 w61 w62 w63 w64" and engine.windows == 1
+    audio[4 * 16000:9 * 16000] *= 0.1
+    engine = ScriptedEngine(script)
+    r = LongformTranscriber(engine, Words(), SETTINGS, DecodeOptions()).run(audio)
+    assert [(s.start, s.end) for s in r.segments] == [(0.0, 4.0), (9.0, 13.0)] and engine.windows == 0
+
+
+def test_a_recheck_keeps_only_what_temperature_0_decoded():
+    # The halves only pass at a higher temperature (a loop at 0): sampled text is not kept.
+    def script(window, sampled):
+        if window < 2:
+            return follow([[ts(0), 1, ts(10.0)]])(0, sampled)
+        return {8: 10.0} if len(sampled) < 60 else {EOT: 10.0}
+    r = transcribe(ScriptedEngine(script), 10.0, DecodeOptions())
+    assert [s.text for s in r.segments] == ["w1"] and r.gaps
+
+
 def test_a_recheck_that_finds_nothing_more_reports_a_gap():
     engine = ScriptedEngine(follow([[ts(0), 1, ts(10.0)]]))
     r = transcribe(engine, 10.0, DecodeOptions())
