@@ -360,7 +360,9 @@ class LongformTranscriber:
         """
         if end_s - start_s < RECHECK_EXCESS_S:
             return [], False
-        a, b = max(round(start_s * SAMPLE_RATE), window.start), round(end_s * SAMPLE_RATE)
+        # Within the window's audio: a timestamp can fall in the padding after it.
+        a = max(round(start_s * SAMPLE_RATE), window.start)
+        b = min(round(end_s * SAMPLE_RATE), window.start + len(window.samples))
         if b - a < RECHECK_EXCESS_S * SAMPLE_RATE:
             return [], False
         pad = 2 * SAMPLE_RATE
