@@ -121,6 +121,18 @@ class AudioStream:
             self._file.close()
 
 
+def quietest_moment(region: np.ndarray, sample_rate: int = SAMPLE_RATE) -> int:
+    """The index in `region` at the centre of its quietest 100 ms (lowest RMS, 20 ms hop): where a
+    cut keeps words whole. The middle of a region shorter than 100 ms."""
+    frame, hop = int(0.1 * sample_rate), int(0.02 * sample_rate)
+    region = np.ascontiguousarray(region, dtype=np.float32)
+    if len(region) < frame:
+        return len(region) // 2
+    n = 1 + (len(region) - frame) // hop
+    frames = np.lib.stride_tricks.as_strided(region, shape=(n, frame), strides=(region.strides[0] * hop, region.strides[0]))
+    return int(np.argmin(np.sqrt(np.mean(frames * frames, axis=1)))) * hop + frame // 2
+
+
 def split_long_audio(
     audio: np.ndarray,
     sample_rate: int = SAMPLE_RATE,
@@ -136,18 +148,11 @@ def split_long_audio(
     window = int(max_seconds * sample_rate)
     if len(audio) <= window:
         return [audio]
-    frame, hop = int(0.1 * sample_rate), int(0.02 * sample_rate)
     search = int(search_seconds * sample_rate)
     segments, start = [], 0
     while len(audio) - start > window:
-        lo, hi = start + window - search, start + window
-        region = audio[lo:hi]
-        n = 1 + (len(region) - frame) // hop
-        frames = np.lib.stride_tricks.as_strided(
-            region, shape=(n, frame), strides=(region.strides[0] * hop, region.strides[0])
-        )
-        quietest = int(np.argmin(np.sqrt(np.mean(frames * frames, axis=1))))
-        cut = lo + quietest * hop + frame // 2
+        lo = start + window - search
+        cut = lo + quietest_moment(audio[lo:start + window], sample_rate)
         segments.append(audio[start:cut])
         start = cut
     segments.append(audio[start:])

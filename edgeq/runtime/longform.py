@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from edgeq.runtime.audio import AudioStream
+from edgeq.runtime.audio import AudioStream, quietest_moment
 from edgeq.runtime.decoding import (
     TIME_PRECISION,
     DecodeOptions,
@@ -128,17 +128,6 @@ class _Window:
     def span(self, a: int, b: int) -> np.ndarray:
         lo = min(max(a - self.start, 0), len(self.samples))
         return self.samples[lo:max(lo, min(b - self.start, len(self.samples)))]
-
-
-def _quietest(window: _Window, lo: int, hi: int, width: int = SAMPLE_RATE // 10) -> int:
-    """The sample at the centre of the quietest `width` samples (RMS, 20 ms steps) in lo:hi."""
-    x = np.asarray(window.span(lo, hi), dtype=np.float32)
-    if len(x) <= width:
-        return (lo + hi) // 2
-    step = SAMPLE_RATE // 50
-    starts = range(0, len(x) - width, step)
-    energy = [float(np.mean(x[s:s + width] ** 2)) for s in starts]
-    return lo + starts[int(np.argmin(energy))] + width // 2
 
 
 def compression_ratio(text: str) -> float:
@@ -337,7 +326,8 @@ class LongformTranscriber:
         log.debug("recheck %.2f-%.2f s (%.1f s unexplained): %+d characters", seg.start, seg.end, excess, gained)
         if found and not unreliable and gained >= RECHECK_MIN_GAIN_CHARS:
             return found, True
-        cut = _quietest(window, a + (b - a) // 5, b - (b - a) // 5)
+        lo = a + (b - a) // 5
+        cut = lo + quietest_moment(window.span(lo, b - (b - a) // 5))
         halves = [self._decode_alone(window, lo, hi, decoder, language, rng, timings) for lo, hi in ((a, cut), (cut, b))]
         split = [f for part, _ in halves for f in part]
         gained = sum(len(f.text) for f in split) - len(seg.text)
