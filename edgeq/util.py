@@ -37,6 +37,12 @@ def installed_versions(distributions) -> dict[str, str]:
     return {name: v for name in distributions if (v := installed_version(name)) is not None}
 
 
+def cache_dir() -> Path:
+    """Where edgeq keeps what it can rebuild (sensitivity scans, TensorRT engines): $EDGEQ_CACHE,
+    or ~/.cache/edgeq."""
+    return Path(os.environ.get("EDGEQ_CACHE", Path.home() / ".cache" / "edgeq"))
+
+
 def one_line(err: BaseException | str) -> str:
     """An exception's text on one line (libraries' messages span several), or its type's name."""
     text = " ".join(str(err).split())

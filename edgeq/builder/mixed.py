@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from math import ceil
 from pathlib import Path
@@ -39,6 +38,7 @@ import torch
 from edgeq.errors import EdgeqError, RecipeError
 from edgeq.runtime.writers import write_atomic
 from edgeq.spec.recipe import FORMAT_BITS, Recipe, load_recipe, recipe_from_dict
+from edgeq.util import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -376,8 +376,7 @@ def _scan_cache(source, features, language: str | None) -> Path:
     for f in features:
         h.update(np.ascontiguousarray(f, dtype=np.float32).tobytes())
     h.update(repr((language, LINEAR_CHOICES, TABLE_CHOICES, __version__)).encode())
-    root = Path(os.environ.get("EDGEQ_CACHE", Path.home() / ".cache" / "edgeq"))
-    return root / "scans" / f"{h.hexdigest()[:32]}.json"
+    return cache_dir() / "scans" / f"{h.hexdigest()[:32]}.json"
 
 
 def smallest_bytes(result: Scan) -> int:

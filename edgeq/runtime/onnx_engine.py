@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +19,7 @@ import numpy as np
 from edgeq.errors import BundleError, DeviceError
 from edgeq.format.bundle import Bundle
 from edgeq.format.layout import LAYOUT_FILE, OnnxLayout, read_layout
+from edgeq.util import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def _providers(ort, device: str, layout: OnnxLayout, bundle: Bundle) -> tuple[li
         return cuda, cuda
     # TensorRT for the encoder only: its shapes are fixed, so one engine is built once and cached.
     # The decoder's cache grows every step, which would make TensorRT rebuild engines; CUDA runs it.
-    cache = Path(os.environ.get("EDGEQ_CACHE", Path.home() / ".cache" / "edgeq")) / "tensorrt" / bundle.manifest_sha256[:16]
+    cache = cache_dir() / "tensorrt" / bundle.manifest_sha256[:16]
     log.info("TensorRT runs the encoder; its engine is built on first use (minutes) and cached in %s", cache)
     trt = ("TensorrtExecutionProvider", {
         "trt_fp16_enable": layout.dtype == "float16",
