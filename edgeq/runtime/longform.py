@@ -332,7 +332,7 @@ class LongformTranscriber:
         split = [f for part, _ in halves for f in part]
         gained = sum(len(f.text) for f in split) - len(seg.text)
         log.debug("recheck %.2f-%.2f s in halves at %.2f s: %+d characters", seg.start, seg.end, cut / SAMPLE_RATE, gained)
-        if all(part and not rep for part, rep in halves) and gained >= RECHECK_MIN_GAIN_CHARS:
+        if all(part and not unreliable for part, unreliable in halves) and gained >= RECHECK_MIN_GAIN_CHARS:
             return split, True
         if excess >= GAP_EXCESS_S:
             gaps.append(Gap(seg.start, seg.end, f"{excess:.1f} s of this segment are not explained by its text, "
@@ -370,10 +370,10 @@ class LongformTranscriber:
     def _decode_alone(self, window: _Window, a: int, b: int, decoder: WindowDecoder, language: str | None,
                       rng: np.random.Generator, timings: Timings) -> tuple[list[Segment], bool]:
         """Samples a:b decoded as a window of their own, with no previous text: their segments, and
-        whether the decoding was repetitive (a loop is never kept)."""
+        whether the decoding is unreliable (repetitive, or sampled above temperature 0): never kept."""
         a, b = max(a, window.start), min(b, window.start + len(window.samples))
         t0 = time.perf_counter()
-        # Fitted like any short window; a broken decode is not kept anyway (`repetitive`).
+        # Fitted like any short window; a broken decode is not kept anyway (`unreliable`).
         features = self._fitted(log_mel_spectrogram(window.span(a, b), self.n_mels), math.ceil((b - a) / HOP_LENGTH),
                                 decoder.options)
         t1 = time.perf_counter()
