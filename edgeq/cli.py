@@ -546,8 +546,11 @@ def push(bundle: Path, destination: str, force: bool) -> None:
               help="local: one task after the other here; ray: builds and dataset shards as tasks on a Ray cluster.")
 @click.option("--address", help="With --executor ray: the cluster to join (host:port, ray://...) [default: a local Ray].")
 @click.option("--shard-size", type=int, help="With --executor ray: utterances per bench task [default: 100].")
+@click.option("--on", "on", metavar="USER@HOST[:DIR]",
+              help="Bench on this device over SSH while this machine builds the next bundles.")
+@click.option("--remote-edgeq", default="edgeq", show_default=True, help="The edgeq command on the --on device.")
 def sweep(recipe_selector, model, datasets, out, limit, device, threads, language, calibration, snrs, noise_source,
-          clean, skip_fp16, executor, address, shard_size) -> None:
+          clean, skip_fp16, executor, address, shard_size, on, remote_edgeq) -> None:
     """Build and bench every recipe on every dataset; write the table, plots and a report (cached, resumable)."""
     from edgeq.sweep import SweepSettings, run_sweep
     from edgeq.sweep.executors import make_executor
@@ -557,8 +560,8 @@ def sweep(recipe_selector, model, datasets, out, limit, device, threads, languag
     levels = ((None,) if clean or not snrs else ()) + tuple(snrs)
     settings = SweepSettings(recipes=recipe_selector, model=model, datasets=tuple(datasets), out=out, limit=limit,
                              device=device, threads=threads, language=language, calibration=calibration,
-                             snrs=levels, noise_source=noise_source, skip_float16=skip_fp16)
-    runner = make_executor(executor, address, shard_size)
+                             snrs=levels, noise_source=noise_source, skip_float16=skip_fp16, on=on)
+    runner = make_executor(executor, address, shard_size, on, remote_edgeq)
     # Ray's driver prints the cluster's error events (a worker that died, a task retried) straight
     # to sys.stdout from a thread, with no switch to turn them off (ray/_private/worker.py,
     # listen_error_messages): kept out of the table on stdout and out of a one-line error; the

@@ -17,7 +17,7 @@ KEY_FLAGS = (
     "avx512_bf16", "amx_int8", "amx_bf16", "asimd", "asimddp", "i8mm", "sve", "bf16", "neon",
 )
 LIBRARIES = (
-    "numpy", "onnxruntime", "onnxruntime-gpu", "tokenizers", "torch", "transformers", "optimum-quanto",
+    "numpy", "onnxruntime", "onnxruntime-gpu", "tokenizers", "safetensors", "torch", "transformers", "optimum-quanto",
     "hqq", "bitsandbytes", "onnx", "faster-whisper", "ctranslate2", "pywhispercpp",
 )
 

@@ -14,6 +14,7 @@ from edgeq.errors import EdgeqError
 from edgeq.format.bundle import FORMAT_VERSION, open_bundle
 from edgeq.spec.catalogue import backend_spec
 from edgeq.spec.targets import Target, expected_peak_mb, load_target
+from edgeq.util import installed_versions
 
 # Peak RSS of whisper-base bundles measured by `edgeq bench` (README "Measured results", 8 utterances):
 # ONNX: 296-335 MB for 60-86 MB bundles and 606 MB for the 295 MB fp32 one -> about size + 220 MB.
@@ -125,7 +126,9 @@ def _target_checks(host: dict, t: Target) -> list[Check]:
 def _runtime_checks(host: dict, b) -> list[Check]:
     spec = backend_spec(b.recipe.backend)
     extra = spec.device_extra
-    libs = host["libraries"]
+    # What this bundle's runtime imports, read here and now: host["libraries"] is the benchmark
+    # fingerprint's fixed list, which need not name every package a runtime needs.
+    libs = {**host["libraries"], **installed_versions(spec.device_packages)}
     out = []
     if b.runtime == "onnxruntime":
         have = libs.get("onnxruntime") or libs.get("onnxruntime-gpu")

@@ -43,10 +43,13 @@ async def _push(b: Bundle, remote: Remote, force: bool, progress) -> PushResult:
         return await push_over(conn, b, remote, force, progress)
 
 
-async def push_over(conn, b: Bundle, remote: Remote, force: bool, progress=None) -> PushResult:
-    """The push on an open connection (remote bench pushes its bundles on the connection it runs on)."""
-    folder = remote.path(DEFAULT_DIR)
-    name = b.path.resolve().name
+async def push_over(conn, b: Bundle, remote: Remote, force: bool, progress=None, dest: str | None = None) -> PushResult:
+    """The push on an open connection (remote bench pushes its bundles on the connection it runs on).
+
+    `dest`: the bundle's path on the device [default: the remote folder / the bundle's folder name];
+    a sweep names its bundles after their cache cells, whose local folders are all called `bundle`."""
+    folder, name = posixpath.split(dest) if dest else (remote.path(DEFAULT_DIR), b.path.resolve().name)
+    folder = folder or "."
     final = posixpath.join(folder, name)
     manifest_bytes = (b.path / MANIFEST).read_bytes()
     key = sha256_file(b.path / MANIFEST)[:12]

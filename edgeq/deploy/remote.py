@@ -30,29 +30,46 @@ RESULTS_DIR = "edgeq-bench"
 
 
 def remote_bench(bundles: list[str], remote: Remote, settings: BenchSettings, remote_edgeq: str = "edgeq",
-                 progress: Callable[[str, int, int], None] | None = None) -> list[dict]:
-    """Run the bench on `remote`; the device's result files land in settings.out; returns the summaries."""
+                 progress: Callable[[str, int, int], None] | None = None, dests: list[str] | None = None,
+                 results_dir: str | None = None) -> list[dict]:
+    """Run the bench on `remote`; the device's result files land in settings.out; returns the summaries.
+
+    `dests`: where each bundle goes on the device, and `results_dir`: the device's results folder
+    (defaults: the remote folder / each bundle's folder name, and edgeq-bench/<name of settings.out>);
+    `edgeq sweep --on` passes both, mirroring its cache's layout there."""
     if not bundles:
         raise EdgeqError("--on measures bundles: pass at least one bundle folder")
     local = [open_bundle(b) for b in bundles]
-    systems = make_systems([str(b.path.resolve()) for b in local], [])  # named as on the device
+    dests = dests or [None] * len(local)
+    # Named as on the device: the system name is the folder name the bundle has there.
+    systems = make_systems([d or str(b.path.resolve()) for b, d in zip(local, dests)], [])
     for s in systems:
         results = settings.out / f"{s.name}.jsonl"
         if results.exists() and not (settings.resume or settings.force):
             raise EdgeqError(f"{results} exists: pass --resume to continue that run or --force to start over")
-    return run_sync(_bench(local, remote, settings, remote_edgeq, progress))
+    return run_sync(_bench(local, remote, settings, remote_edgeq, progress, dests, results_dir))
 
 
-async def _bench(local, remote: Remote, settings: BenchSettings, edgeq: str, progress) -> list[dict]:
+def check_device(remote: Remote, remote_edgeq: str = "edgeq") -> str:
+    """Reach `remote` and check that edgeq runs there; returns its `edgeq --version` line."""
+
+    async def check() -> str:
+        async with connect(remote) as conn:
+            return await _check_edgeq(conn, remote, remote_edgeq)
+
+    return run_sync(check())
+
+
+async def _bench(local, remote: Remote, settings: BenchSettings, edgeq: str, progress, dests, results_dir) -> list[dict]:
     async with connect(remote) as conn:
         await _check_edgeq(conn, remote, edgeq)
         paths = []
-        for b in local:
-            pushed = await push_over(conn, b, remote, force=False, progress=progress)
+        for b, dest in zip(local, dests):
+            pushed = await push_over(conn, b, remote, force=False, progress=progress, dest=dest)
             paths.append(pushed.remote_path)
             await _check_doctor(conn, remote, edgeq, pushed.remote_path, settings.device)
         dataset = await _dataset(conn, remote, settings, progress)
-        out = posixpath.join(remote.dir or "", RESULTS_DIR, settings.out.resolve().name)
+        out = results_dir or posixpath.join(remote.dir or "", RESULTS_DIR, settings.out.resolve().name)
         argv = [edgeq, "bench", *paths, "-d", dataset, "-o", out, "--warmup", str(settings.warmup),
                 "--device", settings.device]
         for flag, value in (("--limit", settings.limit), ("--threads", settings.threads), ("--language", settings.language)):
@@ -80,7 +97,7 @@ async def _bench(local, remote: Remote, settings: BenchSettings, edgeq: str, pro
     return json.loads((settings.out / "summary.json").read_text())
 
 
-async def _check_edgeq(conn, remote: Remote, edgeq: str) -> None:
+async def _check_edgeq(conn, remote: Remote, edgeq: str) -> str:
     got = await run(conn, [edgeq, "--version"], check=False, remote=remote)
     if got.exit_status == 127 or "not found" in str(got.stderr or ""):
         raise SSHError(f"edgeq is not installed on {remote} (no `{edgeq}` on the PATH of a non-interactive ssh): "
@@ -88,6 +105,7 @@ async def _check_edgeq(conn, remote: Remote, edgeq: str) -> None:
                        "or pass --remote-edgeq ~/VENV/bin/edgeq")
     if got.exit_status != 0:
         raise SSHError(f"{remote}: `{edgeq} --version` failed: {str(got.stderr or '').strip().splitlines()[-1:]}")
+    return str(got.stdout or "").strip()
 
 
 async def _check_doctor(conn, remote: Remote, edgeq: str, bundle: str, device: str) -> None:

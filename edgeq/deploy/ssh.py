@@ -31,6 +31,11 @@ class SSHError(EdgeqError):
     """The device cannot be reached, refuses us, or the connection was cut."""
 
 
+class ConnectionFailed(SSHError):
+    """No connection to the device (unreachable, key or host key refused), or it was cut: unlike a
+    bundle the device refuses, every later step on that device would fail the same way."""
+
+
 @dataclass(frozen=True)
 class Remote:
     host: str  # as the user wrote it: a name, an address, or a ~/.ssh/config Host alias
@@ -77,21 +82,21 @@ async def connect(remote: Remote) -> AsyncIterator:
     try:
         conn = await asyncssh.connect(remote.host, **options)
     except asyncssh.PermissionDenied:
-        raise SSHError(f"{remote} refused every key offered (agent and ~/.ssh/config IdentityFile); "
+        raise ConnectionFailed(f"{remote} refused every key offered (agent and ~/.ssh/config IdentityFile); "
                        f"add your public key there with `ssh-copy-id {remote}`") from None
     except asyncssh.HostKeyNotVerifiable as err:
-        raise SSHError(f"{remote}: host key not trusted ({one_line(err.reason)}); "
+        raise ConnectionFailed(f"{remote}: host key not trusted ({one_line(err.reason)}); "
                        f"connect once with `ssh {remote}` to check and accept it") from None
     except (OSError, asyncio.TimeoutError) as err:
-        raise SSHError(f"cannot reach {remote.host}: {one_line(err) or 'timed out'}; "
+        raise ConnectionFailed(f"cannot reach {remote.host}: {one_line(err) or 'timed out'}; "
                        "check the address, that the device is on and that sshd runs there") from None
     except asyncssh.Error as err:
-        raise SSHError(f"ssh to {remote} failed: {one_line(err.reason)}") from None
+        raise ConnectionFailed(f"ssh to {remote} failed: {one_line(err.reason)}") from None
     try:
         async with conn:
             yield conn
     except (asyncssh.ConnectionLost, asyncssh.DisconnectError, ConnectionError) as err:
-        raise SSHError(f"connection to {remote.host} was cut ({one_line(err)}); "
+        raise ConnectionFailed(f"connection to {remote.host} was cut ({one_line(err)}); "
                        "run the same command again to continue where it stopped") from None
 
 

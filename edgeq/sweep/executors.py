@@ -1,4 +1,5 @@
-"""Who runs a sweep's work: this process, one recipe after the other (local), or a Ray cluster (ray).
+"""Who runs a sweep's work: this process, one recipe after the other (local), a Ray cluster (ray),
+or this process building while a device benches over SSH (`--on`, edgeq.sweep.remote_executor).
 
 An executor takes the missing work of every recipe (a bundle to build, conditions to bench) and
 returns one outcome per recipe; `run_sweep` plans the work from the cache and assembles the table,
@@ -43,7 +44,17 @@ class LocalExecutor:
         return outcomes
 
 
-def make_executor(name: str = "local", address: str | None = None, shard_size: int | None = None) -> Executor:
+def make_executor(name: str = "local", address: str | None = None, shard_size: int | None = None,
+                  on: str | None = None, remote_edgeq: str = "edgeq") -> Executor:
+    if on is not None:
+        if name != "local":
+            raise EdgeqError("--on benches on one device over SSH; --executor ray spreads builds and benches over "
+                             "a cluster: choose one")
+        from edgeq.sweep.remote_executor import RemoteExecutor
+
+        if address is not None or shard_size is not None:
+            raise EdgeqError("--address and --shard-size are for --executor ray")
+        return RemoteExecutor(on, remote_edgeq)
     if name == "local":
         if address is not None or shard_size is not None:
             raise EdgeqError("--address and --shard-size are for --executor ray")

@@ -32,6 +32,7 @@ class SweepSettings:
     snrs: tuple[float | None, ...] = (None,)
     noise_source: str = "white"
     skip_float16: bool = False  # fp16 recipes are meant for CUDA; very slow on CPUs without fp16 math
+    on: str | None = None  # user@host[:dir]: bench on that device over SSH (builds stay here)
 
 
 @dataclass(frozen=True)
@@ -46,13 +47,19 @@ class Condition:
     threads: int | None = None
     warmup: int = 1
     language: str | None = None
+    on: str | None = None  # the device (user@host) it is measured on; None: this machine
     label: str = field(default="", compare=False)
 
     def key_fields(self) -> dict:
-        return {"dataset": self.dataset, "snr_db": self.snr_db,
-                "noise_source": self.noise_source if self.snr_db is not None else None,
-                "limit": self.limit, "device": self.device, "threads": self.threads, "warmup": self.warmup,
-                "language": self.language}
+        fields = {"dataset": self.dataset, "snr_db": self.snr_db,
+                  "noise_source": self.noise_source if self.snr_db is not None else None,
+                  "limit": self.limit, "device": self.device, "threads": self.threads, "warmup": self.warmup,
+                  "language": self.language}
+        if self.on is not None:
+            # Another machine's numbers are another cell; a local cell's key is unchanged by this field
+            # (the caches of earlier sweeps stay valid).
+            fields["on"] = self.on
+        return fields
 
     @property
     def key(self) -> str:
@@ -101,6 +108,11 @@ def select_recipes(selector: str, skip_float16: bool = False) -> list[Recipe]:
 
 def conditions(settings: SweepSettings) -> list[Condition]:
     out = []
+    on = None
+    if settings.on is not None:
+        from edgeq.deploy.ssh import parse_remote
+
+        on = str(parse_remote(settings.on))  # user@host: the folder on the device does not change the numbers
     names = [_dataset_name(d) for d in settings.datasets]
     for spec, name in zip(settings.datasets, names):
         spec = dataset_spec(spec)
@@ -108,7 +120,7 @@ def conditions(settings: SweepSettings) -> list[Condition]:
         for snr in settings.snrs:
             label = name if snr is None else f"{name}@{snr:g}dB"
             out.append(Condition(resolved, snr, settings.noise_source, settings.limit, settings.device,
-                                 settings.threads, settings.warmup, settings.language, label))
+                                 settings.threads, settings.warmup, settings.language, on, label))
     labels = [c.label for c in out]
     if len(set(labels)) != len(labels):
         raise EdgeqError(f"--dataset: two datasets share a name ({', '.join(labels)}); name them NAME=SPEC")

@@ -60,14 +60,21 @@ def build_bundle(recipe: Recipe, bundle: Path, settings: SweepSettings, progress
 def bench_condition(recipe: str, bundle: Path, c: Condition, out: Path, progress: Progress | None = None,
                     shard: tuple[int, int] | None = None) -> Cell:
     """`edgeq bench` of one bundle on one condition (or one shard of it), resuming what `out` holds."""
-    from edgeq.bench.runner import BenchSettings, System, run_bench
+    from edgeq.bench.runner import System, run_bench
 
-    noise = {} if c.snr_db is None else {"noise_snr_db": c.snr_db, "noise_source": c.noise_source}
-    settings = BenchSettings(dataset=c.dataset, out=out, limit=c.limit, device=c.device, threads=c.threads,
-                             warmup=c.warmup, resume=True, language=c.language, shard=shard, **noise)
+    settings = bench_settings(c, out, shard)
     label = f"bench {recipe} on {c.label}"
     (summary,) = run_bench([System("bundle", str(bundle), recipe)], settings,
                            progress=progress and (lambda _name, done, total: progress(label, done, total)))
     if "failed" in summary:
         return Cell(recipe, c.label, failed=summary["failed"])
     return Cell(recipe, c.label, summary)
+
+
+def bench_settings(c: Condition, out: Path, shard: tuple[int, int] | None = None):
+    """The `edgeq bench` settings that measure condition `c` into `out`, resuming what is there."""
+    from edgeq.bench.runner import BenchSettings
+
+    noise = {} if c.snr_db is None else {"noise_snr_db": c.snr_db, "noise_source": c.noise_source}
+    return BenchSettings(dataset=c.dataset, out=out, limit=c.limit, device=c.device, threads=c.threads,
+                         warmup=c.warmup, resume=True, language=c.language, shard=shard, **noise)

@@ -40,6 +40,19 @@ def test_a_bundle_this_host_can_run_passes(tiny_onnx):
     assert text.returncode == 0 and "ok    runtime" in text.stdout, text.stdout
 
 
+def test_a_torch_runtime_bundle_this_host_can_run_passes(tiny_model, tmp_path):
+    # The torch runtime's packages (safetensors among them) are read from this host, not from a list
+    # of libraries kept for benchmark fingerprints: doctor once failed every torch bundle that way.
+    import edgeq as lib
+
+    b = lib.build("quanto-int8-dynamic", model=str(tiny_model), out=tmp_path / "q", language="en")
+    rc, rep = report(b.path)
+    assert rc == 0 and rep["ok"], rep["checks"]
+    c = checks(rep)
+    assert c["runtime"]["status"] == "ok" and "optimum-quanto" in c["runtime"]["message"]
+    assert rep["needs"]["runtime"] == "torch"
+
+
 @pytest.mark.skipif(not X86, reason="checks an x86 host against an arm64 target")
 def test_wrong_arch_for_the_target_fails_with_the_fix(tiny_onnx):
     rc, rep = report(tiny_onnx.path, "--target", "rpi5")
