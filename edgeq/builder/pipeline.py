@@ -17,6 +17,7 @@ from edgeq.builder.source import DEFAULT_MODEL, SourceModel, load_float_model, r
 from edgeq.errors import ModelSourceError, RecipeError
 from edgeq.format.bundle import (
     CONFIG,
+    DECODE_TABLE,
     GENERATION_CONFIG,
     RECIPE,
     TOKENIZER,
@@ -25,6 +26,7 @@ from edgeq.format.bundle import (
     is_weights_file,
     write_bundle,
 )
+from edgeq.runtime.tokenizer import write_decode_table
 from edgeq.spec.catalogue import backend_spec, library_version, load_writer
 from edgeq.spec.recipe import Recipe, as_recipe, recipe_to_toml
 from edgeq.spec.targets import Target, check_memory, check_recipe, expected_peak_mb, load_target
@@ -153,6 +155,7 @@ def _write_common_files(source: SourceModel, recipe: Recipe, folder: Path) -> No
         raise ModelSourceError(f"{source.id}: cannot read its tokenizer/feature extractor ({err})") from None
     if not (folder / TOKENIZER).is_file():
         raise ModelSourceError(f"{source.id}: its tokenizer could not be saved as tokenizer.json")
+    write_decode_table(folder / TOKENIZER, folder / DECODE_TABLE)
     (folder / RECIPE).write_text(recipe_to_toml(recipe))
 
 

@@ -33,6 +33,7 @@ from typing import Any
 from edgeq.errors import BundleError
 from edgeq.format.manifest import (  # noqa: F401  (the file names are part of this module's API)
     CONFIG,
+    DECODE_TABLE,
     FORMAT,
     FORMAT_VERSION,
     GENERATION_CONFIG,
@@ -162,27 +163,40 @@ def _check_plain_file(bundle: Path, name: str) -> os.stat_result:
     return st
 
 
-def verify(path: Path, manifest: Manifest, hashes: bool = True) -> None:
+def verify(path: Path, manifest: Manifest, hashes: bool = True, reuse: bool = False) -> None:
     """Every file the manifest lists is a regular file inside `path` (no symlinks) with its size,
-    and its sha256 when `hashes`. The manifest already lists every file the runtime opens."""
+    and its sha256 when `hashes`. The manifest already lists every file the runtime opens.
+
+    `reuse`: skip the hashing when the files are unchanged since their hashes last matched
+    (edgeq.format.verified); a full check always stamps the bundle for the next one."""
     for name, entry in manifest.files.items():
         size = _check_plain_file(path, name).st_size
         if size != entry.size:
             raise BundleError(f"{path}: {name} has {size} bytes, the manifest says {entry.size} (corrupt or tampered)")
-    if hashes:
-        for name, entry in manifest.files.items():
-            try:
-                digest = sha256_file(path / name)
-            except OSError as err:
-                raise BundleError(f"{path}: cannot read {name} ({os_reason(err)})") from None
-            if digest != entry.sha256:
-                raise BundleError(f"{path}: {name} does not match its sha256 in the manifest (corrupt or tampered)")
+    if not hashes:
+        return
+    from edgeq.format import verified
+
+    names = [*manifest.files, MANIFEST]
+    manifest_sha = sha256_file(path / MANIFEST)
+    if reuse and verified.still_verified(path, names, manifest_sha):
+        return
+    for name, entry in manifest.files.items():
+        try:
+            digest = sha256_file(path / name)
+        except OSError as err:
+            raise BundleError(f"{path}: cannot read {name} ({os_reason(err)})") from None
+        if digest != entry.sha256:
+            raise BundleError(f"{path}: {name} does not match its sha256 in the manifest (corrupt or tampered)")
+    verified.remember(path, names, manifest_sha)
 
 
-def open_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
+def open_bundle(path: str | Path, verify_hashes: bool = True, reuse_verification: bool = False) -> Bundle:
+    """Read and check a bundle (see verify); `reuse_verification` is for loading it to run, where a
+    bundle unchanged since its last full check is not hashed again (edgeq.format.verified)."""
     path = Path(path).expanduser()
     manifest = read_manifest(path)
-    verify(path, manifest, hashes=verify_hashes)
+    verify(path, manifest, hashes=verify_hashes, reuse=reuse_verification)
     bundle = Bundle(path, manifest)
     bundle.required_files()  # an ONNX bundle's graphs: named by onnx.json, and listed
     return bundle

@@ -31,6 +31,9 @@ RECIPE = "recipe.toml"
 CONFIG = "config.json"
 GENERATION_CONFIG = "generation_config.json"
 TOKENIZER = "tokenizer.json"
+# The id -> bytes table of tokenizer.json that decoding needs, written by `edgeq build` since it loads
+# in 9 ms instead of 0.1 s (edgeq.runtime.tokenizer); optional: older bundles decode from tokenizer.json.
+DECODE_TABLE = "tokenizer.decode.bin"
 WEIGHTS = "model.safetensors"
 QUANTIZATION = "quantization.json"
 LAYOUT = "onnx.json"  # edgeq.format.layout.LAYOUT_FILE

@@ -32,18 +32,24 @@ def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None)
     bundle.require_runtime("onnxruntime", "ONNX Runtime")
     layout = read_layout(bundle)
     enc_providers, dec_providers = _providers(ort, device, layout, bundle)
-    # The encoder runs once per 30 s window on large activations; ONNX Runtime's CPU arena and
-    # memory patterns keep its peak allocation reserved for the whole run. Without them
-    # whisper-base onnx-int8-dynamic peaked at 319 MB instead of 412 MB (4 utterances, 2 threads).
-    # The decoder keeps them: on whisper-base its step time is the same either way (7.01 vs 7.03
-    # ms/step), but on 224-token decodes of the whisper-small shape the arena holds ~44 MB more.
-    encoder = _session(ort, bundle, layout.encoder, _options(ort, threads, arena=False), enc_providers)
-    decoder = _session(ort, bundle, layout.decoder, _options(ort, threads, arena=True), dec_providers)
+    # Neither session uses ONNX Runtime's CPU arena or memory patterns: they keep the largest
+    # allocation ever made reserved for the whole run. The encoder runs once per 30 s window on
+    # large activations: without them whisper-base onnx-int8-dynamic peaked at 319 MB instead of
+    # 412 MB (4 utterances, 2 threads). The decoder's grow with its cache: without them peak RSS
+    # fell from 265-268 to 256-261 MB on whisper-base (speech-dev, 3 alternating pairs) and from
+    # 727-739 to 670-673 MB on the whisper-small shape (2 clips of 224 tokens, 2 pairs), at the
+    # same speed (5.26-5.76 vs 5.37-5.69 s; 13.8-14.1 s both).
+    encoder = _session(ort, bundle, layout.encoder, _options(ort, threads), enc_providers)
+    decoder = _session(ort, bundle, layout.decoder, _options(ort, threads), dec_providers)
     if device == "cuda" and "CUDAExecutionProvider" not in decoder.get_providers():
         raise DeviceError(
             "ONNX Runtime could not start its CUDA provider (are the CUDA and cuDNN libraries that "
             "onnxruntime-gpu needs installed?); use --device cpu or fix the CUDA installation"
         )
+    from edgeq.runtime import heap
+
+    # What ONNX Runtime left mapped after prepacking (the token table): resident only where read.
+    heap.release_mapped(bundle.path / name for name in bundle.manifest.files if name.endswith(".onnx.data"))
     _check_io(bundle, encoder, layout.encoder_inputs, layout.encoder_outputs, layout.encoder)
     _check_io(bundle, decoder, layout.decoder_inputs, layout.decoder_outputs, layout.decoder)
     types = {encoder.get_inputs()[0].type, *(i.type for i in decoder.get_inputs()[1:])}
@@ -52,13 +58,13 @@ def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None)
     return OnnxEngine(encoder, decoder, layout, device)
 
 
-def _options(ort, threads: int | None, arena: bool):
+def _options(ort, threads: int | None):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's default (physical cores)
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: the library never prints
-    options.enable_cpu_mem_arena = arena
-    options.enable_mem_pattern = arena
+    options.enable_cpu_mem_arena = False  # see load_engine
+    options.enable_mem_pattern = False
     # Worker threads sleep between operators instead of spinning for work. benchmarks/spinning.py,
     # whisper-base int8, 2 threads, 3 rounds: RTF 0.033 vs 0.037 spinning on an idle CPU, and
     # 0.043 vs 0.063 with another process holding one core (a Pi running other services).

@@ -6,11 +6,18 @@ module instead of building a `tokenizers.Tokenizer`, whose BPE merge tables (for
 0.24 s of load time and ~15 MB resident on whisper-base (measured: the load is 0.5-0.9 s in all).
 The output equals `Tokenizer.decode(ids, skip_special_tokens=True).strip()` for every id and for
 random sequences (tests/runtime/test_tokenizer.py checks it against `tokenizers`).
+
+Even so, parsing the 3.9 MB tokenizer.json (with its BPE merges, which decoding never uses) was
+the largest part of a bundle's load: 0.11 s and 6 MB kept resident (28 MB at its peak) on
+whisper-base. So `edgeq build` also writes the table itself, `tokenizer.decode.bin`, and a bundle
+that has it loads that instead (measured in the commit that added it); bundles built before it
+still read tokenizer.json.
 """
 
 from __future__ import annotations
 
 import json
+import struct
 from functools import cache
 from pathlib import Path
 
@@ -32,9 +39,49 @@ def byte_of_char() -> dict[str, int]:
     return chars
 
 
+# tokenizer.decode.bin: MAGIC, uint32 N, N flag bytes (1: a special token, decoded as nothing),
+# N + 1 uint32 offsets into the blob of every piece's bytes, the blob. Little-endian.
+MAGIC = b"edgeq-decode-table-1\n"
+
+
+def write_decode_table(tokenizer_json: Path, out: Path) -> None:
+    """The id -> bytes table of `tokenizer_json`, in the binary form `WhisperTokenizer` loads fast."""
+    pieces = WhisperTokenizer(tokenizer_json)._pieces
+    offsets, blob = [0], bytearray()
+    for p in pieces:
+        blob += p or b""
+        offsets.append(len(blob))
+    flags = bytes(p is None for p in pieces)
+    out.write_bytes(MAGIC + struct.pack("<I", len(pieces)) + flags + struct.pack(f"<{len(offsets)}I", *offsets)
+                    + bytes(blob))
+
+
+def _read_decode_table(path: Path) -> list[bytes | None]:
+    data = path.read_bytes()
+    if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 4:
+        raise ValueError("not an edgeq decode table (or one of another version)")
+    at = len(MAGIC)
+    (n,) = struct.unpack_from("<I", data, at)
+    flags, at = data[at + 4:at + 4 + n], at + 4 + n
+    if len(data) < at + 4 * (n + 1):
+        raise ValueError("truncated")
+    offsets = struct.unpack_from(f"<{n + 1}I", data, at)
+    blob = data[at + 4 * (n + 1):]
+    if len(flags) != n or offsets[0] != 0 or offsets[-1] != len(blob) or any(map(int.__gt__, offsets, offsets[1:])):
+        raise ValueError("truncated or inconsistent")
+    return [None if flags[i] else blob[offsets[i]:offsets[i + 1]] for i in range(n)]
+
+
 class WhisperTokenizer:
     def __init__(self, path: str | Path):
+        """From a tokenizer.json, or from the decode table `edgeq build` writes beside it (.bin)."""
         path = Path(path)
+        if path.suffix == ".bin":
+            try:
+                self._pieces = _read_decode_table(path)
+            except (OSError, ValueError, struct.error) as err:
+                raise BundleError(f"{path}: not a readable edgeq decode table ({err})") from None
+            return
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             model, decoder = data["model"], data.get("decoder") or {}

@@ -13,7 +13,7 @@ import numpy as np
 
 from edgeq.errors import BundleError, DeviceError, EdgeqError
 from edgeq.format import configs
-from edgeq.format.bundle import CONFIG, GENERATION_CONFIG, TOKENIZER, Bundle, open_bundle
+from edgeq.format.bundle import CONFIG, DECODE_TABLE, GENERATION_CONFIG, TOKENIZER, Bundle, open_bundle
 from edgeq.runtime import heap
 from edgeq.runtime.audio import SAMPLE_RATE, AudioStream, to_mono_16k
 from edgeq.runtime.decoding import DecodeOptions, DecodeSettings
@@ -102,7 +102,9 @@ def load(path: str | Path, device: str = "cpu", threads: int | None = None,
         # Correct, but slow: more compute threads than CPUs take turns and wait for each other.
         log.warning("%d threads asked for, but this process can run on %d CPUs: expect it to be slower "
                     "than with --threads %d", threads, usable, usable)
-    bundle = open_bundle(path, verify_hashes=verify)
+    # Hashes are checked before anything is deserialised, but only once per version of each file:
+    # unchanged since its last full check, the bundle is not hashed again (edgeq.format.verified).
+    bundle = open_bundle(path, verify_hashes=verify, reuse_verification=True)
     # Through bundle.file: only files the manifest lists (and open_bundle verified) are read.
     config = read_json(bundle.file(CONFIG), BundleError)
     generation = read_json(bundle.file(GENERATION_CONFIG), BundleError)
@@ -114,7 +116,7 @@ def load(path: str | Path, device: str = "cpu", threads: int | None = None,
     engines = load_engine_module(backend, f"bundle {bundle.name}")
     with heap.loading():  # weight staging buffers go back to the kernel: see runtime/heap.py
         engine = engines.load_engine(bundle, device=device, threads=threads)
-        tokenizer = WhisperTokenizer(bundle.file(TOKENIZER))
+        tokenizer = WhisperTokenizer(bundle.file(DECODE_TABLE if DECODE_TABLE in bundle.manifest.files else TOKENIZER))
     n_mels = configs.parse(configs.ModelConfig, config, f"{bundle.path}/{CONFIG}").num_mel_bins
     return Transcriber(engine, tokenizer, settings, bundle, n_mels, device)
 

@@ -9,7 +9,7 @@ import pytest
 from helpers import WHISPER_BASE
 
 from edgeq.errors import BundleError
-from edgeq.runtime.tokenizer import WhisperTokenizer
+from edgeq.runtime.tokenizer import WhisperTokenizer, write_decode_table
 
 tokenizers = pytest.importorskip("tokenizers")
 
@@ -21,9 +21,14 @@ def _files(tiny_model):
     return files
 
 
-def test_every_id_and_random_sequences_decode_as_tokenizers_does(tiny_model):
-    for path in _files(tiny_model):
-        ours, theirs = WhisperTokenizer(path), tokenizers.Tokenizer.from_file(str(path))
+@pytest.mark.parametrize("form", ["tokenizer.json", "decode table"])
+def test_every_id_and_random_sequences_decode_as_tokenizers_does(tiny_model, tmp_path, form):
+    for n, path in enumerate(_files(tiny_model)):
+        theirs = tokenizers.Tokenizer.from_file(str(path))
+        if form == "decode table":
+            write_decode_table(path, tmp_path / f"{n}.bin")
+            path = tmp_path / f"{n}.bin"
+        ours = WhisperTokenizer(path)
         size = theirs.get_vocab_size(with_added_tokens=True)
         for i in range(size + 3):  # + ids past the vocabulary, which both skip
             assert ours.decode([i]) == theirs.decode([i], skip_special_tokens=True).strip(), (path, i)
@@ -53,3 +58,27 @@ def test_special_tokens_are_skipped_and_timestamps_kept(tmp_path):
         "added_tokens": [{"id": 2, "content": "<|endoftext|>", "special": True},
                          {"id": 3, "content": "<|0.00|>", "special": False}]}))
     assert WhisperTokenizer(path).decode([3, 0, 1, 2]) == "<|0.00|>a b"
+
+
+def test_a_built_bundle_carries_the_decode_table_and_loads_it(tiny_model, tmp_path, monkeypatch):
+    import edgeq
+    from edgeq.format.bundle import DECODE_TABLE
+    from edgeq.runtime import transcriber
+
+    tiny_onnx_bundle = edgeq.build("onnx-int8-dynamic", model=str(tiny_model), out=tmp_path / "b", language="en")
+    assert DECODE_TABLE in tiny_onnx_bundle.manifest.files  # hashed like every file
+    opened = []
+    monkeypatch.setattr(transcriber, "WhisperTokenizer", lambda p: opened.append(p.name) or WhisperTokenizer(p))
+    transcriber.load(tiny_onnx_bundle.path)
+    assert opened == [DECODE_TABLE]
+
+
+@pytest.mark.parametrize("cut", [0, 10, 30, -1])
+def test_a_truncated_or_foreign_decode_table_is_one_line(tiny_model, tmp_path, cut):
+    path = tmp_path / "t.bin"
+    write_decode_table(tiny_model / "tokenizer.json", path)
+    data = path.read_bytes()
+    path.write_bytes(b"not a table" if cut == 0 else data[:cut] if cut > 0 else data + b"x")
+    with pytest.raises(BundleError, match=r"not a readable edgeq decode table") as err:
+        WhisperTokenizer(path)
+    assert "\n" not in str(err.value)
