@@ -11,22 +11,8 @@
 #
 # Needs an otherwise idle CPU: the latency and RSS columns are measured here (~45 min on 2 cores).
 set -eu
-REPO=$(cd "$(dirname "$0")/.." && pwd)
-SHARED=${EDGEQ_SHARED:-$REPO/../shared}
-OUT=${OUT:-/tmp/edgeq-sweep/whisper-base}
-AUTO=${AUTO:-/tmp/edgeq-sweep/auto-45MB}
-MODEL="$SHARED/models/whisper-base"
-CALIBRATION="$SHARED/data/speech-dev/other"
-if [ ! -f "$AUTO/recipe.toml" ]; then
-  edgeq build --recipe auto --max-size 45 --calibration "$CALIBRATION" -m "$MODEL" --language en -o "$AUTO"
-fi
-edgeq sweep --recipes "${RECIPES:-all},$AUTO/recipe.toml" --skip-fp16 \
-  -m "$MODEL" -d "speech-dev=$SHARED/data/speech-dev/LibriSpeech" \
-  --noise 10 --noise-source babble \
-  --calibration "$CALIBRATION" --threads 2 --language en -o "$OUT" "$@"
-DEST="$REPO/benchmarks/results/sweep_whisper-base"
-rm -rf "$DEST" && mkdir -p "$DEST/plots"
-cp "$OUT/results.json" "$OUT/results.csv" "$OUT/results.md" "$OUT/report.md" "$DEST/"
-cp "$OUT"/plots/*.png "$DEST/plots/"
-python "$REPO/benchmarks/tables.py" --readme
-echo "results: $DEST (README table regenerated)"
+HERE=$(cd "$(dirname "$0")" && pwd)
+SHARED=${EDGEQ_SHARED:-$(cd "$HERE/.." && pwd)/../shared}  # as _sweep.sh finds it
+NAME=whisper-base MODEL="$SHARED/models/whisper-base" AUTO_MB=45 README=1 \
+  OUT=${OUT:-/tmp/edgeq-sweep/whisper-base} AUTO=${AUTO:-/tmp/edgeq-sweep/auto-45MB} \
+  exec sh "$HERE/_sweep.sh" "$@"

@@ -12,22 +12,8 @@
 #
 # Not run here: whisper-small weights are not available on the machines this was written on.
 set -eu
-REPO=$(cd "$(dirname "$0")/.." && pwd)
-SHARED=${EDGEQ_SHARED:-$REPO/../shared}
-MODEL=${MODEL:-openai/whisper-small}
+HERE=$(cd "$(dirname "$0")" && pwd)
 AUTO_MB=${AUTO_MB:-150}
-OUT=${OUT:-/tmp/edgeq-sweep/whisper-small}
-AUTO=${AUTO:-/tmp/edgeq-sweep/whisper-small-auto-${AUTO_MB}MB}
-CALIBRATION="$SHARED/data/speech-dev/other"
-if [ ! -f "$AUTO/recipe.toml" ]; then
-  edgeq build --recipe auto --max-size "$AUTO_MB" --calibration "$CALIBRATION" -m "$MODEL" --language en -o "$AUTO"
-fi
-edgeq sweep --recipes "${RECIPES:-all},$AUTO/recipe.toml" --skip-fp16 \
-  -m "$MODEL" -d "speech-dev=$SHARED/data/speech-dev/LibriSpeech" \
-  --noise 10 --noise-source babble \
-  --calibration "$CALIBRATION" --threads 2 --language en -o "$OUT" "$@"
-DEST="$REPO/benchmarks/results/sweep_whisper-small"
-rm -rf "$DEST" && mkdir -p "$DEST/plots"
-cp "$OUT/results.json" "$OUT/results.csv" "$OUT/results.md" "$OUT/report.md" "$DEST/"
-cp "$OUT"/plots/*.png "$DEST/plots/"
-echo "results: $DEST"
+NAME=whisper-small MODEL=${MODEL:-openai/whisper-small} AUTO_MB=$AUTO_MB \
+  OUT=${OUT:-/tmp/edgeq-sweep/whisper-small} AUTO=${AUTO:-/tmp/edgeq-sweep/whisper-small-auto-${AUTO_MB}MB} \
+  exec sh "$HERE/_sweep.sh" "$@"
