@@ -125,9 +125,13 @@ class _Window:
     samples: np.ndarray
     start: int
 
+    def clamp(self, a: int, b: int) -> tuple[int, int]:
+        """Samples a:b cut to the window's audio (a timestamp can fall in the padding after it)."""
+        return max(a, self.start), min(b, self.start + len(self.samples))
+
     def span(self, a: int, b: int) -> np.ndarray:
-        lo = min(max(a - self.start, 0), len(self.samples))
-        return self.samples[lo:max(lo, min(b - self.start, len(self.samples)))]
+        a, b = self.clamp(a, b)
+        return self.samples[a - self.start:max(a, b) - self.start]
 
 
 def compression_ratio(text: str) -> float:
@@ -350,9 +354,7 @@ class LongformTranscriber:
         """
         if end_s - start_s < RECHECK_EXCESS_S:
             return [], False
-        # Within the window's audio: a timestamp can fall in the padding after it.
-        a = max(round(start_s * SAMPLE_RATE), window.start)
-        b = min(round(end_s * SAMPLE_RATE), window.start + len(window.samples))
+        a, b = window.clamp(round(start_s * SAMPLE_RATE), round(end_s * SAMPLE_RATE))
         if b - a < RECHECK_EXCESS_S * SAMPLE_RATE:
             return [], False
         pad = 2 * SAMPLE_RATE
@@ -371,7 +373,7 @@ class LongformTranscriber:
                       rng: np.random.Generator, timings: Timings) -> tuple[list[Segment], bool]:
         """Samples a:b decoded as a window of their own, with no previous text: their segments, and
         whether the decoding is unreliable (repetitive, or sampled above temperature 0): never kept."""
-        a, b = max(a, window.start), min(b, window.start + len(window.samples))
+        a, b = window.clamp(a, b)
         t0 = time.perf_counter()
         # Fitted like any short window; a broken decode is not kept anyway (`unreliable`).
         features = self._fitted(log_mel_spectrogram(window.span(a, b), self.n_mels), math.ceil((b - a) / HOP_LENGTH),

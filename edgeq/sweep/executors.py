@@ -46,18 +46,16 @@ class LocalExecutor:
 
 def make_executor(name: str = "local", address: str | None = None, shard_size: int | None = None,
                   on: str | None = None, remote_edgeq: str = "edgeq") -> Executor:
-    if on is not None:
-        if name != "local":
-            raise EdgeqError("--on benches on one device over SSH; --executor ray spreads builds and benches over "
-                             "a cluster: choose one")
-        from edgeq.sweep.remote_executor import RemoteExecutor
-
-        if address is not None or shard_size is not None:
-            raise EdgeqError("--address and --shard-size are for --executor ray")
-        return RemoteExecutor(on, remote_edgeq)
+    if on is not None and name != "local":
+        raise EdgeqError("--on benches on one device over SSH; --executor ray spreads builds and benches over "
+                         "a cluster: choose one")
     if name == "local":
         if address is not None or shard_size is not None:
             raise EdgeqError("--address and --shard-size are for --executor ray")
+        if on is not None:  # builds stay in this process, benches go to the device
+            from edgeq.sweep.remote_executor import RemoteExecutor
+
+            return RemoteExecutor(on, remote_edgeq)
         return LocalExecutor()
     if name == "ray":
         from edgeq.sweep.ray_executor import DEFAULT_SHARD_SIZE, RayExecutor
