@@ -17,8 +17,8 @@ import time
 
 from _common import SPEECH_DEV, WHISPER_BASE, require_shared, write_json
 
-METHODS = ("clips", "windows", "longform", "whisper", "longform-nocond", "longform-nofallback", "longform-beam5",
-           "longform-vad")
+METHODS = ("clips", "clips-timestamps", "windows", "longform", "whisper", "longform-nocond", "longform-nofallback",
+           "longform-beam5", "longform-vad")
 
 
 def main() -> None:
@@ -64,14 +64,19 @@ def main() -> None:
         "longform-beam5": DecodeOptions(beam_size=5),
         "longform-vad": DecodeOptions(vad=True),
     }
-    out = {"model": "whisper-base", "system": system, "threads": args.threads, "dataset": args.dataset,
+    from edgeq.bench.env import fingerprint
+
+    out = {"env": fingerprint(), "model": "whisper-base", "system": system, "threads": args.threads, "dataset": args.dataset,
            "seed": args.seed, "audio_s": joined.seconds, "utterances": len(joined.parts), "pause_s": args.pause,
            "pause_noise": args.pause_noise if args.pause else None, "methods": {}}
     for method in args.methods.split(","):
         t0 = time.perf_counter()
         extra = {}
-        if method == "clips":  # the study's decoding, one utterance at a time
-            texts = {u.id: transcriber.transcribe(u.audio, options=STUDY_OPTIONS).text for u in dataset.utterances}
+        if method in ("clips", "clips-timestamps"):
+            # one utterance at a time: the study's decoding, or long-form's (timestamps, fallback),
+            # which reads short clips differently and is what a long recording can at best match
+            clip_options = STUDY_OPTIONS if method == "clips" else DecodeOptions()
+            texts = {u.id: transcriber.transcribe(u.audio, options=clip_options).text for u in dataset.utterances}
             text = " ".join(texts[u.id] for u in joined.parts)
         elif method == "windows":  # edgeq before long-form: quietest-100-ms cuts, greedy without timestamps
             decoder = WindowDecoder(transcriber.settings, STUDY_OPTIONS)
@@ -83,7 +88,8 @@ def main() -> None:
             text = r.text
             extra = {"windows": r.windows, "segments": len(r.segments), "gaps": [g.__dict__ for g in r.gaps],
                      "decoder_steps": r.timings.decoder_steps, "encoder_s": r.timings.encoder_s,
-                     "decode_s": r.timings.decode_s, "vad_skipped_s": r.vad_skipped_s, "rechecks": r.rechecks}
+                     "decode_s": r.timings.decode_s, "vad_skipped_s": r.vad_skipped_s, "rechecks": r.rechecks,
+                     "unprompted": r.timings.unprompted}
         seconds = time.perf_counter() - t0
         errors = word_errors(joined.reference, text)
         runs = error_runs(joined.reference, text)

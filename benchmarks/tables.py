@@ -176,6 +176,40 @@ def cpu_limits() -> str | None:
               f"thread; machine: {machine(d['env'])}\n")
 
 
+LONGFORM_JOINS = ("longform_onnx-int8-dynamic_20min.json", "longform_onnx-int8-dynamic_20min-seed1.json",
+                  "longform_onnx-int8-dynamic_20min-seed2.json", "longform_onnx-int8-dynamic_20min-seed3.json")
+
+
+def longform() -> str | None:
+    """longform_speech_dev.py on 20 min joins in several seeded orders: WER per decoding, words lost
+    in runs, and edgeq's distance to clip by clip (the issue's 0.5 points)."""
+    joins = [d for d in map(_load, LONGFORM_JOINS) if d]
+    if not joins:
+        return None
+
+    def wer(d, method):
+        m = d["methods"].get(method)
+        return _f(m and m["wer_pct"], ".2f")
+
+    rows = []
+    for d in joins:
+        m = d["methods"]
+        ours = m["longform"]
+        rows.append([f"{d['seed']} ({d['utterances']} utt., {ours['ref_words']} words)", wer(d, "clips"),
+                     wer(d, "clips-timestamps"), wer(d, "windows"), wer(d, "whisper"), f"**{ours['wer_pct']:.2f}**",
+                     f"{ours['wer_pct'] - m['clips']['wer_pct']:+.2f} / "
+                     f"{ours['wer_pct'] - m['clips-timestamps']['wer_pct']:+.2f}",
+                     f"{ours['deleted_in_runs_of_5+']} ({ours['longest_deleted_run']})",
+                     f"{ours['seconds']:.0f} / {m['whisper']['seconds']:.0f}"])
+    table = _table(["join (seed)", "clip by clip, study decoding", "clip by clip, long-form decoding",
+                    "fixed 30 s windows", "openai-whisper's seek loop", "edgeq long-form",
+                    "edgeq − clips (study / long-form decoding), points", "edgeq words lost in runs ≥ 5 (longest)",
+                    "seconds, edgeq / whisper loop"], rows)
+    first = joins[0]
+    return (table + f"\nWER %; {first['system']} bundle of whisper-base, {first['threads']} threads, "
+            f"{first['audio_s'] / 60:.0f} min per join; machine: {machine(first['env'])}\n")
+
+
 def overhead() -> str | None:
     data = _load("harness_overhead.json")
     return "harness overhead: " + json.dumps({k: v for k, v in data.items() if k != "env"}) + "\n" if data else None
@@ -190,6 +224,7 @@ TABLES = {
     "COMPARE_TABLE": lambda: compare("compare_systems.json"),
     "AUTO_TABLE": auto_front,
     "CPU_LIMITS": cpu_limits,
+    "LONGFORM_TABLE": longform,
 }
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 import zlib
 from dataclasses import dataclass, field, replace
@@ -48,12 +49,22 @@ FRAMES_PER_TOKEN = 2  # the encoder halves the 3000 mel frames into 1500 positio
 # that had lost words had 1.2-6.2 s unexplained, normal ones up to 2.6 s.
 RECHECK_EXCESS_S = 1.5
 # A span between two segments is decoded alone when its RMS is at least this share of the 2 s of
-# audio either side (a pause between sentences is quieter).
-HOLE_MIN_LOUDNESS = 0.5
+# audio either side: a pause between sentences is 20 dB or more quieter; another speaker recorded
+# at a lower level is not (LibriSpeech spliced between TTS sentences: 0.28-0.38 of them).
+HOLE_MIN_LOUDNESS = 0.2
 RECHECK_MIN_GAIN_CHARS = 10  # about two words more, or the first decoding stays
+# A recheck's text is refused when a segment holds this many times the recording's characters
+# per second (plus 0.5 s of timestamp slack), or repeats a phrase of this many words.
+MAX_RATE_FACTOR = 2.5
+MIN_REPEATED_WORDS = 3
+RECHECK_MAX_DEPTH = 1  # a segment of a rechecked span is looked at once more, not again and again
 # A fitted encoder window whose first decode compresses better than this (a loop) is decoded again
 # on the full window; openai-whisper's fallback threshold.
 FIT_MAX_COMPRESSION_RATIO = 2.4
+# A window decoded with the previous text as prompt at a mean log-probability below this (or above
+# temperature 0) is decoded again without it, and the likelier of the two kept. Whisper-base's
+# windows read -0.1 to -0.3 on speech-dev; openai-whisper's fallback acts only below -1.
+PROMPT_DOUBT_LOGPROB = -0.5
 GAP_EXCESS_S = 4.0  # still unexplained after the recheck: reported as a Gap
 DEFAULT_CHARS_PER_S = 15.0  # English read speech, until the recording has its own median
 DIGITAL_SILENCE = 1e-4  # peak amplitude (-80 dBFS) of a window that holds no sound at all
@@ -70,6 +81,7 @@ class Timings:
     tokens: int = 0  # generated tokens kept in the transcript (timestamps included)
     decoder_steps: int = 0
     refits: int = 0  # windows encoded again in full after a fitted window decoded badly
+    unprompted: int = 0  # windows whose decoding without the previous text was kept (PROMPT_DOUBT_LOGPROB)
 
     @property
     def per_token_s(self) -> float:
@@ -115,6 +127,31 @@ class LongformResult:
 def _chars_per_second(segments: list[Segment]) -> float:
     rates = [len(s.text) / (s.end - s.start) for s in segments[-200:] if s.end - s.start >= 1.0]
     return float(np.median(rates)) if len(rates) >= 8 else DEFAULT_CHARS_PER_S
+
+
+def _holds_sound(window: _Window, a: int, b: int) -> bool:
+    """Whether samples a:b hold sound rather than a pause: their RMS against the 2 s either side
+    that the window has (HOLE_MIN_LOUDNESS)."""
+    pad = 2 * SAMPLE_RATE
+    around = np.concatenate([window.span(a - pad, a), window.span(b, b + pad)])
+    inside = window.span(a, b)
+    if not len(around) or not len(inside):
+        return False
+    return bool(np.sqrt(np.mean(inside**2)) >= HOLE_MIN_LOUDNESS * np.sqrt(np.mean(around**2)))
+
+
+def _made_up(found: list[Segment], rate: float) -> bool:
+    """Text a decoding alone invented rather than heard: a phrase said twice in a row ("they were
+    not able to do so, they were not able to do so"), or more characters than the span could hold
+    (90 in 0.5 s). Decoding a span again alone is asked for more words; without this, a
+    hallucination is the easiest way to give them (20 min of joined speech-dev, seed 1: 32 words
+    inserted by rechecks that only read longer)."""
+    for seg in found:
+        if len(seg.text) > MAX_RATE_FACTOR * rate * (seg.end - seg.start + 0.5):
+            return True
+    words = re.findall(r"[\w']+", " ".join(seg.text for seg in found).lower())
+    return any(words[i:i + n] == words[i + n:i + 2 * n]
+               for n in range(MIN_REPEATED_WORDS, len(words) // 2 + 1) for i in range(len(words) - 2 * n + 1))
 
 
 @dataclass(frozen=True)
@@ -241,6 +278,21 @@ class LongformTranscriber:
                 result, ratio, tries = self._decode_with_fallback(
                     decoder, encoder_state, language, all_tokens[prompt_since:], rng, timings)
             decodes += tries
+            previous = all_tokens[prompt_since:]
+            if previous and options.recheck_sparse_segments and (
+                    result.temperature > 0 or result.avg_logprob < PROMPT_DOUBT_LOGPROB):
+                # The previous text can lead the model astray: on a 20 min join (seed 2) a window
+                # prompted with it jumped 20 s ahead and looped (avg log-prob -0.61, 29 words
+                # wrong); the same window alone read every word at -0.21. Both at their lowest
+                # temperature, the one the model finds more likely is kept.
+                alone, alone_ratio, tries = self._decode_with_fallback(decoder, encoder_state, language, [], rng,
+                                                                       timings)
+                decodes += tries
+                if (alone.temperature, -alone.avg_logprob) < (result.temperature, -result.avg_logprob):
+                    log.debug("window %.2f s: decoded better without the previous text (%.2f vs %.2f)", offset,
+                              alone.avg_logprob, result.avg_logprob)
+                    result, ratio = alone, alone_ratio
+                    timings.unprompted += 1
             log.debug("window %.2f-%.2f s: T=%.1f no_speech=%s avg_logprob=%.2f ratio=%.2f tokens=%d truncated=%s",
                       offset, offset + duration, result.temperature, result.no_speech_prob, result.avg_logprob,
                       ratio, len(result.tokens), result.truncated)
@@ -250,6 +302,8 @@ class LongformTranscriber:
                 seek += size
                 continue
             pieces, consumed = split_segments(result.tokens, ts_begin if decoder.timestamps else None, offset, duration)
+            if consumed is None and decoder.timestamps and options.recheck_sparse_segments:
+                consumed = self._unheard_tail(pieces, offset, duration, _Window(chunk, seek_start))
             seek += size if consumed is None else round(consumed / TIME_PRECISION) * FRAMES_PER_TOKEN
             if consumed is None and result.truncated:
                 stamps = [t for t in result.tokens if decoder.timestamps and t >= ts_begin]
@@ -275,7 +329,7 @@ class LongformTranscriber:
                     rechecks += tried
                     if segments:
                         hole, tried = self._fill_hole(segments[-1].end, found[0].start, here, decoder, language,
-                                                      rng, timings)
+                                                      rng, timings, _chars_per_second(segments))
                         found, rechecks = hole + found, rechecks + tried
                 segments.extend(found)
                 for seg in found:
@@ -309,7 +363,7 @@ class LongformTranscriber:
 
     def _recheck(self, seg: Segment, window: _Window, decoder: WindowDecoder, language: str | None,
                  rng: np.random.Generator, timings: Timings, before: list[Segment],
-                 gaps: list[Gap]) -> tuple[list[Segment], bool]:
+                 gaps: list[Gap], depth: int = 0) -> tuple[list[Segment], bool]:
         """Decode again, alone, a segment whose span holds far more time than its text needs.
 
         In a dense window Whisper can skip a whole sentence inside one long segment (on 20 minutes
@@ -325,14 +379,23 @@ class LongformTranscriber:
         if excess < RECHECK_EXCESS_S:
             return [seg], False
         a, b = round(seg.start * SAMPLE_RATE), round(seg.end * SAMPLE_RATE)
-        found, unreliable = self._decode_alone(window, a, b, decoder, language, rng, timings)
+        found, unreliable = self._decode_alone(window, a, b, decoder, language, rng, timings, rate)
+        if found and not unreliable and depth < RECHECK_MAX_DEPTH:
+            # Alone, the span's timestamps place the skipped sentence better: one of its shorter
+            # segments still reads short ("Mr. Quilter is the" over 6.8 s, after a complete
+            # sentence). Look again there, where its halves cut near the skipped words, not at a
+            # pause inside a sentence that was never lost.
+            found = [f for part in found for f in (
+                self._recheck(part, window, decoder, language, rng, timings, before, [], depth + 1)[0]
+                if part.end - part.start < seg.end - seg.start - RECHECK_EXCESS_S else [part])]
         gained = sum(len(f.text) for f in found) - len(seg.text)
         log.debug("recheck %.2f-%.2f s (%.1f s unexplained): %+d characters", seg.start, seg.end, excess, gained)
         if found and not unreliable and gained >= RECHECK_MIN_GAIN_CHARS:
             return found, True
         lo = a + (b - a) // 5
         cut = lo + quietest_moment(window.span(lo, b - (b - a) // 5))
-        halves = [self._decode_alone(window, lo, hi, decoder, language, rng, timings) for lo, hi in ((a, cut), (cut, b))]
+        halves = [self._decode_alone(window, lo, hi, decoder, language, rng, timings, rate)
+                  for lo, hi in ((a, cut), (cut, b))]
         split = [f for part, _ in halves for f in part]
         gained = sum(len(f.text) for f in split) - len(seg.text)
         log.debug("recheck %.2f-%.2f s in halves at %.2f s: %+d characters", seg.start, seg.end, cut / SAMPLE_RATE, gained)
@@ -343,8 +406,28 @@ class LongformTranscriber:
                                                 "and decoding it alone found nothing more: speech may be missing"))
         return [seg], True
 
+    @staticmethod
+    def _unheard_tail(pieces: list[tuple[float, float, list[int]]], offset: float, duration: float,
+                      window: _Window) -> float | None:
+        """Seconds of a window declared done to seek by, when its last segment ends seconds before
+        its audio and what follows holds sound: the next window starts there instead of after it.
+
+        Whisper's rule moves to the window's end when its text ends with a single timestamp; in a
+        dense window the model can end early (20 min of joined speech-dev, seed 1: the last segment
+        ended at 814.8 s and the next window began at 825 s: 35 words never decoded). None: the
+        window is done as Whisper says.
+        """
+        last = pieces[-1][1] if pieces else offset
+        end = offset + duration
+        if last <= offset or end - last < RECHECK_EXCESS_S:
+            return None
+        if not _holds_sound(window, round(last * SAMPLE_RATE), round(end * SAMPLE_RATE)):
+            return None
+        log.debug("window %.2f-%.2f s ended at %.2f s before its audio did: seeking there", offset, end, last)
+        return last - offset
+
     def _fill_hole(self, start_s: float, end_s: float, window: _Window, decoder: WindowDecoder, language: str | None,
-                   rng: np.random.Generator, timings: Timings) -> tuple[list[Segment], bool]:
+                   rng: np.random.Generator, timings: Timings, rate: float) -> tuple[list[Segment], bool]:
         """Decode alone a span no segment covers, between two segments, when it holds sound.
 
         Whisper's timestamps can step over a sentence (20 minutes of joined speech-dev, seed 1:
@@ -357,12 +440,9 @@ class LongformTranscriber:
         a, b = window.clamp(round(start_s * SAMPLE_RATE), round(end_s * SAMPLE_RATE))
         if b - a < RECHECK_EXCESS_S * SAMPLE_RATE:
             return [], False
-        pad = 2 * SAMPLE_RATE
-        around = np.concatenate([window.span(a - pad, a), window.span(b, b + pad)])
-        inside = window.span(a, b)
-        if not len(around) or np.sqrt(np.mean(inside**2)) < HOLE_MIN_LOUDNESS * np.sqrt(np.mean(around**2)):
+        if not _holds_sound(window, a, b):
             return [], False
-        found, unreliable = self._decode_alone(window, a, b, decoder, language, rng, timings)
+        found, unreliable = self._decode_alone(window, a, b, decoder, language, rng, timings, rate)
         chars = sum(len(f.text) for f in found)
         log.debug("hole %.2f-%.2f s decoded alone: %d characters", start_s, end_s, chars)
         if unreliable or chars < RECHECK_MIN_GAIN_CHARS:
@@ -370,32 +450,41 @@ class LongformTranscriber:
         return found, True
 
     def _decode_alone(self, window: _Window, a: int, b: int, decoder: WindowDecoder, language: str | None,
-                      rng: np.random.Generator, timings: Timings) -> tuple[list[Segment], bool]:
-        """Samples a:b decoded as a window of their own, with no previous text: their segments, and
-        whether the decoding is unreliable (repetitive, or sampled above temperature 0): never kept."""
+                      rng: np.random.Generator, timings: Timings, rate: float) -> tuple[list[Segment], bool]:
+        """Samples a:b decoded as a window of their own, greedily with no previous text: their
+        segments, and whether these are unreliable (repetitive, unlikely, or made up at the
+        recording's speech `rate`): never kept.
+
+        Only temperature 0 is tried: sampled text is a guess, not words found (a half decoded at
+        T=1.0 once read "Printing." eight times). What is judged is the text inside a:b: the model
+        often goes on in the fitted window's margin after the audio (a loop there, dropped anyway,
+        had sent a perfect 10 s decoding of 35 words to the fallback and out).
+        """
         a, b = window.clamp(a, b)
         t0 = time.perf_counter()
-        # Fitted like any short window; a broken decode is not kept anyway (`unreliable`).
         features = self._fitted(log_mel_spectrogram(window.span(a, b), self.n_mels), math.ceil((b - a) / HOP_LENGTH),
                                 decoder.options)
         t1 = time.perf_counter()
         encoder_state = self.engine.encode(features)
         timings.features_s += t1 - t0
         timings.encoder_s += time.perf_counter() - t1
-        result, ratio, _ = self._decode_with_fallback(decoder, encoder_state, language, [], rng, timings)
+        result = decoder.decode_window(self.engine, encoder_state, language, [], 0.0, rng)
+        timings.decode_s += result.decode_s
+        timings.decoder_steps += result.steps
         start_s, end_s = a / SAMPLE_RATE, b / SAMPLE_RATE
         pieces, _ = split_segments(result.tokens, self.settings.timestamp_begin, start_s, end_s - start_s)
-        found = []
+        kept = []
         for start, end, piece in pieces:
             text = self._text(piece)
             end = min(end, end_s)  # a timestamp in the fitted window's margin
             if text and end > start:
-                found.append(Segment(round(start, 2), round(end, 2), text, piece, result.avg_logprob,
-                                     result.no_speech_prob, ratio, result.temperature))
+                kept.append((start, end, text, piece))
+        ratio = compression_ratio(" ".join(text for _, _, text, _ in kept))
+        found = [Segment(round(start, 2), round(end, 2), text, piece, result.avg_logprob, result.no_speech_prob, ratio,
+                         0.0) for start, end, text, piece in kept]
         o = decoder.options
-        # Kept only as decoded at temperature 0: sampled text is a guess, not words found.
-        unreliable = result.temperature > 0 or (o.compression_ratio_threshold is not None
-                                                and ratio > o.compression_ratio_threshold)
+        unreliable = (o.compression_ratio_threshold is not None and ratio > o.compression_ratio_threshold) \
+            or (o.logprob_threshold is not None and result.avg_logprob < o.logprob_threshold) or _made_up(found, rate)
         return found, unreliable
 
     def _decode_with_fallback(self, decoder: WindowDecoder, encoder_state, language: str | None,

@@ -265,7 +265,21 @@ def test_silence_is_skipped_in_one_decoding_per_window():
 
 def test_audio_over_30_s_is_decoded_with_timestamps_even_when_asked_without():
     engine = ScriptedEngine(follow([[ts(0), 1, ts(20)], [ts(0), 2, ts(10)]]))
-    r = transcribe(engine, 45.0, STUDY_OPTIONS)
+    r = transcribe(engine, 45.0, replace(STUDY_OPTIONS, recheck_sparse_segments=False))
+    assert [(s.start, s.end) for s in r.segments] == [(0.0, 20.0), (30.0, 40.0)]
+
+
+def test_a_window_declared_done_seconds_before_its_sound_ends_is_followed_from_its_last_segment():
+    # Window 0 ends with a single timestamp at 20 s of 30. Whisper's rule seeks to 30 s; when the
+    # 10 s after 20 s hold sound (as loud as the speech before), the next window starts at 20 s.
+    # After a pause (20 dB quieter) Whisper's rule stands.
+    # (segments of 70 and 33 words: their text explains their span, so none is rechecked)
+    script = follow([[ts(0), *range(10, 80), ts(20)], [ts(0), *range(20, 53), ts(10)]])
+    audio = np.random.default_rng(0).normal(0, 0.1, 40 * 16000).astype(np.float32)
+    r = LongformTranscriber(ScriptedEngine(script), Words(), SETTINGS, DecodeOptions(temperatures=(0.0,))).run(audio)
+    assert [(s.start, s.end) for s in r.segments] == [(0.0, 20.0), (20.0, 30.0), (30.0, 40.0)]
+    audio[20 * 16000:30 * 16000] *= 0.1
+    r = LongformTranscriber(ScriptedEngine(script), Words(), SETTINGS, DecodeOptions(temperatures=(0.0,))).run(audio)
     assert [(s.start, s.end) for s in r.segments] == [(0.0, 20.0), (30.0, 40.0)]
 
 
@@ -317,13 +331,37 @@ def test_voice_activity_detection_jumps_over_silence(monkeypatch):
 
 
 def test_a_segment_whose_span_its_text_does_not_explain_is_decoded_again_alone():
-    # One word over 10 s: decoded alone, the span gives eight words in two segments.
+    # One word over 10 s: decoded alone, the span gives fourteen words in two segments whose text
+    # explains their spans (so neither is looked at again).
     engine = ScriptedEngine(follow([[ts(0), 1, ts(10.0)],
-                                    [ts(0), 1, 2, 3, 4, 5, 6, ts(4.0), ts(4.0), 7, 8, ts(9.0)]]))
+                                    [ts(0), *range(1, 7), ts(2.0), ts(2.0), *range(7, 15), ts(4.5)]]))
     r = transcribe(engine, 10.0, DecodeOptions())
-    assert [(s.start, s.end, s.text) for s in r.segments] == [(0.0, 4.0, "w1 w2 w3 w4 w5 w6"), (4.0, 9.0, "w7 w8")]
+    assert [(s.start, s.end, s.text) for s in r.segments] == [
+        (0.0, 2.0, "w1 w2 w3 w4 w5 w6"), (2.0, 4.5, "w7 w8 w9 w10 w11 w12 w13 w14")]
     assert r.rechecks == 1 and engine.windows == 1 and not r.gaps
     assert engine.prompts[1][0] == SOT  # decoded alone: no previous text
+
+
+def test_a_short_segment_of_a_rechecked_span_that_still_reads_short_is_decoded_alone_once_more():
+    # Alone, the 10 s span gives a complete sentence (0-5 s) and "w9" over 5-10 s: the skipped
+    # words are in that segment. Decoded alone it gives them; nothing is decoded a third level down.
+    engine = ScriptedEngine(follow([[ts(0), 1, ts(10.0)],
+                                    [ts(0), *range(10, 30), ts(5.0), ts(5.0), 9, ts(10.0)],
+                                    [ts(0), *range(30, 50), ts(5.0)]]))
+    r = transcribe(engine, 10.0, DecodeOptions())
+    assert [(s.start, s.end, s.text) for s in r.segments] == [
+        (0.0, 5.0, " ".join(f"w{i}" for i in range(10, 30))), (5.0, 10.0, " ".join(f"w{i}" for i in range(30, 50)))]
+    assert r.rechecks == 1 and engine.windows == 2 and not r.gaps
+
+
+def test_a_recheck_that_invents_text_is_not_kept():
+    # Alone, the span "gives" a phrase twice in a row, then 47 characters in 0.1 s: both are
+    # what a hallucination looks like, not words that were skipped.
+    for alone in ([ts(0), 1, 2, 3, 4, 5, 6, 1, 2, 3, 4, 5, 6, ts(9.0)],
+                  [ts(0), 1, ts(5.0), ts(5.0), *range(40, 52), ts(5.1)]):
+        engine = ScriptedEngine(follow([[ts(0), 1, ts(10.0)], alone, [ts(0), 1, ts(5.0)]]))
+        r = transcribe(engine, 10.0, DecodeOptions())
+        assert [(s.start, s.end, s.text) for s in r.segments] == [(0.0, 10.0, "w1")] and r.gaps
 
 
 def test_a_span_that_reads_short_even_alone_is_decoded_again_in_halves_at_its_quietest_point():
@@ -353,6 +391,42 @@ def test_a_loud_span_between_two_segments_is_decoded_alone():
     engine = ScriptedEngine(script)
     r = LongformTranscriber(engine, Words(), SETTINGS, DecodeOptions()).run(audio)
     assert [(s.start, s.end) for s in r.segments] == [(0.0, 4.0), (9.0, 13.0)] and engine.windows == 0
+
+
+def test_a_window_the_previous_text_leads_astray_is_decoded_again_without_it(monkeypatch):
+    # Window 1, prompted with window 0's text, reads at a mean log-probability of about -0.9 (two
+    # other tokens nearly as likely at every step: above -1, so no fallback); without the prompt it
+    # reads confidently. The likelier decoding is kept. (0-20 s and 30-40 s hold sound, 20-30 s is a
+    # pause; segments of 70 and 33 words explain their spans, so nothing is rechecked.)
+    class PromptAware(ScriptedEngine):
+        prompted = False
+
+        def step(self, state, tokens):
+            if SOT in tokens:
+                self.prompted = SOT_PREV in state[1] + tuple(tokens)
+            return super().step(state, tokens)
+
+    # window 0's words in a shuffled order: w10 w11 ... w79 gzips above 2.4 and would be decoded at
+    # temperature 1.0, after which Whisper's rule drops the prompt anyway
+    first = [ts(0), *(int(i) for i in np.random.default_rng(1).permutation(np.arange(10, 100))[:70]), ts(20)]
+    led = follow([first, [ts(0), *range(20, 53), ts(10)]])
+    alone = follow([first, [ts(0), *range(60, 93), ts(10)]])
+
+    def script(window, sampled):
+        if window == 1 and engine.prompted:
+            return {**{5: 9.7, 6: 9.7}, **led(window, sampled)}
+        return alone(window, sampled)
+
+    audio = np.random.default_rng(0).normal(0, 0.1, 40 * 16000).astype(np.float32)
+    audio[20 * 16000:30 * 16000] *= 0.01
+    for rule_on, words in ((True, range(60, 93)), (False, range(20, 53))):
+        if not rule_on:  # a threshold no decoding is under: the prompted decoding stands
+            monkeypatch.setattr("edgeq.runtime.longform.PROMPT_DOUBT_LOGPROB", -2.0)
+        engine = PromptAware(script)
+        r = LongformTranscriber(engine, Words(), SETTINGS, DecodeOptions()).run(audio)
+        assert [(seg.start, seg.end) for seg in r.segments] == [(0.0, 20.0), (30.0, 40.0)]
+        assert r.segments[1].text == " ".join(f"w{i}" for i in words)
+        assert r.timings.unprompted == rule_on and engine.windows == 1
 
 
 def test_a_recheck_keeps_only_what_temperature_0_decoded():
