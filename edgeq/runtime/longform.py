@@ -315,8 +315,10 @@ class LongformTranscriber:
                                 f"repetitive output (compression ratio {ratio:.1f}) at every temperature"))
             for start, end, piece in pieces:
                 text = self._text(piece)
-                if start == end or not text:
-                    continue  # an instantaneous or empty segment: kept out of the text and the prompt
+                if start == end or not text or start >= offset + duration:
+                    # an instantaneous or empty segment, or one that starts in the padding after the
+                    # audio (a 10 s clip once had segments to 26.9 s): kept out of the text and the prompt
+                    continue
                 if start < offset + duration < end:
                     # The last timestamp can fall in the padding after the audio (more often in a
                     # fitted window's 2 s margin): a segment ends where the audio does.
@@ -490,10 +492,16 @@ class LongformTranscriber:
     def _decode_with_fallback(self, decoder: WindowDecoder, encoder_state, language: str | None,
                               previous: list[int], rng: np.random.Generator,
                               timings: Timings) -> tuple[DecodeResult, float, int]:
-        """openai-whisper's decode_with_fallback: raise the temperature until the window passes."""
+        """openai-whisper's decode_with_fallback: raise the temperature until the window passes.
+
+        When no temperature passes, faster-whisper's choice rather than openai-whisper's last
+        (most random) sample: the likeliest decoding that is not a loop, else the likeliest. On a
+        10 s clip whose last 0.44 s were left for a window of their own (quanto int8), the T=1.0
+        sample kept there read "maybe others, maybe others. Let's, you know, ..." (18 words)."""
         o = decoder.options
         want_no_speech = o.no_speech_threshold is not None
         result, ratio, tries = None, 0.0, 0
+        failed: list[tuple[DecodeResult, float, bool]] = []
         for temperature in o.temperatures:
             result = decoder.decode_window(self.engine, encoder_state, language, previous, temperature, rng,
                                            want_no_speech)
@@ -507,8 +515,12 @@ class LongformTranscriber:
             silent = unlikely and result.no_speech_prob is not None and o.no_speech_threshold is not None \
                 and result.no_speech_prob > o.no_speech_threshold
             if (too_repetitive or unlikely) and not silent:
+                failed.append((result, ratio, too_repetitive))
                 continue
             break
+        else:
+            if len(failed) > 1:
+                result, ratio, _ = max([f for f in failed if not f[2]] or failed, key=lambda f: f[0].avg_logprob)
         return result, ratio, tries
 
     def _text(self, tokens: list[int]) -> str:

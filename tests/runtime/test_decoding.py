@@ -254,6 +254,34 @@ def test_a_loop_at_every_temperature_is_reported_as_a_gap():
     assert r.segments  # the text is kept, the gap says it is not a transcript
 
 
+def test_when_no_temperature_passes_the_likeliest_decoding_is_kept():
+    # Every temperature fails the log-probability threshold (-1): greedy reads 20 words at about
+    # -1.5 each (five tokens nearly as likely), the sampled tries about -2.3. faster-whisper's
+    # choice, the likeliest, is kept, not openai-whisper's last (most random) sample.
+    engine = None
+    greedy = [ts(0), *range(1, 21), ts(4.0)]
+
+    def script(window, sampled):
+        if len(engine.prompts) == 1:  # the first try, at temperature 0
+            if len(sampled) == len(greedy):
+                return {EOT: 10.0}
+            token = greedy[len(sampled)]
+            return {token: 10.0, **({t: 9.7 for t in range(50, 55)} if token < EOT else {})}
+        return {EOT: 10.0} if len(sampled) >= 10 else {40: 10.0, **{t: 9.9 for t in range(30, 40)}}
+
+    engine = ScriptedEngine(script)
+    r = transcribe(engine, 5.0)
+    assert r.decodes == 6 and len(engine.prompts) == 6
+    assert [(seg.text, seg.temperature) for seg in r.segments] == [(" ".join(f"w{i}" for i in range(1, 21)), 0.0)]
+
+
+def test_a_segment_that_starts_after_the_audio_is_dropped():
+    # 5 s of audio; the second segment's timestamps (6-8 s) lie in the padding after it
+    engine = ScriptedEngine(follow([[ts(0), 1, 2, ts(4.0), ts(6.0), 3, 4, ts(8.0)]]))
+    r = transcribe(engine, 5.0, replace(PLAIN, temperatures=(0.0,)))
+    assert [(s.start, s.end, s.text) for s in r.segments] == [(0.0, 4.0, "w1 w2")] and r.tokens == [ts(0), 1, 2, ts(4.0)]
+
+
 def test_silence_is_skipped_in_one_decoding_per_window():
     # <|nospeech|> is near certain and no text is likely (EOT 1.6 % after the first timestamp)
     engine = ScriptedEngine(lambda w, s: {ts(0): 2.0} if not s else {**{t: 1.0 for t in range(100)}, EOT: 1.5},
