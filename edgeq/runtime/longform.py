@@ -302,8 +302,10 @@ class LongformTranscriber:
                 seek += size
                 continue
             pieces, consumed = split_segments(result.tokens, ts_begin if decoder.timestamps else None, offset, duration)
-            if consumed is None and decoder.timestamps and options.recheck_sparse_segments:
-                consumed = self._unheard_tail(pieces, offset, duration, _Window(chunk, seek_start))
+            here = _Window(chunk, seek_start)  # what the checks below read
+            checks = decoder.timestamps and options.recheck_sparse_segments
+            if consumed is None and checks:
+                consumed = self._unheard_tail(pieces, offset, duration, here)
             seek += size if consumed is None else round(consumed / TIME_PRECISION) * FRAMES_PER_TOKEN
             if consumed is None and result.truncated:
                 stamps = [t for t in result.tokens if decoder.timestamps and t >= ts_begin]
@@ -325,13 +327,13 @@ class LongformTranscriber:
                     end = offset + duration
                 found = [Segment(round(start, 2), round(end, 2), text, piece, result.avg_logprob,
                                  result.no_speech_prob, ratio, result.temperature)]
-                if decoder.timestamps and options.recheck_sparse_segments:
-                    here = _Window(chunk, seek_start)
-                    found, tried = self._recheck(found[0], here, decoder, language, rng, timings, segments, gaps)
+                if checks:
+                    rate = _chars_per_second(segments)
+                    found, tried = self._recheck(found[0], here, decoder, language, rng, timings, rate, gaps)
                     rechecks += tried
                     if segments:
                         hole, tried = self._fill_hole(segments[-1].end, found[0].start, here, decoder, language,
-                                                      rng, timings, _chars_per_second(segments))
+                                                      rng, timings, rate)
                         found, rechecks = hole + found, rechecks + tried
                 segments.extend(found)
                 for seg in found:
@@ -364,19 +366,18 @@ class LongformTranscriber:
         return int(lead * SAMPLE_RATE) // HOP_LENGTH if lead >= VAD_MIN_SILENCE_S else 0
 
     def _recheck(self, seg: Segment, window: _Window, decoder: WindowDecoder, language: str | None,
-                 rng: np.random.Generator, timings: Timings, before: list[Segment],
+                 rng: np.random.Generator, timings: Timings, rate: float,
                  gaps: list[Gap], depth: int = 0) -> tuple[list[Segment], bool]:
         """Decode again, alone, a segment whose span holds far more time than its text needs.
 
         In a dense window Whisper can skip a whole sentence inside one long segment (on 20 minutes
         of joined speech-dev clips, base int8: 5.4 s skipped in a 10 s segment of 10 words; 78
         words in runs). Decoded alone, with no other sentence around it, the span gives its
-        words back. Speech rate is this recording's own (median characters per second so far).
+        words back. `rate` is this recording's own speech rate (median characters per second so far).
         When the span alone still reads short (a 2-3 s utterance of another speaker spliced
         between two sentences: whisper-base skips it even alone, greedy or beam 5), its two
         halves, cut at the quietest 100 ms of its middle 60 %, are decoded alone each.
         """
-        rate = _chars_per_second(before)
         excess = (seg.end - seg.start) - len(seg.text) / rate
         if excess < RECHECK_EXCESS_S:
             return [seg], False
@@ -388,7 +389,7 @@ class LongformTranscriber:
             # sentence). Look again there, where its halves cut near the skipped words, not at a
             # pause inside a sentence that was never lost.
             found = [f for part in found for f in (
-                self._recheck(part, window, decoder, language, rng, timings, before, [], depth + 1)[0]
+                self._recheck(part, window, decoder, language, rng, timings, rate, [], depth + 1)[0]
                 if part.end - part.start < seg.end - seg.start - RECHECK_EXCESS_S else [part])]
         gained = sum(len(f.text) for f in found) - len(seg.text)
         log.debug("recheck %.2f-%.2f s (%.1f s unexplained): %+d characters", seg.start, seg.end, excess, gained)
@@ -519,8 +520,7 @@ class LongformTranscriber:
                 continue
             break
         else:
-            if len(failed) > 1:
-                result, ratio, _ = max([f for f in failed if not f[2]] or failed, key=lambda f: f[0].avg_logprob)
+            result, ratio, _ = max([f for f in failed if not f[2]] or failed, key=lambda f: f[0].avg_logprob)
         return result, ratio, tries
 
     def _text(self, tokens: list[int]) -> str:
