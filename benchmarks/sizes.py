@@ -21,6 +21,7 @@ from _common import RESULTS, WHISPER_BASE, require_shared, whisper_small_random,
 def main() -> None:
     import edgeq
     from edgeq.bench.env import fingerprint
+    from edgeq.schema import to_dict
     from edgeq.spec.recipe import apply_overrides, list_recipes
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -60,7 +61,7 @@ def main() -> None:
                 rows.append({"model": key, "recipe": recipe.name, "error": f"{type(err).__name__}: {err}"})
                 write_json("sizes.json", out)
                 continue
-            s = b.manifest.size.model_dump()
+            s = to_dict(b.manifest.size)
             rows.append({
                 "model": key, "recipe": recipe.name, "backend": recipe.backend, "scheme": recipe.scheme,
                 "weights": recipe.weights.format, "embeddings": recipe.modules.embeddings,

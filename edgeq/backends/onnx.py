@@ -35,6 +35,7 @@ import numpy as np
 
 from edgeq.errors import RecipeError
 from edgeq.format.layout import LAYOUT_FILE
+from edgeq.schema import replace
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def write(model, recipe, calibration, folder: Path, progress) -> None:
     progress("checking the graphs", 0, 1)
     for name in (layout.encoder, layout.decoder):
         onnx.checker.check_model(str(folder / name), full_check=True)
-    layout = layout.model_copy(update={
+    layout = replace(layout, **{
         "dtype": "float16" if recipe.weights.format == "float16" else "float32",
         "opset": opts.opset,
         "quantization": quantization,

@@ -10,16 +10,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
-
 from edgeq.errors import EdgeqError
-from edgeq.util import loc_text
+from edgeq.schema import Lenient, Meta, SchemaError, convert
 
 Num = float | None
-
-
-class _Rec(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
+Count = Annotated[int, Meta(ge=0)]
+_Rec = Lenient
 
 
 class Cpu(_Rec):
@@ -46,7 +42,7 @@ class Load(_Rec):
     peak_rss_mb: float
 
 
-class RunRecord(_Rec):
+class RunRecord(_Rec, kw_only=True):
     type: Literal["run"]
     system: str
     system_info: SystemInfo
@@ -55,36 +51,34 @@ class RunRecord(_Rec):
     env: Env
 
 
-class UtteranceRecord(_Rec):
+class UtteranceRecord(_Rec, kw_only=True):
     type: Literal["utterance"]
     id: str
-    audio_s: float = Field(ge=0)
+    audio_s: Annotated[float, Meta(ge=0)]
     latency_s: float
     decode_s: float
-    tokens: int = Field(ge=0)
-    ref_words: int | None = Field(None, ge=0)
-    substitutions: int | None = Field(None, ge=0)
-    deletions: int | None = Field(None, ge=0)
-    insertions: int | None = Field(None, ge=0)
+    tokens: Count
+    ref_words: Count | None = None
+    substitutions: Count | None = None
+    deletions: Count | None = None
+    insertions: Count | None = None
     encoder_s: Num = None
     per_token_s: Num = None
     rtf: Num = None
     tokens_per_s: Num = None
     peak_rss_mb: Num = None
 
-    @model_validator(mode="after")
-    def _scored(self) -> UtteranceRecord:
+    def __post_init__(self) -> None:
         if self.ref_words and None in (self.substitutions, self.deletions, self.insertions):
             raise ValueError("a scored utterance (ref_words) needs substitutions, deletions and insertions")
-        return self
 
 
-class ErrorRecord(_Rec):
+class ErrorRecord(_Rec, kw_only=True):
     type: Literal["error"]
     id: str
 
 
-class EndRecord(_Rec):
+class EndRecord(_Rec, kw_only=True):
     type: Literal["end"]
     remaining: int = 0
     peak_rss_sampled_mb: Num = None
@@ -92,7 +86,8 @@ class EndRecord(_Rec):
     cuda_peak_allocated_mb: Num = None
 
 
-_RECORD = TypeAdapter(Annotated[RunRecord | UtteranceRecord | ErrorRecord | EndRecord, Field(discriminator="type")])
+_RECORDS: dict[str, type[_Rec]] = {"run": RunRecord, "utterance": UtteranceRecord, "error": ErrorRecord,
+                                   "end": EndRecord}
 
 
 class Stats(_Rec):
@@ -113,7 +108,7 @@ class Latency(_Rec):
     per_token_s: Stats
 
 
-class Summary(_Rec):
+class Summary(_Rec, kw_only=True):
     system: str
     utterances: int
     errors: int
@@ -134,22 +129,18 @@ class Failed(_Rec):
     failed: str
 
 
-def _where(err: ValidationError, union: bool = False) -> str:
-    e = err.errors()[0]
-    loc = loc_text(e["loc"][1:] if union else e["loc"])  # [0]: the union member
-    return f"{loc}: {e['msg']}" if e["type"] != "missing" else f"lacks {loc!r}"
-
-
 def check_record(record: Any, where: str) -> dict:
     """A results line as read (a dict), after checking it; records of unknown types pass."""
     if not isinstance(record, dict):
         raise EdgeqError(f"{where}: not a JSON object")
-    if record.get("type") not in ("run", "utterance", "error", "end"):
+    kind = record.get("type")
+    model = _RECORDS.get(kind) if isinstance(kind, str) else None
+    if model is None:
         return record
     try:
-        _RECORD.validate_python(record)
-    except ValidationError as err:
-        raise EdgeqError(f"{where}: not an edgeq results record ({_where(err, union=True)})") from None
+        convert(model, record)
+    except SchemaError as err:
+        raise EdgeqError(f"{where}: not an edgeq results record ({err.problem.text()})") from None
     return record
 
 
@@ -157,7 +148,7 @@ def check_summary(summary: Any, where: str) -> dict:
     if not isinstance(summary, dict):
         raise EdgeqError(f"{where}: not an edgeq bench summary")
     try:
-        (Failed if "failed" in summary else Summary).model_validate(summary)
-    except ValidationError as err:
-        raise EdgeqError(f"{where}: not an edgeq bench summary ({_where(err)})") from None
+        convert(Failed if "failed" in summary else Summary, summary)
+    except SchemaError as err:
+        raise EdgeqError(f"{where}: not an edgeq bench summary ({err.problem.text()})") from None
     return summary

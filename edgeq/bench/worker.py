@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edgeq.errors import EdgeqError
+from edgeq.schema import to_dict
 from edgeq.util import one_line
 
 MB = 2**20
@@ -67,7 +68,7 @@ def _load_system(system: dict, job: dict):
         m = t.bundle.manifest
         info = {
             "kind": "bundle", "path": str(Path(system["ref"]).resolve()), "recipe": m.recipe.name,
-            "backend": m.backend.model_dump(), "runtime": m.runtime, "manifest_sha256": t.bundle.manifest_sha256,
+            "backend": to_dict(m.backend), "runtime": m.runtime, "manifest_sha256": t.bundle.manifest_sha256,
             "source": m.source.model, "size_mb": m.size.bundle_bytes / 1e6,
             "weights_mb": m.size.weights_bytes / 1e6, "reduction_pct": m.size.reduction_pct,
         }

@@ -12,6 +12,7 @@ from fnmatch import fnmatchcase
 from torch import nn
 
 from edgeq.errors import RecipeError
+from edgeq.schema import convert, to_dict
 from edgeq.spec.recipe import Recipe, WeightSpec
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,8 @@ def quantization_plan(model: nn.Module, recipe: Recipe) -> dict[str, WeightSpec]
                 if override.format == "float":
                     weights = None
                 else:
-                    changes = override.model_dump(exclude_none=True)
-                    weights = WeightSpec.model_validate({**weights.model_dump(), **changes})
+                    changes = {k: v for k, v in to_dict(override).items() if v is not None}
+                    weights = convert(WeightSpec, {**to_dict(weights), **changes})
                 break
         if weights is not None:
             if weights.group_size and model.get_submodule(name).in_features % weights.group_size:

@@ -44,6 +44,7 @@ from edgeq.format.manifest import (  # noqa: F401  (the file names are part of t
     WEIGHTS,
     Manifest,
 )
+from edgeq.schema import convert
 from edgeq.util import LockHeld, exclusive_lock, os_reason, parse_json, read_text, sha256_file
 
 STAGING = ".edgeq-staging-"  # .NAME.edgeq-staging-TOKEN (+ .lock, + scratch folders TOKEN.*)
@@ -333,8 +334,8 @@ def _complete(fields: dict[str, Any], staging: Path) -> Manifest:
     ref = size.get("reference_fp32_weights_bytes")
     if ref:
         size["reduction_pct"] = round(100.0 * (1 - weights / ref), 2)
-    return Manifest.model_validate({**fields, "format": FORMAT, "format_version": FORMAT_VERSION,
-                                    "size": size, "files": files})
+    return convert(Manifest, {**fields, "format": FORMAT, "format_version": FORMAT_VERSION, "size": size,
+                              "files": files})
 
 
 def swap_in(staging: Path, out: Path) -> None:

@@ -6,43 +6,38 @@ type first, so an edited config is one line naming the file and key, not a trace
 
 from __future__ import annotations
 
-from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import Annotated, Any, TypeVar
 
 from edgeq.errors import BundleError
-from edgeq.util import loc_text
+from edgeq.schema import Lenient, Meta, SchemaError, convert
+
+Positive = Annotated[int, Meta(gt=0)]
+TokenId = Annotated[int, Meta(ge=0)]
+C = TypeVar("C", bound=Lenient)
 
 
-class _Read(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
+class ModelConfig(Lenient, kw_only=True):
+    vocab_size: Positive
+    max_target_positions: Positive = 448
+    num_mel_bins: Positive = 80
 
 
-class ModelConfig(_Read):
-    vocab_size: int = Field(gt=0)
-    max_target_positions: int = Field(448, gt=0)
-    num_mel_bins: int = Field(80, gt=0)
-
-
-class GenerationConfig(_Read):
-    decoder_start_token_id: int = Field(ge=0)
-    eos_token_id: int = Field(ge=0)
-    no_timestamps_token_id: int | None = Field(None, ge=0)
+class GenerationConfig(Lenient, kw_only=True):
+    decoder_start_token_id: TokenId
+    eos_token_id: TokenId
+    no_timestamps_token_id: TokenId | None = None
     lang_to_id: dict[str, int] | None = None
     task_to_id: dict[str, int] | None = None
     suppress_tokens: list[int] | None = None
     begin_suppress_tokens: list[int] | None = None
-    prev_sot_token_id: int | None = Field(None, ge=0)  # <|startofprev|>: the previous-text prompt
+    prev_sot_token_id: TokenId | None = None  # <|startofprev|>: the previous-text prompt
 
 
-def parse(model: type[_Read], data: Any, where: str, error: type[Exception] = BundleError):
+def parse(model: type[C], data: Any, where: str, error: type[Exception] = BundleError) -> C:
     """`data` (read from the file `where`) validated as `model`; `error` in one line if not."""
     if not isinstance(data, dict):
         raise error(f"{where}: not a JSON object")
     try:
-        return model.model_validate(data)
-    except ValidationError as err:
-        e = err.errors()[0]
-        key = loc_text(e["loc"])
-        what = f"lacks {key!r}" if e["type"] == "missing" else f"{key}: {e['msg']}"
-        raise error(f"{where}: {what}") from None
+        return convert(model, data)
+    except SchemaError as err:
+        raise error(f"{where}: {err.problem.text()}") from None

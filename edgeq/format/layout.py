@@ -16,12 +16,10 @@ another layout version, or an edited onnx.json, is refused in one line before a 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import Annotated, Any, Literal
 
 from edgeq.errors import BundleError
-from edgeq.util import loc_text
+from edgeq.schema import Meta, Schema, SchemaError, convert, field, to_dict
 
 LAYOUT_FILE = "onnx.json"
 # Version 2: the encoder takes windows shorter than n_frames (variable_frames). Version 1 bundles
@@ -43,45 +41,47 @@ def io_names(n_layers: int) -> tuple[list[str], list[str], list[str]]:
     return names("past"), names("present"), names("cross")
 
 
-class OnnxLayout(BaseModel):
+Positive = Annotated[int, Meta(gt=0)]
+GraphName = Annotated[str, Meta(pattern=_GRAPH_NAME)]
+
+
+class OnnxLayout(Schema, kw_only=True):
     """What the runtime needs to drive the two graphs."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
     layout_version: int = LAYOUT_VERSION
-    encoder: str = Field(ENCODER_ONNX, pattern=_GRAPH_NAME)
-    decoder: str = Field(DECODER_ONNX, pattern=_GRAPH_NAME)
-    n_mels: int = Field(gt=0)
-    n_frames: int = Field(gt=0, description="encoder input length (3000)")
-    n_audio_ctx: int = Field(gt=0, description="encoder output length (1500)")
-    variable_frames: bool = Field(False, description="the encoder takes any even length up to n_frames")
-    n_layers: int = Field(gt=0)
-    heads: int = Field(gt=0)
-    head_dim: int = Field(gt=0)
-    vocab_size: int = Field(gt=0)
-    max_target_positions: int = Field(gt=0)
+    encoder: GraphName = ENCODER_ONNX
+    decoder: GraphName = DECODER_ONNX
+    n_mels: Positive
+    n_frames: Positive  # encoder input length (3000)
+    n_audio_ctx: Positive  # encoder output length (1500)
+    variable_frames: bool = False  # the encoder takes any even length up to n_frames
+    n_layers: Positive
+    heads: Positive
+    head_dim: Positive
+    vocab_size: Positive
+    max_target_positions: Positive
     encoder_inputs: list[str]
     encoder_outputs: list[str]
     decoder_inputs: list[str]
     decoder_outputs: list[str]
     dtype: Literal["float32", "float16"] = "float32"
-    opset: int = Field(18, ge=1)
+    opset: Annotated[int, Meta(ge=1)] = 18
     # Informational, written by the builder and shown by tools; the runtime does not read them.
-    quantization: dict[str, Any] = {}
-    providers: dict[str, Any] = {}
-    export_check: dict[str, Any] = {}
+    quantization: dict[str, Any] = field(default_factory=dict)
+    providers: dict[str, Any] = field(default_factory=dict)
+    export_check: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def for_dims(cls, *, n_mels: int, n_audio_ctx: int, n_layers: int, heads: int, head_dim: int,
                  vocab_size: int, max_target_positions: int, variable_frames: bool = False) -> OnnxLayout:
         past, present, cross = io_names(n_layers)
-        return cls(
+        return convert(cls, dict(
             variable_frames=variable_frames,
             n_mels=n_mels, n_frames=2 * n_audio_ctx, n_audio_ctx=n_audio_ctx, n_layers=n_layers, heads=heads,
             head_dim=head_dim, vocab_size=vocab_size, max_target_positions=max_target_positions,
             encoder_inputs=["input_features"], encoder_outputs=cross,
             decoder_inputs=["input_ids", *past, *cross], decoder_outputs=["logits", *present],
-        )
+        ))
 
     @property
     def past_names(self) -> list[str]:
@@ -92,7 +92,7 @@ class OnnxLayout(BaseModel):
         return [n for n in self.decoder_outputs if n.startswith("present_")]
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        return to_dict(self)
 
     @classmethod
     def from_dict(cls, data: Any, where: str | Path = "") -> OnnxLayout:
@@ -108,11 +108,9 @@ class OnnxLayout(BaseModel):
         if version == 1 and data.get("variable_frames"):
             raise BundleError(f"{prefix}{LAYOUT_FILE}: variable_frames needs layout version 2; rebuild the bundle")
         try:
-            layout = cls.model_validate(data)
-        except ValidationError as err:
-            e = err.errors()[0]
-            key = loc_text(e["loc"]) or "(top level)"
-            raise BundleError(f"{prefix}{LAYOUT_FILE}: {key}: {e['msg']}; rebuild the bundle") from None
+            layout = convert(cls, data)
+        except SchemaError as err:
+            raise BundleError(f"{prefix}{LAYOUT_FILE}: {err.problem.text()}; rebuild the bundle") from None
         expected = cls.for_dims(n_mels=layout.n_mels, n_audio_ctx=layout.n_audio_ctx, n_layers=layout.n_layers,
                                 heads=layout.heads, head_dim=layout.head_dim, vocab_size=layout.vocab_size,
                                 max_target_positions=layout.max_target_positions)

@@ -17,12 +17,11 @@ import json
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
 from edgeq.errors import BundleError
+from edgeq.schema import Meta, Schema, SchemaError, convert, to_dict
 from edgeq.spec.catalogue import BACKENDS, RUNTIMES
 from edgeq.spec.recipe import Recipe
-from edgeq.util import loc_text, one_line
+from edgeq.util import one_line
 
 FORMAT = "edgeq-bundle"
 FORMAT_VERSION = 1
@@ -50,7 +49,8 @@ REQUIRED_FILES: dict[str, tuple[str, ...]] = {
 # One path part: no separators, not "." or "..", no control characters or backslashes (a
 # Windows separator). Names are joined with "/" as file_entries writes them.
 _PART = re.compile(r"^(?!\.{1,2}$)[^/\\\x00-\x1f]{1,255}$")
-SHA256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+SHA256 = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+Count = Annotated[int, Meta(ge=0)]
 
 
 def check_file_name(name: str) -> str:
@@ -62,52 +62,48 @@ def check_file_name(name: str) -> str:
     return name
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-class FileEntry(_Strict):
+class FileEntry(Schema):
     sha256: SHA256
-    size: int = Field(ge=0)
+    size: Count
 
 
-class Source(_Strict):
+class Source(Schema):
     model: str
     revision: str | None
     weights_sha256: SHA256
 
 
-class BackendInfo(_Strict):
+class BackendInfo(Schema):
     name: str
     library: str
     version: str | None
 
 
-class Requires(_Strict):
-    extra: str = Field(pattern=r"^[a-z0-9_-]+$")  # shown as pip install 'edgeq[extra]'
+class Requires(Schema):
+    extra: Annotated[str, Meta(pattern=r"^[a-z0-9_-]+$")]  # shown as pip install 'edgeq[extra]'
     packages: dict[str, str]
-    devices: list[Literal["cpu", "cuda"]] = Field(min_length=1)
+    devices: Annotated[list[Literal["cpu", "cuda"]], Meta(min_length=1)]
 
 
-class Decoding(_Strict):
+class Decoding(Schema):
     language: str | None
     task: Literal["transcribe", "translate"]
 
 
-class BuildInfo(_Strict):
-    seconds: float = Field(ge=0)
+class BuildInfo(Schema):
+    seconds: Annotated[float, Meta(ge=0)]
     host: dict[str, str]
     libraries: dict[str, str]
 
 
-class Size(_Strict):
-    reference_fp32_weights_bytes: int = Field(ge=0)
-    bundle_bytes: int = Field(ge=0)
-    weights_bytes: int = Field(ge=0)
+class Size(Schema):
+    reference_fp32_weights_bytes: Count
+    bundle_bytes: Count
+    weights_bytes: Count
     reduction_pct: float | None = None
 
 
-class Manifest(_Strict):
+class Manifest(Schema, kw_only=True):
     format: Literal["edgeq-bundle"] = FORMAT
     format_version: Literal[1] = FORMAT_VERSION
     edgeq_version: str
@@ -122,18 +118,9 @@ class Manifest(_Strict):
     size: Size
     files: dict[str, FileEntry]
 
-    @model_validator(mode="before")
-    @classmethod
-    def _names(cls, data: Any) -> Any:
-        # Before field validation, so an unsafe name is reported as such (not as a bad entry).
-        files = data.get("files") if isinstance(data, dict) else None
-        if isinstance(files, dict):
-            for name in files:
-                check_file_name(name)
-        return data
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Manifest:
+    def __post_init__(self) -> None:
+        for name in self.files:
+            check_file_name(name)
         if self.runtime not in RUNTIMES:
             raise ValueError(f"runtime {self.runtime!r} is unknown; this edgeq runs {', '.join(RUNTIMES)}")
         expected = BACKENDS[self.recipe.backend].runtime
@@ -147,7 +134,6 @@ class Manifest(_Strict):
         total = sum(e.size for e in self.files.values())
         if self.size.bundle_bytes != total:
             raise ValueError(f"size.bundle_bytes is {self.size.bundle_bytes}, the files listed sum to {total}")
-        return self
 
     @property
     def name(self) -> str:
@@ -158,7 +144,7 @@ class Manifest(_Strict):
         return REQUIRED_FILES[self.runtime]
 
     def to_dict(self) -> dict[str, Any]:
-        data = self.model_dump(mode="json")
+        data = to_dict(self)
         if data["size"]["reduction_pct"] is None:
             del data["size"]["reduction_pct"]
         return data
@@ -177,18 +163,22 @@ class Manifest(_Strict):
                 f"{where}: bundle format version {version!r} is not supported by this edgeq "
                 f"(reads version {FORMAT_VERSION}); rebuild it or install the edgeq that wrote it"
             )
+        files = data.get("files")
         try:
-            return cls.model_validate(data)
-        except ValidationError as err:
-            raise BundleError(f"{where}: {MANIFEST}: {_first_error(err)}; the bundle is damaged, rebuild it") from None
+            if isinstance(files, dict):
+                # Names first, so an unsafe one is reported as such (not as a bad entry); each
+                # entry on its own, so an error names its file (msgspec does not name mapping keys).
+                for name, entry in files.items():
+                    check_file_name(name)
+                    _entry(name, entry)
+            return convert(cls, data)
+        except ValueError as err:  # SchemaError, or a name check_file_name refuses
+            raise BundleError(f"{where}: {MANIFEST}: {one_line(err)}; the bundle is damaged, rebuild it") from None
 
 
-def _first_error(err: ValidationError) -> str:
-    e = err.errors()[0]
-    loc = loc_text(e["loc"])
-    msg = one_line(e["msg"].removeprefix("Value error, "))
-    if e["type"] == "missing":
-        return f"lacks {loc!r}"
-    if e["type"] == "extra_forbidden":
-        return f"unknown key {loc!r}"
-    return f"{loc}: {msg}" if loc else msg
+def _entry(name: str, entry: Any) -> None:
+    try:
+        convert(FileEntry, entry)
+    except SchemaError as err:
+        p = err.problem
+        raise SchemaError(type(p)(p.kind, ("files", name, *p.loc), p.message, p.choices)) from None

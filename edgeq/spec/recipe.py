@@ -11,11 +11,10 @@ from __future__ import annotations
 import difflib
 import sys
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from typing import Annotated, Any, Literal
 
 from edgeq.errors import RecipeError
+from edgeq.schema import Meta, Problem, Schema, SchemaError, allowed_keys, convert, field, to_dict
 from edgeq.spec.catalogue import BACKENDS
 from edgeq.util import read_toml
 
@@ -39,31 +38,23 @@ FORMAT_BITS = {
 FLOAT_FORMATS = {"float32", "float16", "bfloat16"}
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Strict = Schema
+Positive = Annotated[int, Meta(gt=0)]
 
 
 class WeightSpec(_Strict):
     """How weights of quantized modules are stored."""
 
-    format: WeightFormat = Field(description="storage format of the weights")
-    granularity: Granularity = Field(
-        "per-channel", description="one scale per tensor, per output channel, or per group"
-    )
-    group_size: int | None = Field(
-        None, gt=0, description="weights per scale when granularity is 'group'"
-    )
-    double_quant: bool = Field(
-        False, description="quantize the quantization scales too (bitsandbytes 4-bit)"
-    )
+    format: WeightFormat  # storage format of the weights
+    granularity: Granularity = "per-channel"  # one scale per tensor, per output channel, or per group
+    group_size: Positive | None = None  # weights per scale when granularity is 'group'
+    double_quant: bool = False  # quantize the quantization scales too (bitsandbytes 4-bit)
 
-    @model_validator(mode="after")
-    def _group(self) -> "WeightSpec":
+    def __post_init__(self) -> None:
         if self.granularity == "group" and self.group_size is None:
             raise ValueError("granularity 'group' needs group_size")
         if self.granularity != "group" and self.group_size is not None:
             raise ValueError("group_size is only allowed with granularity 'group'")
-        return self
 
     @property
     def bits(self) -> int:
@@ -75,7 +66,7 @@ class WeightOverride(_Strict):
 
     format: Literal[WeightFormat, "float"]
     granularity: Granularity | None = None
-    group_size: int | None = Field(None, gt=0)
+    group_size: Positive | None = None
 
 
 class ActivationSpec(_Strict):
@@ -87,66 +78,53 @@ class ActivationSpec(_Strict):
 class ModuleSpec(_Strict):
     """Which modules are quantized. Names are transformers' (`model.encoder.layers.0.fc1`)."""
 
-    encoder: bool = Field(True, description="quantize the encoder's Linear layers")
-    decoder: bool = Field(True, description="quantize the decoder's Linear layers")
-    include: list[str] = Field(["*"], description="fnmatch patterns a Linear must match")
-    exclude: list[str] = Field([], description="fnmatch patterns that keep a Linear float")
-    embeddings: Literal["float", "int8", "int4"] = Field(
-        "float",
-        description="the token embedding, tied to proj_out (the LM head): kept float or stored "
-        "once as int8 rows used by both (int4 blocks: onnx backend only)",
-    )
-    overrides: dict[str, WeightOverride] = Field(
-        {}, description="fnmatch pattern -> weight spec for matching Linear layers"
-    )
+    encoder: bool = True  # quantize the encoder's Linear layers
+    decoder: bool = True  # quantize the decoder's Linear layers
+    include: list[str] = field(default_factory=lambda: ["*"])  # fnmatch patterns a Linear must match
+    exclude: list[str] = field(default_factory=list)  # fnmatch patterns that keep a Linear float
+    # The token embedding, tied to proj_out (the LM head): kept float or stored once as int8 rows
+    # used by both (int4 blocks: onnx backend only).
+    embeddings: Literal["float", "int8", "int4"] = "float"
+    overrides: dict[str, WeightOverride] = field(default_factory=dict)  # fnmatch pattern -> weight spec
 
 
 class CalibrationSpec(_Strict):
     """Audio used to calibrate static activation scales."""
 
-    samples: int = Field(16, gt=0, description="number of utterances to run")
-    dataset: str | None = Field(
-        None, description="dataset spec (folder, manifest); `--calibration` overrides it"
-    )
+    samples: Positive = 16  # number of utterances to run
+    dataset: str | None = None  # dataset spec (folder, manifest); `--calibration` overrides it
 
 
 class TorchOptions(_Strict):
-    engine: Literal["auto", "x86", "fbgemm", "qnnpack"] = Field(
-        "auto", description="quantized engine; auto picks qnnpack on ARM, x86 elsewhere, at load"
-    )
-    dynamic: list[str] = Field(
-        [], description="in a static recipe, fnmatch patterns of Linear layers quantized dynamically instead"
-    )
+    # Quantized engine; auto picks qnnpack on ARM, x86 elsewhere, at load.
+    engine: Literal["auto", "x86", "fbgemm", "qnnpack"] = "auto"
+    # In a static recipe, fnmatch patterns of Linear layers quantized dynamically instead.
+    dynamic: list[str] = field(default_factory=list)
 
 
 class QuantoOptions(_Strict):
-    dynamic: list[str] = Field(
-        [], description="in a static recipe, fnmatch patterns of Linear layers whose input scale is set per call"
-    )
+    # In a static recipe, fnmatch patterns of Linear layers whose input scale is set per call.
+    dynamic: list[str] = field(default_factory=list)
 
 
 class HqqOptions(_Strict):
-    axis: Literal[0, 1] = Field(1, description="axis along which groups are formed")
+    axis: Literal[0, 1] = 1  # axis along which groups are formed
 
 
 class BnbOptions(_Strict):
-    threshold: float = Field(6.0, ge=0, description="LLM.int8() outlier threshold")
+    threshold: Annotated[float, Meta(ge=0)] = 6.0  # LLM.int8() outlier threshold
 
 
 class OnnxOptions(_Strict):
     # The dynamo exporter emits opset 18 (e.g. Split's num_outputs); converting down fails the checker.
-    opset: int = Field(18, ge=18, le=23)
+    opset: Annotated[int, Meta(ge=18, le=23)] = 18
     per_channel: bool = True
     reduce_range: bool = False
-    dynamic: list[str] = Field(
-        [], description="in a static recipe, fnmatch patterns of Linear layers quantized dynamically instead"
-    )
-    accuracy_level: Literal[0, 1, 2, 3, 4] = Field(
-        4, description="MatMulNBits compute type (4 = int8 activations, 0 = unset)"
-    )
-    float16_storage: bool = Field(
-        False, description="store the float tensors left (convolutions, positional tables) as float16, computed in float32"
-    )
+    # In a static recipe, fnmatch patterns of Linear layers quantized dynamically instead.
+    dynamic: list[str] = field(default_factory=list)
+    accuracy_level: Literal[0, 1, 2, 3, 4] = 4  # MatMulNBits compute type (4 = int8 activations, 0 = unset)
+    # Store the float tensors left (convolutions, positional tables) as float16, computed in float32.
+    float16_storage: bool = False
 
 
 class FloatOptions(_Strict):
@@ -163,7 +141,7 @@ OPTIONS: dict[str, type[_Strict]] = {
 }
 
 
-class Recipe(_Strict):
+class Recipe(_Strict, kw_only=True):
     """A post-training quantization plan for a Whisper checkpoint."""
 
     name: str
@@ -171,19 +149,14 @@ class Recipe(_Strict):
     backend: Literal["float", "torch", "quanto", "hqq", "bnb", "onnx"]
     scheme: Scheme
     weights: WeightSpec
-    activations: ActivationSpec = ActivationSpec()
-    modules: ModuleSpec = ModuleSpec()
+    activations: ActivationSpec = field(default_factory=ActivationSpec)
+    modules: ModuleSpec = field(default_factory=ModuleSpec)
     calibration: CalibrationSpec | None = None
-    dtype: Literal["float32", "float16", "bfloat16"] = Field(
-        "float32", description="dtype of everything left unquantized, and of compute"
-    )
-    devices: list[Device] = Field(["cpu", "cuda"], min_length=1)
-    options: dict[str, Any] = Field({}, description="backend-specific settings")
-    # `options` validated once into the backend's option model (OPTIONS), read as `typed_options`.
-    _typed_options: BaseModel | None = PrivateAttr(None)
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # of everything left unquantized, and of compute
+    devices: Annotated[list[Device], Meta(min_length=1)] = field(default_factory=lambda: ["cpu", "cuda"])
+    options: dict[str, Any] = field(default_factory=dict)  # backend-specific: OPTIONS[backend], as typed_options
 
-    @model_validator(mode="after")
-    def _consistent(self) -> "Recipe":
+    def __post_init__(self) -> None:
         spec = BACKENDS[self.backend]
         if (self.scheme, self.weights.format) not in spec.supports:
             ok = ", ".join(sorted(f"{s}/{f}" for s, f in spec.supports))
@@ -198,16 +171,16 @@ class Recipe(_Strict):
             raise ValueError(f"scheme {self.scheme!r} keeps activations float")
         if self.modules.embeddings == "int4" and spec.runtime != "onnxruntime":
             raise ValueError("modules.embeddings 'int4' needs the onnx backend; use 'int8' or 'float'")
-        try:
-            self._typed_options = OPTIONS[self.backend].model_validate(self.options)
-        except ValidationError as err:
-            raise ValueError(_format_error("options", err, OPTIONS[self.backend])) from None
-        return self
+        self.typed_options  # noqa: B018 - checked here, so a recipe with bad options never exists
 
     @property
     def typed_options(self) -> Any:
-        """The backend's options model (TorchOptions, QuantoOptions, ...), validated at load."""
-        return self._typed_options
+        """The backend's options record (TorchOptions, QuantoOptions, ...); ValueError if they do not fit it."""
+        model = OPTIONS[self.backend]
+        try:
+            return convert(model, self.options)
+        except SchemaError as err:
+            raise ValueError(_format_error("options", err, model)) from None  # options: unknown key 'x' (allowed: axis)
 
     @property
     def runtime(self) -> str:
@@ -221,7 +194,7 @@ class Recipe(_Strict):
         return f"group {w.group_size}" if w.granularity == "group" else w.granularity
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        return to_dict(self)
 
 
 # --------------------------------------------------------------------------- loading
@@ -238,46 +211,28 @@ def shipped_recipe_names() -> list[str]:
     return sorted(p.stem for p in recipes_dir().glob("*.toml"))
 
 
-def _format_error(source: str, err: ValidationError, model: type[BaseModel] | None = None) -> str:
-    """One line for a validation error: the file, the key, what is allowed (keys of `model`,
-    default the Recipe schema, for an unknown key)."""
-    e = err.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-    if e["type"] == "extra_forbidden":
-        parent = e["loc"][:-1]
-        allowed = _allowed_keys(parent, model or Recipe)
+def _problem_text(source: str, p: Problem, model: type | None = None) -> str:
+    """One line for a validation problem: the file, the key, what is allowed (the keys of the
+    record around an unknown key, below `model`, default the Recipe schema)."""
+    loc = p.where or "(top level)"
+    if p.kind == "unknown":
+        allowed = allowed_keys(model or Recipe, p.loc[:-1])
         hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
         return f"{source}: unknown key {loc!r}{hint}"
-    if e["type"] == "missing":
+    if p.kind == "missing":
         return f"{source}: missing key {loc!r}"
-    if e["type"] == "literal_error":
-        return f"{source}: {loc}: {e['input']!r} is not allowed; expected {e['ctx']['expected']}"
-    msg = e["msg"].removeprefix("Value error, ")
-    return f"{source}: {loc}: {msg}" if e["loc"] else f"{source}: {msg}"
+    return f"{source}: {loc}: {p.message}" if p.loc else f"{source}: {p.message}"
 
 
-def _allowed_keys(loc: tuple, root: type[BaseModel]) -> list[str]:
-    model: Any = root
-    for part in loc:
-        field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            return []
-        model = field.annotation
-        if getattr(model, "__origin__", None) is not None or not hasattr(model, "model_fields"):
-            # Optional[...] and unions: take the first pydantic model among the arguments.
-            args = getattr(model, "__args__", ())
-            model = next((a for a in args if hasattr(a, "model_fields")), None)
-            if model is None:
-                return []
-    return list(model.model_fields)
+def _format_error(source: str, err: SchemaError, model: type | None = None) -> str:
+    return _problem_text(source, err.problem, model)
 
 
 def recipe_from_dict(data: dict[str, Any], source: str) -> Recipe:
     try:
-        recipe = Recipe.model_validate(data)
-    except ValidationError as err:
+        return convert(Recipe, data)
+    except SchemaError as err:
         raise RecipeError(_format_error(source, err)) from None
-    return recipe
 
 
 def load_recipe_file(path: str | Path) -> Recipe:

@@ -9,36 +9,25 @@ recipe can run there.
 from __future__ import annotations
 
 import difflib
-import sys
 from pathlib import Path
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import Annotated, Literal
 
 from edgeq.errors import TargetError
+from edgeq.schema import Meta, Schema, SchemaError, convert, field
 from edgeq.util import read_toml
 
-if sys.version_info >= (3, 11):
-    pass
-else:  # pragma: no cover
-    pass
 
-
-class Target(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class Target(Schema, kw_only=True):
     name: str
     description: str
     arch: Literal["arm64", "x86_64"]
     device: Literal["cpu", "cuda"] = "cpu"
-    threads: int = Field(gt=0, description="inference threads (physical cores, usually)")
-    memory_mb: int = Field(gt=0, description="RAM of the smallest variant of the device")
-    torch_engine: Literal["x86", "fbgemm", "qnnpack"] = Field(
-        description="PyTorch quantized engine for torch.ao int8 bundles"
-    )
-    onnx_providers: list[str] = Field(["CPUExecutionProvider"], min_length=1)
-    recommended: list[str] = Field([], description="recipes that suit this device, best first")
-    why: str = Field("", description="one line on why these recipes")
+    threads: Annotated[int, Meta(gt=0)]  # inference threads (physical cores, usually)
+    memory_mb: Annotated[int, Meta(gt=0)]  # RAM of the smallest variant of the device
+    torch_engine: Literal["x86", "fbgemm", "qnnpack"]  # PyTorch quantized engine for torch.ao int8 bundles
+    onnx_providers: Annotated[list[str], Meta(min_length=1)] = field(default_factory=lambda: ["CPUExecutionProvider"])
+    recommended: list[str] = field(default_factory=list)  # recipes that suit this device, best first
+    why: str = ""  # one line on why these recipes
 
 
 def targets_dir() -> Path:
@@ -51,8 +40,8 @@ def _load(path: Path) -> Target:
     data = read_toml(path, TargetError, "target file")
     data.setdefault("name", path.stem)
     try:
-        return Target.model_validate(data)
-    except ValidationError as err:
+        return convert(Target, data)
+    except SchemaError as err:
         from edgeq.spec.recipe import _format_error
 
         raise TargetError(_format_error(str(path), err)) from None

@@ -331,7 +331,7 @@ def test_graphs_onnx_json_names_must_be_listed(bundles, tmp_path):
     layout["decoder"] = "../decoder.onnx"
     (folder / "onnx.json").write_text(json.dumps(layout))
     _rehash(folder, "onnx.json")
-    with pytest.raises(BundleError, match=r"onnx.json: decoder: String should match pattern"):
+    with pytest.raises(BundleError, match=r"onnx.json: decoder: Expected `str` matching regex"):
         open_bundle(folder)
 
 
@@ -376,7 +376,7 @@ def _one_layer_more(layout: dict) -> None:
      r"onnx.json: decoder_outputs do not follow layout version 2"),
     (lambda layout: layout.update(layout_version=3), r"onnx.json has layout version 3; this edgeq reads versions 1, 2"),
     (lambda layout: layout.update(layout_version=1), r"variable_frames needs layout version 2"),
-    (lambda layout: layout.update(heads="8"), r"onnx.json: heads: Input should be a valid integer"),
+    (lambda layout: layout.update(heads="8"), r"onnx.json: heads: Expected `int`, got `str`"),
     (_swap_graphs, r"decoder.onnx does not match onnx.json"),  # names follow the contract, graphs don't
     (_one_layer_more, r"encoder.onnx does not match onnx.json"),
 ], ids=["names", "version", "v1-variable", "type", "graphs", "layers"])

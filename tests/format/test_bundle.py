@@ -171,11 +171,11 @@ def test_manifest_fields_are_checked_for_their_types(tmp_path):
     b = write_bundle(tmp_path / "b", _populate)
     # A size stored as text is refused as such, not compared as "1000 bytes vs '1000'".
     _edit_manifest(b.path, lambda m: m["files"][WEIGHTS].update(size="1000"))
-    with pytest.raises(BundleError, match=r"files.'model.safetensors'.size: Input should be a valid integer"):
+    with pytest.raises(BundleError, match=r"files.'model.safetensors'.size: Expected `int`, got `str`"):
         open_bundle(b.path)
     for change, pattern in [
-        (lambda m: m.update(files=[]), r"files: Input should be a valid dictionary"),
-        (lambda m: m.update(recipe="fp32"), r"recipe: Input should be a valid dictionary"),
+        (lambda m: m.update(files=[]), r"files: Expected `object`, got `array`"),
+        (lambda m: m.update(recipe="fp32"), r"recipe: Expected `object`, got `str`"),
         (lambda m: m["requires"].update(extra="runtime] --index-url=http://x"), r"requires.extra"),
         (lambda m: m.update(runtime="onnxruntime"), r"does not run backend 'float'"),
         (lambda m: m.pop("decoding"), r"lacks 'decoding'"),

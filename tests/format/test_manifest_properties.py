@@ -97,5 +97,5 @@ def test_any_edit_of_the_decoder_configs(data, which):
 
 @pytest.mark.parametrize("name", ["../x.onnx", "/abs/x.onnx", "sub/x.onnx", "..onnx", "x.onnx.data"])
 def test_onnx_graph_names_stay_inside_the_bundle(name):
-    with pytest.raises(EdgeqError, match=r"onnx.json: encoder: String should match pattern"):
+    with pytest.raises(EdgeqError, match=r"onnx.json: encoder: Expected `str` matching regex"):
         OnnxLayout.from_dict({**_LAYOUT, "encoder": name}, "b")

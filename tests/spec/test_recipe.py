@@ -120,7 +120,7 @@ def test_set_changes_values_validates_them_and_labels_the_name():
     assert r.name == "hqq-int4-g64[weights.group_size=32,modules.embeddings=float]"
     # Bare words are strings, TOML values keep their type, and the result is validated like a file.
     assert apply_overrides(load_recipe("bnb-int8"), ["options.threshold=4.5"]).typed_options.threshold == 4.5
-    with pytest.raises(RecipeError, match="weights.group_size: Input should be greater than 0"):
+    with pytest.raises(RecipeError, match="weights.group_size: Expected `int` >= 1"):
         apply_overrides(load_recipe("hqq-int4-g64"), ["weights.group_size=0"])
     with pytest.raises(RecipeError, match="expected KEY=VALUE"):
         apply_overrides(load_recipe("fp32"), ["weights.format"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from edgeq.errors import EdgeqError
+from edgeq.schema import replace
 from edgeq.spec.targets import load_target
 from edgeq.sweep.recommend import Budget, recommend
 
@@ -55,7 +56,7 @@ def test_size_latency_and_wer_budgets_bind_in_turn():
 
 def test_target_ram_and_device_rule_recipes_out():
     # rpi4 has 2048 MB: half of it (1024 MB) holds every recipe; a 512 MB board would not hold fp32.
-    small = load_target("rpi4").model_copy(update={"name": "tiny-board", "memory_mb": 1200})
+    small = replace(load_target("rpi4"), name="tiny-board", memory_mb=1200)
     r = recommend(_data(), small, Budget(max_wer_increase=0.0))
     assert r.excluded["fp32"] == "peak RSS 817 MB > 600 MB (50% of tiny-board's 1200 MB)"
     # The Jetson is a CUDA target: ONNX bundles here are CPU-only, and the sweep ran on a CPU.
