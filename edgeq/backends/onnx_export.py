@@ -30,9 +30,6 @@ from edgeq.format.layout import OnnxLayout, io_names
 
 log = logging.getLogger(__name__)
 
-# Self-attention in 6 blocks of queries (250 each on a full window): whisper-base peak RSS -65 MB,
-# identical outputs.
-ENCODER_QUERY_CHUNKS = 6
 # The protobuf limit is 2 GiB; above ~1.8 GB of weights the graphs keep their tensors in .onnx.data.
 EXTERNAL_DATA_BYTES = 1_800_000_000
 
@@ -81,13 +78,12 @@ def _attend(q, k, v, mask=None):
 
 
 class EncoderGraph(nn.Module):
-    def __init__(self, model, query_chunks: int = ENCODER_QUERY_CHUNKS):
+    def __init__(self, model):
         super().__init__()
         self.encoder = model.model.encoder
         self.cross = nn.ModuleList(layer.encoder_attn for layer in model.model.decoder.layers)
         self.enc_heads = model.config.encoder_attention_heads
         self.dec_heads = model.config.decoder_attention_heads
-        self.query_chunks = query_chunks
         self.act = _activation(model)
 
     def forward(self, input_features):
@@ -100,15 +96,8 @@ class EncoderGraph(nn.Module):
             h = layer.self_attn_layer_norm(x)
             q = _heads(a.q_proj(h) * a.scaling, self.enc_heads)
             k, v = _heads(a.k_proj(h), self.enc_heads), _heads(a.v_proj(h), self.enc_heads)
-            if self.query_chunks:
-                # A fixed number of slices of ceil(frames / n) queries (the last ones may be empty):
-                # torch.split by a fixed size would export a sequence whose length was traced at
-                # 3000 frames, and a shorter window then fails in SequenceAt.
-                c = (q.shape[2] + self.query_chunks - 1) // self.query_chunks
-                o = torch.cat([_attend(q[:, :, i * c : (i + 1) * c], k, v) for i in range(self.query_chunks)], dim=2)
-            else:
-                o = _attend(q, k, v)
-            x = x + a.out_proj(_merge(o))
+            # One MultiHeadAttention node in the graph (onnx_fusion): flash attention, no score matrix.
+            x = x + a.out_proj(_merge(_attend(q, k, v)))
             x = x + layer.fc2(self.act(layer.fc1(layer.final_layer_norm(x))))
         x = e.layer_norm(x)
         out = []
@@ -174,6 +163,7 @@ def export_float(model, folder: Path, opset: int) -> OnnxLayout:
     with torch.no_grad():
         _export(EncoderGraph(model).eval(), (torch.zeros(1, layout.n_mels, layout.n_frames),), enc_path,
                 opset, big, layout.encoder_inputs, layout.encoder_outputs, ({2: 2 * half},))
+        _fuse_attention(enc_path, model.config.encoder_attention_heads, model.config.encoder_layers)
         # Example sizes must not be 0 or 1: torch.export specializes dimensions of those sizes.
         t, p = 3, 5
         ids = torch.zeros(1, t, dtype=torch.long)
@@ -187,6 +177,16 @@ def export_float(model, folder: Path, opset: int) -> OnnxLayout:
         _export(DecoderGraph(model).eval(), (ids, *pasts, *crosses), dec_path, opset, big,
                 layout.decoder_inputs, layout.decoder_outputs, dynamic)
     return layout
+
+
+def _fuse_attention(path: Path, heads: int, layers: int) -> None:
+    import onnx
+
+    from edgeq.backends.onnx_fusion import fuse_encoder_attention
+
+    graph = onnx.load(str(path), load_external_data=False)  # external weights stay where they are
+    fuse_encoder_attention(graph, heads, layers)
+    onnx.save(graph, str(path))
 
 
 def _export(module, args, path: Path, opset: int, external: bool, inputs, outputs, dynamic) -> None:

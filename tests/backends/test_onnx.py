@@ -183,6 +183,34 @@ def test_quantized_graphs_use_the_recipes_operators(bundles):
     assert any(t.data_type == 10 for t in enc.graph.initializer)  # FLOAT16 weights
 
 
+def test_every_encoder_attends_in_one_multihead_node_per_layer(bundles, tiny_model):
+    # onnx_fusion: no layer's scores or softmax are left in any recipe's encoder (their outputs equal
+    # PyTorch's: test_fp32_matches_pytorch and the quantized recipes' tokens above).
+    layers = json.loads((Path(tiny_model) / "config.json").read_text())["encoder_layers"]
+    for name in ONNX_RECIPES:
+        enc, _ = _graphs(_get(bundles, name))
+        ops = [n.op_type for n in enc.graph.node]
+        assert ops.count("MultiHeadAttention") == layers and "Softmax" not in ops, name
+
+
+def test_an_attention_chain_the_fusion_cannot_follow_is_an_error(bundles):
+    import onnx
+    from onnx import helper
+
+    from edgeq.backends.onnx_fusion import FusionError, fuse_encoder_attention
+
+    # A softmax read twice: the fusion must refuse the chain rather than drop a reader.
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 4])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4, 4])
+    nodes = [helper.make_node("MatMul", ["x", "x"], ["s"]), helper.make_node("Softmax", ["s"], ["p"]),
+             helper.make_node("MatMul", ["p", "x"], ["a"]), helper.make_node("Add", ["a", "p"], ["y"])]
+    graph = helper.make_model(helper.make_graph(nodes, "g", [x], [y]))
+    with pytest.raises(FusionError, match="expected one MatMul after 'p'"):
+        fuse_encoder_attention(graph, heads=1, layers=1)
+    with pytest.raises(FusionError, match="found 0 self-attention chains in the encoder, expected 2"):
+        fuse_encoder_attention(helper.make_model(helper.make_graph([], "g", [x], [x])), heads=1, layers=2)
+
+
 @pytest.mark.parametrize("name", ["onnx-fp32", "onnx-int8-dynamic", "onnx-int4"])
 def test_onnx_runtime_fuses_every_gelu(name, bundles, tmp_path):
     # Unfused, each GELU is five elementwise ops with four [frames, 4*d_model] temporaries (the
