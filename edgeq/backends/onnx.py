@@ -67,7 +67,7 @@ def write(model, recipe, calibration, folder: Path, progress) -> None:
     with tempfile.TemporaryDirectory(prefix=folder.name + ".onnx-", dir=folder.parent) as tmp:
         scratch = Path(tmp)
         progress("exporting to ONNX", 0, 1)
-        layout = export_float(model, scratch, opts.opset)
+        layout = export_float(model, scratch, opts.opset, opts.attention)
         progress("checking the export against PyTorch", 0, 1)
         measured = check_float_export(model, scratch, layout)
         progress("quantizing", 0, 1)

@@ -30,6 +30,10 @@ from edgeq.format.layout import OnnxLayout, io_names
 
 log = logging.getLogger(__name__)
 
+# Self-attention in 6 blocks of queries (250 each on a full window): whisper-base peak RSS -65 MB,
+# identical outputs. The default; options.attention = "fused" writes one MultiHeadAttention node
+# per layer instead (onnx_fusion), which peaks lower on whisper-base and higher on whisper-small.
+ENCODER_QUERY_CHUNKS = 6
 # The protobuf limit is 2 GiB; above ~1.8 GB of weights the graphs keep their tensors in .onnx.data.
 EXTERNAL_DATA_BYTES = 1_800_000_000
 
@@ -78,12 +82,13 @@ def _attend(q, k, v, mask=None):
 
 
 class EncoderGraph(nn.Module):
-    def __init__(self, model):
+    def __init__(self, model, query_chunks: int = ENCODER_QUERY_CHUNKS):
         super().__init__()
         self.encoder = model.model.encoder
         self.cross = nn.ModuleList(layer.encoder_attn for layer in model.model.decoder.layers)
         self.enc_heads = model.config.encoder_attention_heads
         self.dec_heads = model.config.decoder_attention_heads
+        self.query_chunks = query_chunks
         self.act = _activation(model)
 
     def forward(self, input_features):
@@ -96,8 +101,15 @@ class EncoderGraph(nn.Module):
             h = layer.self_attn_layer_norm(x)
             q = _heads(a.q_proj(h) * a.scaling, self.enc_heads)
             k, v = _heads(a.k_proj(h), self.enc_heads), _heads(a.v_proj(h), self.enc_heads)
-            # One MultiHeadAttention node in the graph (onnx_fusion): flash attention, no score matrix.
-            x = x + a.out_proj(_merge(_attend(q, k, v)))
+            if self.query_chunks:
+                # A fixed number of slices of ceil(frames / n) queries (the last ones may be empty):
+                # torch.split by a fixed size would export a sequence whose length was traced at
+                # 3000 frames, and a shorter window then fails in SequenceAt.
+                c = (q.shape[2] + self.query_chunks - 1) // self.query_chunks
+                o = torch.cat([_attend(q[:, :, i * c : (i + 1) * c], k, v) for i in range(self.query_chunks)], dim=2)
+            else:  # one chain per layer, for onnx_fusion
+                o = _attend(q, k, v)
+            x = x + a.out_proj(_merge(o))
             x = x + layer.fc2(self.act(layer.fc1(layer.final_layer_norm(x))))
         x = e.layer_norm(x)
         out = []
@@ -107,7 +119,7 @@ class EncoderGraph(nn.Module):
 
 
 class DecoderGraph(nn.Module):
-    def __init__(self, model):
+    def __init__(self, model, query_chunks: int = ENCODER_QUERY_CHUNKS):
         super().__init__()
         self.decoder = model.model.decoder
         self.heads = model.config.decoder_attention_heads
@@ -146,8 +158,9 @@ class DecoderGraph(nn.Module):
         return (logits, *present)
 
 
-def export_float(model, folder: Path, opset: int) -> OnnxLayout:
-    """Write the float32 encoder and decoder graphs for `model` into `folder`."""
+def export_float(model, folder: Path, opset: int, attention: str = "blocks") -> OnnxLayout:
+    """Write the float32 encoder and decoder graphs for `model` into `folder`; the encoder's
+    self-attention in query blocks, or `attention="fused"` as MultiHeadAttention nodes."""
     from torch.export import Dim
 
     model = model.float().eval()
@@ -161,9 +174,12 @@ def export_float(model, folder: Path, opset: int) -> OnnxLayout:
     # embedding is sliced to the length, as whisper.cpp's audio_ctx does.
     half = Dim("audio_ctx", min=2, max=layout.n_audio_ctx)
     with torch.no_grad():
-        _export(EncoderGraph(model).eval(), (torch.zeros(1, layout.n_mels, layout.n_frames),), enc_path,
+        fused = attention == "fused"
+        _export(EncoderGraph(model, query_chunks=0 if fused else ENCODER_QUERY_CHUNKS).eval(),
+                (torch.zeros(1, layout.n_mels, layout.n_frames),), enc_path,
                 opset, big, layout.encoder_inputs, layout.encoder_outputs, ({2: 2 * half},))
-        _fuse_attention(enc_path, model.config.encoder_attention_heads, model.config.encoder_layers)
+        if fused:
+            _fuse_attention(enc_path, model.config.encoder_attention_heads, model.config.encoder_layers)
         # Example sizes must not be 0 or 1: torch.export specializes dimensions of those sizes.
         t, p = 3, 5
         ids = torch.zeros(1, t, dtype=torch.long)

@@ -183,14 +183,21 @@ def test_quantized_graphs_use_the_recipes_operators(bundles):
     assert any(t.data_type == 10 for t in enc.graph.initializer)  # FLOAT16 weights
 
 
-def test_every_encoder_attends_in_one_multihead_node_per_layer(bundles, tiny_model):
-    # onnx_fusion: no layer's scores or softmax are left in any recipe's encoder (their outputs equal
-    # PyTorch's: test_fp32_matches_pytorch and the quantized recipes' tokens above).
+@pytest.mark.parametrize("recipe", ["onnx-fp32", "onnx-int8-dynamic"])
+def test_fused_attention_is_one_multihead_node_per_layer(recipe, bundles, tiny_model, tmp_path):
+    # options.attention = "fused" (onnx_fusion): no layer's scores or softmax left; the build checks
+    # the fused float graph against PyTorch (check_float_export), so a wrong fusion fails here.
+    import edgeq
+    from edgeq.spec.recipe import apply_overrides, load_recipe
+
     layers = json.loads((Path(tiny_model) / "config.json").read_text())["encoder_layers"]
-    for name in ONNX_RECIPES:
-        enc, _ = _graphs(_get(bundles, name))
-        ops = [n.op_type for n in enc.graph.node]
-        assert ops.count("MultiHeadAttention") == layers and "Softmax" not in ops, name
+    fused = apply_overrides(load_recipe(recipe), ["options.attention=fused"])
+    bundle = edgeq.build(fused, model=str(tiny_model), out=tmp_path / "b", language="en")
+    ops = [n.op_type for n in _graphs(bundle)[0].graph.node]
+    assert ops.count("MultiHeadAttention") == layers and "Softmax" not in ops
+    # The default stays the query blocks.
+    ops = [n.op_type for n in _graphs(_get(bundles, recipe))[0].graph.node]
+    assert "MultiHeadAttention" not in ops and ops.count("Softmax") == 6 * layers
 
 
 def test_an_attention_chain_the_fusion_cannot_follow_is_an_error(bundles):
