@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 import msgspec
 from msgspec import Meta, Struct, ValidationError, field
 
+from edgeq.util import loc_text
+
 __all__ = ["Schema", "Lenient", "Meta", "field", "convert", "to_dict", "replace", "Problem", "SchemaError",
            "field_type", "allowed_keys"]
 
@@ -95,9 +97,8 @@ class Problem:
 
     @property
     def where(self) -> str:
-        """The key path as `a.b.0`; keys that are not plain words are quoted, so a message stays
-        one line and says which key it means."""
-        return ".".join(p if re.fullmatch(r"[\w<>|+-]+", p) else repr(p) for p in self.loc)
+        """The key path as `a.b.0`, odd keys quoted (edgeq.util.loc_text)."""
+        return loc_text(self.loc)
 
     def text(self) -> str:
         if self.kind == "missing":

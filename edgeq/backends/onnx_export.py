@@ -119,7 +119,7 @@ class EncoderGraph(nn.Module):
 
 
 class DecoderGraph(nn.Module):
-    def __init__(self, model, query_chunks: int = ENCODER_QUERY_CHUNKS):
+    def __init__(self, model):
         super().__init__()
         self.decoder = model.model.decoder
         self.heads = model.config.decoder_attention_heads

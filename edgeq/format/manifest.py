@@ -13,6 +13,7 @@ built before this schema existed load unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from typing import Annotated, Any, Literal
@@ -180,5 +181,4 @@ def _entry(name: str, entry: Any) -> None:
     try:
         convert(FileEntry, entry)
     except SchemaError as err:
-        p = err.problem
-        raise SchemaError(type(p)(p.kind, ("files", name, *p.loc), p.message, p.choices)) from None
+        raise SchemaError(dataclasses.replace(err.problem, loc=("files", name, *err.problem.loc))) from None
