@@ -152,7 +152,9 @@ class DecodeOptions:
     """Random generator seed for temperature sampling, so a run can be repeated exactly."""
     recheck_sparse_segments: bool = True
     """Decode again, alone, a segment whose span holds seconds its text does not explain (Whisper
-    skipped a sentence in it); beyond openai-whisper, see edgeq.runtime.longform."""
+    skipped a sentence in it), and edgeq's other checks beyond openai-whisper's loop (a loud span
+    between segments, a window declared done early, a quiet end of the recording not decoded as a
+    window of its own): see edgeq.runtime.longform."""
     vad: bool = False
     """Jump over silence found by Silero VAD (pip install 'edgeq[vad]') instead of decoding it."""
     encoder_window: str = "fit"

@@ -311,6 +311,20 @@ def test_a_window_declared_done_seconds_before_its_sound_ends_is_followed_from_i
     assert [(s.start, s.end) for s in r.segments] == [(0.0, 20.0), (30.0, 40.0)]
 
 
+def test_the_quiet_end_left_after_the_last_segment_is_not_decoded_as_a_window():
+    # Window 0 ends with an unfinished segment at 10 s: 0.4 s are left. Quiet (the recording's
+    # trailing silence), they are not decoded (whisper-base quanto read "Thank you." there); with
+    # sound in them, as loud as the speech before, they are.
+    script = follow([[ts(0), *range(1, 15), ts(5), ts(5), *range(15, 30), ts(10), ts(10), 3], [ts(0), 99, ts(0.4)]])
+    audio = np.random.default_rng(0).normal(0, 0.1, int(10.4 * 16000)).astype(np.float32)
+    options = DecodeOptions(temperatures=(0.0,))
+    r = LongformTranscriber(ScriptedEngine(script), Words(), SETTINGS, options).run(audio)
+    assert [s.end for s in r.segments] == [5.0, 10.0, 10.4] and r.windows == 2
+    audio[10 * 16000:] *= 0.05
+    r = LongformTranscriber(ScriptedEngine(script), Words(), SETTINGS, options).run(audio)
+    assert [s.end for s in r.segments] == [5.0, 10.0] and r.windows == 1 and not r.gaps
+
+
 def test_a_half_hour_file_is_read_in_bounded_memory_with_progress(tmp_path):
     import tracemalloc
 
