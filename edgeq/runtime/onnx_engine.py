@@ -19,6 +19,7 @@ import numpy as np
 from edgeq.errors import BundleError, DeviceError
 from edgeq.format.bundle import Bundle
 from edgeq.format.layout import LAYOUT_FILE, OnnxLayout, read_layout
+from edgeq.runtime import prepared
 from edgeq.util import cache_dir
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,13 @@ def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None)
     bundle.require_runtime("onnxruntime", "ONNX Runtime")
     layout = read_layout(bundle)
     enc_providers, dec_providers = _providers(ort, device, layout, bundle)
+    # On a CPU: the graphs as ONNX Runtime optimized and prepacked them the first time this bundle
+    # loaded on this device, or they are written now (edgeq.runtime.prepared).
+    graphs = prepared.PreparedGraphs(bundle.manifest_sha256, ort.__version__) \
+        if device != "cuda" and prepared.enabled() else None
+    reuse = graphs is not None and graphs.usable([layout.encoder, layout.decoder])
+    if graphs is not None and not reuse and not graphs.start():
+        graphs = None
     # Neither session uses ONNX Runtime's CPU arena or memory patterns: they keep the largest
     # allocation ever made reserved for the whole run. The encoder runs once per 30 s window on
     # large activations: without them whisper-base onnx-int8-dynamic peaked at 319 MB instead of
@@ -39,8 +47,15 @@ def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None)
     # fell from 265-268 to 256-261 MB on whisper-base (speech-dev, 3 alternating pairs) and from
     # 727-739 to 670-673 MB on the whisper-small shape (2 clips of 224 tokens, 2 pairs), at the
     # same speed (5.26-5.76 vs 5.37-5.69 s; 13.8-14.1 s both).
-    encoder = _session(ort, bundle, layout.encoder, _options(ort, threads), enc_providers)
-    decoder = _session(ort, bundle, layout.decoder, _options(ort, threads), dec_providers)
+    try:
+        encoder = _session(ort, bundle, layout.encoder, _options(ort, threads), enc_providers, graphs, reuse)
+        decoder = _session(ort, bundle, layout.decoder, _options(ort, threads), dec_providers, graphs, reuse)
+    except BaseException:
+        if graphs is not None and not reuse:
+            graphs.discard()
+        raise
+    if graphs is not None and not reuse:
+        graphs.commit()
     if device == "cuda" and "CUDAExecutionProvider" not in decoder.get_providers():
         raise DeviceError(
             "ONNX Runtime could not start its CUDA provider (are the CUDA and cuDNN libraries that "
@@ -49,7 +64,10 @@ def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None)
     from edgeq.runtime import heap
 
     # What ONNX Runtime left mapped after prepacking (the token table): resident only where read.
-    heap.release_mapped(bundle.path / name for name in bundle.manifest.files if name.endswith(".onnx.data"))
+    mapped = [bundle.path / name for name in bundle.manifest.files if name.endswith(".onnx.data")]
+    if reuse:
+        mapped += [graphs.file(f"{name}.data") for name in (layout.encoder, layout.decoder)]
+    heap.release_mapped(mapped)
     _check_io(bundle, encoder, layout.encoder_inputs, layout.encoder_outputs, layout.encoder)
     _check_io(bundle, decoder, layout.decoder_inputs, layout.decoder_outputs, layout.decoder)
     types = {encoder.get_inputs()[0].type, *(i.type for i in decoder.get_inputs()[1:])}
@@ -147,13 +165,19 @@ def _providers(ort, device: str, layout: OnnxLayout, bundle: Bundle) -> tuple[li
     return [trt, *cuda], cuda
 
 
-def _session(ort, bundle: Bundle, name: str, options, providers):
-    path = bundle.file(name)
+def _session(ort, bundle: Bundle, name: str, options, providers, graphs=None, reuse=False):
+    path, where = bundle.file(name), name
+    if reuse:
+        # optimized already: optimizing again would only cost time
+        path, options.graph_optimization_level = graphs.file(name), ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        where = f"{name} as prepared in {graphs.path} (EDGEQ_ORT_CACHE=0 loads the bundle's own)"
+    elif graphs is not None:
+        graphs.save_options(options, name)
     try:
         return ort.InferenceSession(str(path), options, providers=providers)
     except Exception as err:  # onnxruntime raises its own pybind exception types
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise BundleError(f"{bundle.path}: ONNX Runtime cannot load {name}: {first[:300]}") from None
+        raise BundleError(f"{bundle.path}: ONNX Runtime cannot load {where}: {first[:300]}") from None
 
 
 def _check_io(bundle: Bundle, session, inputs: list[str], outputs: list[str], name: str) -> None:

@@ -531,3 +531,122 @@ def test_runtime_extra_alone_transcribes_an_onnx_bundle(bundles, audio_dir, tmp_
     assert bench.returncode == 0, bench.stderr[-3000:]
     (summary,) = json.loads((tmp_path / "bench" / "summary.json").read_text())
     assert "failed" not in summary
+
+
+# --------------------------------------------------------------------------- prepared graphs
+
+
+def _first_logits(bundle_path, audio_dir):
+    import edgeq
+    from edgeq.runtime.audio import load_audio
+    from edgeq.runtime.features import log_mel_spectrogram
+
+    t = edgeq.load(bundle_path, language="en")
+    features = log_mel_spectrogram(load_audio(audio_dir / "a_16k.wav"))
+    logits, _ = t.engine.step(t.engine.start(t.engine.encode(features)), t.settings.prompt("en"))
+    return logits
+
+
+@pytest.fixture
+def sessions(monkeypatch, tmp_path):
+    """A cache of its own, and the graph each ONNX Runtime session was made from."""
+    from edgeq.runtime import onnx_engine
+
+    monkeypatch.setenv("EDGEQ_CACHE", str(tmp_path / "cache"))
+    made = []
+    session = onnx_engine._session
+
+    def spy(ort, bundle, name, options, providers, graphs=None, reuse=False):
+        made.append((name, "prepared" if reuse else "bundle"))
+        return session(ort, bundle, name, options, providers, graphs, reuse)
+
+    monkeypatch.setattr(onnx_engine, "_session", spy)
+    return made
+
+
+def _prepared_copies(tmp_path) -> list[Path]:
+    root = tmp_path / "cache" / "onnxruntime"
+    return sorted(p for p in root.iterdir()) if root.exists() else []
+
+
+@pytest.mark.parametrize("name", ["onnx-int8-dynamic", "onnx-int4"])
+def test_a_second_load_uses_the_graphs_the_first_prepared_with_the_same_logits(name, bundles, audio_dir, sessions,
+                                                                                 tmp_path, monkeypatch):
+    path = _get(bundles, name).path
+    first = _first_logits(path, audio_dir)
+    (copy,) = _prepared_copies(tmp_path)
+    assert sorted(p.name for p in copy.iterdir()) == sorted(
+        [ENCODER_ONNX, f"{ENCODER_ONNX}.data", DECODER_ONNX, f"{DECODER_ONNX}.data", "hashes.json"])
+    again = _first_logits(path, audio_dir)
+    assert [how for _, how in sessions] == ["bundle", "bundle", "prepared", "prepared"]
+    monkeypatch.setenv("EDGEQ_ORT_CACHE", "0")
+    plain = _first_logits(path, audio_dir)
+    assert sessions[-1] == (DECODER_ONNX, "bundle")
+    np.testing.assert_array_equal(again, first)
+    np.testing.assert_array_equal(again, plain)
+
+
+def test_a_changed_prepared_copy_is_made_again_not_used(bundles, audio_dir, sessions, tmp_path, caplog):
+    import time
+
+    path = _get(bundles, "onnx-int8-dynamic").path
+    reference = _first_logits(path, audio_dir)
+    (copy,) = _prepared_copies(tmp_path)
+    time.sleep(2.1)  # older than verified.RACY_S: the next load stamps the copy, then hashes nothing
+    _first_logits(path, audio_dir)
+    assert sessions[-1] == (DECODER_ONNX, "prepared")
+    data = bytearray((copy / f"{ENCODER_ONNX}.data").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / f"{ENCODER_ONNX}.data").write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="edgeq.runtime.prepared"):
+        logits = _first_logits(path, audio_dir)
+    assert sessions[-2:] == [(ENCODER_ONNX, "bundle"), (DECODER_ONNX, "bundle")]
+    assert "was changed; making it again" in caplog.text
+    np.testing.assert_array_equal(logits, reference)
+    _first_logits(path, audio_dir)
+    assert sessions[-1] == (DECODER_ONNX, "prepared")  # the copy made again is used
+
+
+def test_no_prepared_copy_when_turned_off_or_the_cache_is_unwritable(bundles, audio_dir, sessions, tmp_path,
+                                                                      monkeypatch, caplog):
+    path = _get(bundles, "onnx-int8-dynamic").path
+    monkeypatch.setenv("EDGEQ_ORT_CACHE", "0")
+    _first_logits(path, audio_dir)
+    assert _prepared_copies(tmp_path) == []
+    monkeypatch.delenv("EDGEQ_ORT_CACHE")
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("EDGEQ_CACHE", str(blocked))
+    with caplog.at_level("WARNING"):
+        logits = _first_logits(path, audio_dir)  # loads all the same, from the bundle
+    assert np.isfinite(logits).all() and sessions[-1] == (DECODER_ONNX, "bundle")
+
+
+def test_the_prepared_copy_belongs_to_one_bundle_onnxruntime_and_cpu(monkeypatch, tmp_path):
+    from edgeq.runtime import prepared
+
+    monkeypatch.setenv("EDGEQ_CACHE", str(tmp_path))
+    key = prepared.PreparedGraphs("a" * 64, "1.32.0").path
+    assert key.parent == tmp_path / "onnxruntime"
+    assert prepared.PreparedGraphs("b" * 64, "1.32.0").path != key
+    assert prepared.PreparedGraphs("a" * 64, "1.31.0").path != key
+    monkeypatch.setattr(prepared, "_cpu", lambda: "aarch64||Cortex-A76|asimd fp")
+    assert prepared.PreparedGraphs("a" * 64, "1.32.0").path != key
+
+
+def test_a_staging_folder_left_by_a_killed_load_is_cleared(monkeypatch, tmp_path):
+    import os
+
+    from edgeq.runtime import prepared
+
+    monkeypatch.setenv("EDGEQ_CACHE", str(tmp_path))
+    graphs = prepared.PreparedGraphs("a" * 64, "1.32.0")
+    old, recent = graphs.root / f".{graphs.path.name}.1", graphs.root / f".{graphs.path.name}.2"
+    for folder in (old, recent):
+        folder.mkdir(parents=True)
+        (folder / "encoder.onnx.data").write_bytes(b"half")
+    os.utime(old, (0, 0))
+    assert graphs.start()
+    assert not old.exists() and recent.exists() and graphs.staging.is_dir()  # another load may still be writing
+    graphs.discard()
+    assert not graphs.staging.exists()

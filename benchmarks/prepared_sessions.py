@@ -1,0 +1,126 @@
+"""What keeping ONNX Runtime's prepared graphs on the device (edgeq.runtime.prepared) does to a load.
+
+    python benchmarks/prepared_sessions.py BUNDLE [BUNDLE ...] [--rounds 5] [--threads 2]
+
+For each bundle, in alternation, each in a fresh process: the first load on a device (empty cache:
+optimizes, prepacks and writes the copy), a later load (reads the copy, stamped as unchanged by an
+untimed load in between), and a load with
+EDGEQ_ORT_CACHE=0 (optimizes and prepacks in memory, as before). Each worker times `edgeq.load`
+and the creation of the two sessions inside it, and reads the kernel's high-water mark of resident
+memory after the load and after transcribing one speech-dev clip. Also: the copy's size on disk.
+Writes benchmarks/results/prepared_sessions.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import SPEECH_DEV, write_json
+
+MODES = ("first", "later", "off")
+
+
+def worker(bundle: str, threads: int) -> dict:
+    t0 = time.perf_counter()
+    import edgeq
+    from edgeq.bench.memory import os_peak_rss_bytes
+    from edgeq.runtime import onnx_engine
+
+    sessions = []
+    make = onnx_engine._session
+
+    def timed(*args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return make(*args, **kwargs)
+        finally:
+            sessions.append(time.perf_counter() - t)
+
+    onnx_engine._session = timed
+    t1 = time.perf_counter()
+    transcriber = edgeq.load(bundle, threads=threads, language="en")
+    loaded = time.perf_counter()
+    load_rss = os_peak_rss_bytes()
+    from edgeq.data.datasets import open_dataset
+    from edgeq.runtime.decoding import STUDY_OPTIONS
+
+    clip = open_dataset(str(SPEECH_DEV)).utterances[0]
+    t2 = time.perf_counter()
+    text = transcriber.transcribe(clip.audio, options=STUDY_OPTIONS).text  # greedy: random weights never stop
+    return {"import_s": t1 - t0, "load_s": loaded - t1, "sessions_s": sum(sessions),
+            "peak_rss_after_load_mb": load_rss / 2**20, "peak_rss_mb": os_peak_rss_bytes() / 2**20,
+            "transcribe_s": time.perf_counter() - t2, "text": text}
+
+
+def _copy_stamps(cache: Path) -> list[Path]:
+    """The stat stamps (edgeq.format.verified) of prepared copies, not of bundles."""
+    return [p for p in (cache / "verified").glob("*.json") if "onnxruntime" in json.loads(p.read_text())["bundle"]]
+
+
+def run(bundle: str, mode: str, cache: Path, threads: int) -> dict:
+    env = {**os.environ, "EDGEQ_CACHE": str(cache), "EDGEQ_ORT_CACHE": "0" if mode == "off" else "1"}
+    if mode == "first":
+        shutil.rmtree(cache / "onnxruntime", ignore_errors=True)
+        for stamp in _copy_stamps(cache):
+            stamp.unlink()
+    elif mode == "later" and not _copy_stamps(cache):
+        # A device's later loads come seconds or days after its first: the copy is then older than
+        # verified.RACY_S and gets its stat stamp at the next load, after which loads hash nothing.
+        time.sleep(2.5)
+        subprocess.run([sys.executable, "-c", "import sys, edgeq; edgeq.load(sys.argv[1])", bundle], env=env, check=True)
+    proc = subprocess.run([sys.executable, __file__, "--worker", bundle, "--threads", str(threads)],
+                          capture_output=True, text=True, env=env, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("bundles", nargs="+")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.bundles[0], args.threads)))
+        return
+    from edgeq.bench.env import fingerprint
+
+    out = {"env": fingerprint(), "threads": args.threads, "rounds": args.rounds, "bundles": {}}
+    with tempfile.TemporaryDirectory(prefix="edgeq-prepared-") as tmp:
+        cache = Path(tmp)
+        for bundle in args.bundles:
+            name = Path(bundle).name
+            # bytecode written once, as a wheel install has it (see compare_systems.prepare_edgeq)
+            subprocess.run([sys.executable, "-c", "import compileall, os, edgeq; "
+                            "compileall.compile_dir(os.path.dirname(edgeq.__file__), quiet=1)"], check=True)
+            rows = []
+            for i in range(args.rounds):
+                order = MODES if i % 2 == 0 else ("first", "off", "later")  # "later" needs a copy
+                for mode in order:
+                    rows.append({"mode": mode, "round": i + 1, **run(bundle, mode, cache, args.threads)})
+                    r = rows[-1]
+                    print(f"{name} {i + 1} {mode:5} load {r['load_s']:.3f} s (sessions {r['sessions_s']:.3f}) "
+                          f"RSS {r['peak_rss_after_load_mb']:.0f} / {r['peak_rss_mb']:.0f} MB", flush=True)
+            copy = next((cache / "onnxruntime").iterdir())
+            summary = {mode: {key: statistics.median(r[key] for r in rows if r["mode"] == mode)
+                              for key in ("load_s", "sessions_s", "peak_rss_after_load_mb", "peak_rss_mb")}
+                       for mode in MODES}
+            same = len({r["text"] for r in rows}) == 1
+            out["bundles"][name] = {"bundle_onnx_mb": sum(p.stat().st_size for p in Path(bundle).glob("*.onnx*")) / 1e6,
+                                    "copy_mb": sum(p.stat().st_size for p in copy.iterdir()) / 1e6,
+                                    "same_text": same, "median": summary, "rows": rows}
+            write_json("prepared_sessions.json", out)
+            print(name, json.dumps(summary, indent=1), "same text" if same else "TEXT DIFFERS")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""ONNX Runtime's work on a bundle's graphs, kept on the device so that the next load skips it.
+
+Why: creating its two sessions is most of what loading an ONNX bundle costs. ONNX Runtime
+optimizes each graph (fusions, constant folding) and prepacks every int8 weight into the layout its
+GEMM kernels read on this CPU, every time. It can write both out: the graph as optimized, and the
+prepacked weights beside the originals in the graph's external data file
+(`session.save_external_prepacked_constant_initializers`), which a later session memory-maps
+instead of packing again. See benchmarks/results/prepared_sessions.json for what it saves.
+
+What it writes is specific to this CPU's instruction set and this onnxruntime ("should only be used
+in the same environment the model was optimized in", ONNX Runtime warns), so it never goes into a
+bundle: it is made the first time a bundle loads on a device, in
+`$EDGEQ_CACHE/onnxruntime/<key>/` (`~/.cache/edgeq`), keyed by the bundle's manifest hash, the
+onnxruntime version, the machine and the CPU's model and flags.
+
+Trust: the bundle was checked against its manifest before any of this. The copy made from it is
+hashed when written (hashes.json), and used later only while every file is as it was then: the
+stat stamps of edgeq.format.verified (size, mtime, ctime, inode), or, until those can be taken
+(a file written less than RACY_S ago), its hashes. A copy that does not match is made again.
+
+Cost: disk. The copy holds the original weights and the prepacked ones (about twice the bundle's
+ONNX files). CPU only: CUDA and TensorRT build their own engines. EDGEQ_ORT_CACHE=0 turns it off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+from edgeq.format import verified
+from edgeq.util import cache_dir
+
+log = logging.getLogger(__name__)
+
+HASHES = "hashes.json"
+CHUNK = 1 << 20
+STALE_S = 3600.0  # a staging directory this old belongs to a load that did not finish
+
+
+def enabled() -> bool:
+    return os.environ.get("EDGEQ_ORT_CACHE", "1") != "0"
+
+
+def _cpu() -> str:
+    """What decides the kernels ONNX Runtime packs for: the machine and the CPU's model and flags."""
+    model, flags = "", ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip().lower()
+            if key in ("model name", "cpu part", "hardware") and not model:
+                model = value.strip()
+            elif key in ("flags", "features") and not flags:
+                flags = " ".join(sorted(value.split()))
+    except OSError:
+        pass
+    return f"{platform.machine()}|{platform.processor()}|{model}|{flags}"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class PreparedGraphs:
+    """Where one bundle's prepared graphs are (or are to be written) on this device."""
+
+    def __init__(self, manifest_sha256: str, ort_version: str):
+        key = hashlib.sha256(f"{manifest_sha256}|{ort_version}|{_cpu()}".encode()).hexdigest()[:24]
+        self.root = cache_dir() / "onnxruntime"
+        self.path = self.root / key
+        self.staging = self.root / f".{key}.{os.getpid()}"
+        self._usable: bool | None = None
+        self._names: list[str] = []
+
+    def usable(self, names: list[str]) -> bool:
+        """Whether a complete copy of `names` is here and unchanged since it was written."""
+        self._names = names
+        if self._usable is None:
+            self._usable = self._check(names)
+        return self._usable
+
+    def _check(self, names: list[str]) -> bool:
+        try:
+            hashes_file = self.path / HASHES
+            hashes = json.loads(hashes_file.read_text())
+        except (OSError, ValueError):
+            return False
+        files = sorted(hashes) if isinstance(hashes, dict) else []
+        if not all(name in files for name in names):
+            return False
+        stamp = hashlib.sha256(hashes_file.read_bytes()).hexdigest()
+        if verified.still_verified(self.path, files, stamp):
+            return True
+        try:
+            if any(_sha256(self.path / name) != hashes[name] for name in files):
+                log.warning("the prepared copy of this bundle's graphs in %s was changed; making it again", self.path)
+                return False
+        except OSError:
+            return False
+        verified.remember(self.path, files, stamp)  # not while a file is younger than RACY_S
+        return True
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def start(self) -> bool:
+        """Make the staging directory the sessions write into; False (and a warning) when the
+        cache cannot hold it: the bundle then loads as it is, optimized and packed in memory."""
+        try:
+            self.staging.mkdir(parents=True, exist_ok=True)
+            for left in self.root.glob(f".{self.path.name}.*"):
+                if left != self.staging and time.time() - left.stat().st_mtime > STALE_S:
+                    shutil.rmtree(left, ignore_errors=True)  # a load killed while writing
+            return True
+        except OSError as err:
+            log.warning("cannot keep ONNX Runtime's prepared graphs in %s: %s", self.root, err)
+            return False
+
+    def save_options(self, options, name: str) -> None:
+        """Ask the session made with `options` to write its optimized graph `name` (and its
+        prepacked weights, in `name`.data) into the staging directory."""
+        options.optimized_model_filepath = str(self.staging / name)
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name", f"{name}.data")
+        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+        options.add_session_config_entry("session.save_external_prepacked_constant_initializers", "1")
+
+    def commit(self) -> None:
+        """Hash what the sessions wrote and move it into place in one rename: a load that stops
+        half-way leaves only a staging directory, never a partial copy under the key."""
+        try:
+            names = sorted(p.name for p in self.staging.iterdir())
+            hashes = {name: _sha256(self.staging / name) for name in names}
+            (self.staging / HASHES).write_text(json.dumps(hashes, indent=1))
+            if self.path.exists():
+                if self._check(self._names):
+                    return  # another process loading the same bundle wrote it meanwhile
+                shutil.rmtree(self.path)  # a copy that failed its check
+            os.replace(self.staging, self.path)
+            log.info("prepared graphs for this device written to %s", self.path)
+        except OSError as err:  # a full or read-only cache costs the next load its optimizing, nothing more
+            log.warning("cannot keep ONNX Runtime's prepared graphs in %s: %s", self.root, err)
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
