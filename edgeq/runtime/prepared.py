@@ -19,7 +19,8 @@ stat stamps of edgeq.format.verified (size, mtime, ctime, inode), or, until thos
 (a file written less than RACY_S ago), its hashes. A copy that does not match is made again.
 
 Cost: disk. The copy holds the original weights and the prepacked ones (about twice the bundle's
-ONNX files). CPU only: CUDA and TensorRT build their own engines. EDGEQ_ORT_CACHE=0 turns it off.
+ONNX files); the MAX_COPIES most recently loaded bundles keep theirs. CPU only: CUDA and TensorRT
+build their own engines. EDGEQ_ORT_CACHE=0 turns it off.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ log = logging.getLogger(__name__)
 HASHES = "hashes.json"
 CHUNK = 1 << 20
 STALE_S = 3600.0  # a staging directory this old belongs to a load that did not finish
+# Copies kept, the most recently used: each rebuilt bundle has a new manifest hash and so a new copy
+# (506 MB for whisper-small int8), which would otherwise pile up on a device's SD card.
+MAX_COPIES = 3
 
 
 def enabled() -> bool:
@@ -100,6 +104,7 @@ class PreparedGraphs:
             return False
         stamp = hashlib.sha256(hashes_file.read_bytes()).hexdigest()
         if verified.still_verified(self.path, files, stamp):
+            self._touch()
             return True
         try:
             if any(_sha256(self.path / name) != hashes[name] for name in files):
@@ -108,7 +113,23 @@ class PreparedGraphs:
         except OSError:
             return False
         verified.remember(self.path, files, stamp)  # not while a file is younger than RACY_S
+        self._touch()
         return True
+
+    def _touch(self) -> None:
+        """Mark the copy as just used (its folder's mtime), for MAX_COPIES."""
+        try:
+            os.utime(self.path)
+        except OSError:
+            pass
+
+    def _evict(self) -> None:
+        """Remove all but the MAX_COPIES most recently used copies."""
+        copies = sorted((p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                        key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in copies[MAX_COPIES:]:
+            log.info("removing ONNX Runtime's prepared graphs of a bundle not loaded lately: %s", old)
+            shutil.rmtree(old, ignore_errors=True)
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -147,6 +168,8 @@ class PreparedGraphs:
                 shutil.rmtree(self.path)  # a copy that failed its check
             os.replace(self.staging, self.path)
             log.info("prepared graphs for this device written to %s", self.path)
+            self._touch()
+            self._evict()
         except OSError as err:  # a full or read-only cache costs the next load its optimizing, nothing more
             log.warning("cannot keep ONNX Runtime's prepared graphs in %s: %s", self.root, err)
         finally:

@@ -650,3 +650,22 @@ def test_a_staging_folder_left_by_a_killed_load_is_cleared(monkeypatch, tmp_path
     assert not old.exists() and recent.exists() and graphs.staging.is_dir()  # another load may still be writing
     graphs.discard()
     assert not graphs.staging.exists()
+
+
+def test_only_the_most_recently_used_prepared_copies_are_kept(monkeypatch, tmp_path):
+    import os
+
+    from edgeq.runtime import prepared
+
+    monkeypatch.setenv("EDGEQ_CACHE", str(tmp_path))
+    olds = [prepared.PreparedGraphs(c * 64, "1.32.0") for c in "abcd"]
+    for age, graphs in enumerate(olds):
+        graphs.path.mkdir(parents=True)
+        os.utime(graphs.path, (1000 - age, 1000 - age))  # "a" used last, "d" longest ago
+    new = prepared.PreparedGraphs("e" * 64, "1.32.0")
+    assert new.start()
+    (new.staging / "encoder.onnx").write_bytes(b"graph")
+    new.commit()
+    kept = {p.name for p in new.root.iterdir()}
+    assert kept == {new.path.name, olds[0].path.name, olds[1].path.name}
+    assert (new.path / "hashes.json").is_file()
