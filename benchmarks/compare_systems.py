@@ -48,7 +48,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from _common import SPEECH_DEV, WHISPER_BASE, whisper_small_random, write_json
+from _common import SPEECH_DEV, WHISPER_BASE, compile_edgeq, whisper_small_random, write_json
 
 
 def _dir_mb(path: Path, suffixes=(".safetensors", ".onnx", ".onnx.data", ".bin")) -> float:
@@ -291,17 +291,14 @@ def systems_to_run(args) -> list[dict]:
 
 
 def prepare_edgeq(system: dict) -> None:
-    """Write edgeq's bytecode where the worker will import it from, as `pip install` does, and load
-    the bundle once, as a user's first run on a device does.
-
-    Without the first, an editable install under PYTHONDONTWRITEBYTECODE (set on these machines)
-    compiles edgeq's 24 device-side modules from source in every worker: ~50 ms of a 0.3 s load that
-    the peers, installed from wheels with their bytecode, never pay. The load writes ONNX Runtime's
-    prepared graphs for this device (edgeq.runtime.prepared), which every later load reads: the
-    rounds measure those, as whisper.cpp's rounds measure a model file already in the page cache."""
-    code = ("import compileall, os, sys, edgeq; compileall.compile_dir(os.path.dirname(edgeq.__file__), quiet=1); "
-            "edgeq.load(sys.argv[1])")
-    subprocess.run([sys.executable, "-c", code, system["ref"]], check=True, env=_worker_env(system))
+    """Write edgeq's bytecode (_common.compile_edgeq) and load the bundle once, as a user's first run
+    on a device does: that load writes ONNX Runtime's prepared graphs for this device
+    (edgeq.runtime.prepared), which every later load reads. The rounds measure those, as
+    whisper.cpp's rounds measure a model file already in the page cache."""
+    env = _worker_env(system)
+    compile_edgeq(env)
+    subprocess.run([sys.executable, "-c", "import sys, edgeq; edgeq.load(sys.argv[1])", system["ref"]],
+                   check=True, env=env)
 
 
 def _worker_env(system: dict) -> dict:

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import SPEECH_DEV, write_json
+from _common import SPEECH_DEV, compile_edgeq, write_json
 
 MODES = ("first", "later", "off")
 
@@ -99,9 +99,7 @@ def main() -> None:
         cache = Path(tmp)
         for bundle in args.bundles:
             name = Path(bundle).name
-            # bytecode written once, as a wheel install has it (see compare_systems.prepare_edgeq)
-            subprocess.run([sys.executable, "-c", "import compileall, os, edgeq; "
-                            "compileall.compile_dir(os.path.dirname(edgeq.__file__), quiet=1)"], check=True)
+            compile_edgeq()  # bytecode written once, as a wheel install has it
             rows = []
             for i in range(args.rounds):
                 order = MODES if i % 2 == 0 else ("first", "off", "later")  # "later" needs a copy

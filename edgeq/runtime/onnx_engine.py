@@ -40,6 +40,7 @@ def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None)
     reuse = graphs is not None and graphs.usable([layout.encoder, layout.decoder])
     if graphs is not None and not reuse and not graphs.start():
         graphs = None
+    writing = graphs is not None and not reuse
     # Neither session uses ONNX Runtime's CPU arena or memory patterns: they keep the largest
     # allocation ever made reserved for the whole run. The encoder runs once per 30 s window on
     # large activations: without them whisper-base onnx-int8-dynamic peaked at 319 MB instead of
@@ -51,10 +52,10 @@ def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None)
         encoder = _session(ort, bundle, layout.encoder, _options(ort, threads), enc_providers, graphs, reuse)
         decoder = _session(ort, bundle, layout.decoder, _options(ort, threads), dec_providers, graphs, reuse)
     except BaseException:
-        if graphs is not None and not reuse:
+        if writing:
             graphs.discard()
         raise
-    if graphs is not None and not reuse:
+    if writing:
         graphs.commit()
     if device == "cuda" and "CUDAExecutionProvider" not in decoder.get_providers():
         raise DeviceError(

@@ -35,12 +35,11 @@ import time
 from pathlib import Path
 
 from edgeq.format import verified
-from edgeq.util import cache_dir
+from edgeq.util import cache_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
 HASHES = "hashes.json"
-CHUNK = 1 << 20
 STALE_S = 3600.0  # a staging directory this old belongs to a load that did not finish
 # Copies kept, the most recently used: each rebuilt bundle has a new manifest hash and so a new copy
 # (506 MB for whisper-small int8), which would otherwise pile up on a device's SD card.
@@ -67,14 +66,6 @@ def _cpu() -> str:
     return f"{platform.machine()}|{platform.processor()}|{model}|{flags}"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class PreparedGraphs:
     """Where one bundle's prepared graphs are (or are to be written) on this device."""
 
@@ -83,31 +74,28 @@ class PreparedGraphs:
         self.root = cache_dir() / "onnxruntime"
         self.path = self.root / key
         self.staging = self.root / f".{key}.{os.getpid()}"
-        self._usable: bool | None = None
-        self._names: list[str] = []
+        self._names: list[str] = []  # what usable() was asked for; commit() checks it again
 
     def usable(self, names: list[str]) -> bool:
         """Whether a complete copy of `names` is here and unchanged since it was written."""
         self._names = names
-        if self._usable is None:
-            self._usable = self._check(names)
-        return self._usable
+        return self._check(names)
 
     def _check(self, names: list[str]) -> bool:
         try:
-            hashes_file = self.path / HASHES
-            hashes = json.loads(hashes_file.read_text())
+            raw = (self.path / HASHES).read_bytes()
+            hashes = json.loads(raw)
         except (OSError, ValueError):
             return False
         files = sorted(hashes) if isinstance(hashes, dict) else []
         if not all(name in files for name in names):
             return False
-        stamp = hashlib.sha256(hashes_file.read_bytes()).hexdigest()
+        stamp = hashlib.sha256(raw).hexdigest()
         if verified.still_verified(self.path, files, stamp):
             self._touch()
             return True
         try:
-            if any(_sha256(self.path / name) != hashes[name] for name in files):
+            if any(sha256_file(self.path / name) != hashes[name] for name in files):
                 log.warning("the prepared copy of this bundle's graphs in %s was changed; making it again", self.path)
                 return False
         except OSError:
@@ -160,7 +148,7 @@ class PreparedGraphs:
         half-way leaves only a staging directory, never a partial copy under the key."""
         try:
             names = sorted(p.name for p in self.staging.iterdir())
-            hashes = {name: _sha256(self.staging / name) for name in names}
+            hashes = {name: sha256_file(self.staging / name) for name in names}
             (self.staging / HASHES).write_text(json.dumps(hashes, indent=1))
             if self.path.exists():
                 if self._check(self._names):
