@@ -19,7 +19,7 @@ import numpy as np
 from edgeq.errors import BundleError, DeviceError
 from edgeq.format.bundle import Bundle
 from edgeq.format.layout import LAYOUT_FILE, OnnxLayout, read_layout
-from edgeq.runtime import prepared
+from edgeq.runtime import heap, prepared
 from edgeq.util import cache_dir
 
 log = logging.getLogger(__name__)
@@ -62,8 +62,6 @@ def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None)
             "ONNX Runtime could not start its CUDA provider (are the CUDA and cuDNN libraries that "
             "onnxruntime-gpu needs installed?); use --device cpu or fix the CUDA installation"
         )
-    from edgeq.runtime import heap
-
     # What ONNX Runtime left mapped after prepacking (the token table): resident only where read.
     mapped = [bundle.path / name for name in bundle.manifest.files if name.endswith(".onnx.data")]
     if reuse:
@@ -114,7 +112,11 @@ class OnnxEngine:
         binding.bind_cpu_input("input_features", np.ascontiguousarray(features, dtype=self._features_dtype)[None])
         for name in self._cross:
             binding.bind_output(name, self._device)
-        self._encoder.run_with_iobinding(binding)
+        if self._device == "cpu":
+            with heap.large_blocks_mapped():
+                self._encoder.run_with_iobinding(binding)
+        else:
+            self._encoder.run_with_iobinding(binding)
         return dict(zip(self._cross, binding.get_outputs()))
 
     def start(self, encoder_state: dict[str, Any]) -> tuple[dict[str, Any], tuple]:

@@ -6,6 +6,7 @@ order and 1501 timestamp tokens (<|0.00|> .. <|30.00|>), like a real English-onl
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import replace
 
 import numpy as np
@@ -532,6 +533,41 @@ def test_a_fitted_window_that_loops_is_decoded_again_on_the_full_window():
     r = transcribe(engine, 5.0, STUDY_OPTIONS)
     assert engine.frames == [700, 3000] and r.timings.refits == 1
     assert [s.text for s in r.segments] == ["w1 w2"] and not r.gaps and r.decodes == 2
+
+
+class EncoderOutput:
+    def __init__(self, window: int):
+        self.window = window
+
+
+class ReleaseCheckingEngine(FittingEngine):
+    """Counts, at every encode, the earlier encoder outputs that something still holds."""
+
+    def __init__(self, script, **kwargs):
+        super().__init__(script, **kwargs)
+        self.outputs = weakref.WeakSet()
+        self.held_at_encode: list[int] = []
+
+    def encode(self, features):
+        self.held_at_encode.append(len(self.outputs))
+        out = EncoderOutput(super().encode(features))
+        self.outputs.add(out)
+        return out
+
+    def start(self, out):
+        return (out.window, ())
+
+
+def test_a_window_s_encoder_output_is_let_go_before_the_next_window_is_encoded():
+    # The encoder output is a window's cross-attention keys/values (110 MB on whisper-small's
+    # shape): held while the next window encodes, it doubled that part of the peak.
+    engine = ReleaseCheckingEngine(follow([[ts(0), 1, ts(30)], [ts(0), 2, ts(10)]]))
+    transcribe(engine, 45.0, replace(STUDY_OPTIONS, recheck_sparse_segments=False))
+    assert engine.frames == [3000, 1700] and engine.held_at_encode == [0, 0]
+    # a fitted window that loops is encoded again in full: the fitted one's output is let go first
+    engine = ReleaseCheckingEngine(lambda window, s: {7 + len(s) % 2: 30.0} if window == 0 else follow([[1, 2]])(0, s))
+    r = transcribe(engine, 5.0, STUDY_OPTIONS)
+    assert r.timings.refits == 1 and engine.held_at_encode == [0, 0]
 
 
 def test_an_engine_with_fixed_windows_gets_the_full_window_when_fit_is_asked():

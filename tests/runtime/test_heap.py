@@ -57,6 +57,38 @@ def test_untuned_glibc_keeps_freed_buffers_and_the_switch_turns_tuning_off():
     assert loading < 3  # the behaviour edgeq.runtime.heap exists for
 
 
+# After loading (inference thresholds), free an 8 MiB block inside heap.large_blocks_mapped(), then
+# one after it: print how many MiB each free gave back.
+ENCODING = textwrap.dedent("""
+    import numpy as np
+    import psutil
+    from edgeq.runtime import heap
+
+    def rss():
+        return psutil.Process().memory_info().rss / 2**20
+
+    def given_back():
+        b = np.ones(8 * 2**20 // 8)
+        held = rss()
+        del b
+        return held - rss()
+
+    with heap.loading():
+        pass
+    with heap.large_blocks_mapped():
+        inside = given_back()
+    print(inside, given_back())
+""")
+
+
+def test_large_blocks_mapped_gives_an_encoder_s_freed_activations_back_only_inside():
+    proc = subprocess.run([sys.executable, "-c", ENCODING], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    inside, after = (float(x) for x in proc.stdout.split())
+    assert inside == pytest.approx(8, abs=1.5)  # an encoder's 4 MiB-and-larger blocks are unmapped when freed
+    assert after < 2  # afterwards (a decoder step's blocks) they stay on the heap for reuse
+
+
 # Map a 16 MiB file twice, privately and writable, as ONNX Runtime maps external data; read every
 # page of both, write one byte in the second; release both: print (released mappings, MiB of RSS
 # given back, the two mappings' first bytes afterwards).
