@@ -81,9 +81,11 @@ def large_blocks_mapped(threshold: int = ENCODER_MMAP_THRESHOLD):
     Why: a full 30 s window of the whisper-small shape allocates its activations (4.6 MB per
     [1500, 768] float tensor, 18 MB in the MLP) from the heap, then its 24 cross-attention outputs
     last; the heap ended 282 MB large with 155 MB of it free but resident, split around those
-    outputs (mallinfo2). Mapped, what is freed is gone: two speech-dev clips of the small shape (a
-    fitted window, then the full one) peaked at 507-527 MB instead of 600-622, whisper-base on all
-    of speech-dev at 232-238 instead of 240-243. A shorter window's blocks stay under the threshold
+    outputs (mallinfo2; a bundle with fused encoder attention). Mapped, what is freed is gone: two
+    speech-dev clips of the small shape (a fitted window, then the full one) peaked at 507-527 MB
+    instead of 600-622 with that bundle, and with the default one (query blocks) 571-574 MB instead
+    of 646-660 together with the long-form change that lets a window's output go; whisper-base on
+    all of speech-dev at 232-238 instead of 240-243. A shorter window's blocks stay under the threshold
     and keep being reused from the heap, with no page faults: only full windows of the small shape
     pay for them, about 8 % of their encoder time (1.96 vs 1.82 s, alternating, one process).
     (glibc maps a block only when no free heap space fits it: space freed onto the heap before is

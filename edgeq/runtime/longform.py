@@ -315,8 +315,8 @@ class LongformTranscriber:
                     timings.unprompted += 1
             # The window's encoder output (the cross-attention keys/values: 110 MB in float32 for a
             # full window of whisper-small) is not read after this point. Held until the next
-            # encode returned, it was resident beside the next window's: whisper-small shape, four
-            # full windows, peak 720 -> 591 MB.
+            # encode returned, it was resident beside the next window's: whisper-small shape (fused
+            # encoder attention), four full windows, peak 720 -> 591 MB.
             encoder_state = None
             log.debug("window %.2f-%.2f s: T=%.1f no_speech=%s avg_logprob=%.2f ratio=%.2f tokens=%d truncated=%s",
                       offset, offset + duration, result.temperature, result.no_speech_prob, result.avg_logprob,
