@@ -10,6 +10,7 @@ decoder step copies only the new token in and the logits out.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Any
@@ -104,6 +105,8 @@ class OnnxEngine:
         shape = [1, layout.heads, 0, layout.head_dim]
         empty = ort.OrtValue.ortvalue_from_shape_and_type(shape, kv_dtype, self._device, 0)
         self._empty = tuple(empty for _ in self._past)
+        # On a CPU the encoder's large activations are mapped and given back (heap.large_blocks_mapped).
+        self._encoding = heap.large_blocks_mapped if self._device == "cpu" else contextlib.nullcontext
         self.providers = decoder.get_providers()
         self.variable_window = layout.variable_frames
 
@@ -112,10 +115,7 @@ class OnnxEngine:
         binding.bind_cpu_input("input_features", np.ascontiguousarray(features, dtype=self._features_dtype)[None])
         for name in self._cross:
             binding.bind_output(name, self._device)
-        if self._device == "cpu":
-            with heap.large_blocks_mapped():
-                self._encoder.run_with_iobinding(binding)
-        else:
+        with self._encoding():
             self._encoder.run_with_iobinding(binding)
         return dict(zip(self._cross, binding.get_outputs()))
 

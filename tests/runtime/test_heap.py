@@ -13,9 +13,8 @@ import pytest
 
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="heap tuning is glibc-only")
 
-# Free a 30 MiB block (untuned glibc then raises its mmap threshold to 30 MiB), then allocate and
-# free 20 MiB inside heap.loading() and again after it: print how many MiB each free gave back.
-PROBE = textwrap.dedent("""
+# given_back(mib): allocate and free `mib` MiB; how many MiB of RSS the free gave back.
+GIVEN_BACK = textwrap.dedent("""
     import numpy as np
     import psutil
     from edgeq.runtime import heap
@@ -23,16 +22,19 @@ PROBE = textwrap.dedent("""
     def rss():
         return psutil.Process().memory_info().rss / 2**20
 
-    def given_back():
-        b = np.ones(20 * 2**20 // 8)
+    def given_back(mib):
+        b = np.ones(mib * 2**20 // 8)
         held = rss()
         del b
         return held - rss()
-
+""")
+# Free a 30 MiB block (untuned glibc then raises its mmap threshold to 30 MiB), then allocate and
+# free 20 MiB inside heap.loading() and again after it: print how many MiB each free gave back.
+PROBE = GIVEN_BACK + textwrap.dedent("""
     a = np.ones(30 * 2**20 // 8); del a
     with heap.loading():
-        loading = given_back()
-    print(heap.active(), loading, given_back())
+        loading = given_back(20)
+    print(heap.active(), loading, given_back(20))
 """)
 
 
@@ -59,25 +61,12 @@ def test_untuned_glibc_keeps_freed_buffers_and_the_switch_turns_tuning_off():
 
 # After loading (inference thresholds), free an 8 MiB block inside heap.large_blocks_mapped(), then
 # one after it: print how many MiB each free gave back.
-ENCODING = textwrap.dedent("""
-    import numpy as np
-    import psutil
-    from edgeq.runtime import heap
-
-    def rss():
-        return psutil.Process().memory_info().rss / 2**20
-
-    def given_back():
-        b = np.ones(8 * 2**20 // 8)
-        held = rss()
-        del b
-        return held - rss()
-
+ENCODING = GIVEN_BACK + textwrap.dedent("""
     with heap.loading():
         pass
     with heap.large_blocks_mapped():
-        inside = given_back()
-    print(inside, given_back())
+        inside = given_back(8)
+    print(inside, given_back(8))
 """)
 
 
