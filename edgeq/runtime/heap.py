@@ -71,6 +71,21 @@ def loading():
 
 
 ENCODER_MMAP_THRESHOLD = 4 * 1024 * 1024
+MIN_ENCODER_MMAP_THRESHOLD = 1024 * 1024
+
+
+def encoder_threshold(activation_bytes: int) -> int:
+    """The threshold for an encoder run whose [positions, d_model] activations take
+    `activation_bytes`: blocks that large are mapped, within 1-4 MiB.
+
+    Why this size: the blocks that fragment the heap are the window's activations and its
+    cross-attention outputs, all of that size; smaller ones (quantized copies, attention blocks)
+    are reused from the heap without page faults. whisper-base's are 3 MB for a full window and
+    1.5 MB for a 15 s one, under a fixed 4 MiB: with this rule, speech-dev peaked at 224-229 MB
+    instead of 232-237 (same speed within noise; 2 and 1 MiB did alike); the whisper-small shape's
+    4.6 MB stay at 4 MiB, where 1-2 MiB cost it page faults for no memory.
+    """
+    return min(max(activation_bytes, MIN_ENCODER_MMAP_THRESHOLD), ENCODER_MMAP_THRESHOLD)
 
 
 @contextlib.contextmanager
@@ -127,27 +142,49 @@ def release_mapped(files) -> int:
     back in from the page cache, which keeps them (the next process loads as fast). A mapping with
     a written page is left as it is. Linux only; the flags are readable without privileges.
     """
-    libc = _glibc()
-    if libc is None or platform.system() != "Linux":
-        return 0
-    import numpy as np
+    return release(mappings(files))
 
+
+def mappings(files, lengths=None) -> list[tuple[int, int]]:
+    """The address ranges of this process's mappings of `files` (and, given `lengths`, only those
+    whose page-rounded length fits one of them: a mapping starts at the page holding its first byte)."""
+    if _glibc() is None or platform.system() != "Linux":
+        return []
     wanted = {str(os.path.realpath(f)) for f in files}
     page = os.sysconf("SC_PAGE_SIZE")
+    fits = None if lengths is None else {-(-n // page) for n in lengths} | {-(-n // page) + 1 for n in lengths}
     try:
         with open("/proc/self/maps") as f:
             maps = f.read().splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in maps:
+        parts = line.split(maxsplit=5)
+        if len(parts) < 6 or parts[5] not in wanted:
+            continue
+        start, end = (int(x, 16) for x in parts[0].split("-"))
+        if fits is None or (end - start) // page in fits:
+            found.append((start, end))
+    return found
+
+
+def release(ranges) -> int:
+    """release_mapped() for address ranges found by mappings(); returns how many were released."""
+    libc = _glibc()
+    if libc is None or not ranges:
+        return 0
+    import numpy as np
+
+    page = os.sysconf("SC_PAGE_SIZE")
+    try:
         pagemap = os.open("/proc/self/pagemap", os.O_RDONLY)
     except OSError:
         return 0
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     released = 0
     try:
-        for line in maps:
-            parts = line.split(maxsplit=5)
-            if len(parts) < 6 or parts[5] not in wanted:
-                continue
-            start, end = (int(x, 16) for x in parts[0].split("-"))
+        for start, end in ranges:
             flags = np.frombuffer(os.pread(pagemap, 8 * ((end - start) // page), 8 * (start // page)), np.uint64)
             written = (flags & np.uint64(PAGEMAP_PRESENT)).astype(bool) & ~(flags & np.uint64(PAGEMAP_FILE)).astype(bool)
             if not written.any():
@@ -156,5 +193,5 @@ def release_mapped(files) -> int:
         pass
     finally:
         os.close(pagemap)
-    log.debug("released %d mappings of %s", released, sorted(wanted))
+    log.debug("released %d of %d mappings", released, len(ranges))
     return released

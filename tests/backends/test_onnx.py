@@ -275,6 +275,44 @@ def test_tied_table_stored_once_quantized(name, bits, bundles):
     assert not [t for t in dec.graph.initializer if list(t.dims) == [VOCAB_SIZE, _d_model(bundle)]]  # no float copy
 
 
+@pytest.mark.parametrize("name", ["onnx-int8-dynamic", "onnx-int4"])
+def test_the_token_table_s_pages_go_back_before_each_window(name, bundles, audio_dir):
+    # A decoder step reads a row of the memory-mapped table, and the kernel maps the folio around
+    # it; those pages are released when the next window is encoded, and read back the same.
+    import edgeq
+    from edgeq.runtime import heap
+    from edgeq.runtime.features import log_mel_spectrogram
+
+    if not heap.active():
+        pytest.skip("releasing mapped pages is glibc/Linux-only")
+    engine = edgeq.load(_get(bundles, name).path, threads=1).engine
+    (table,) = engine._table  # exactly one of the mappings this load made: the table's
+    features = log_mel_spectrogram(edgeq.runtime.audio.load_audio(audio_dir / "a_16k.wav"))
+    prompt = [257, 258, 261, 265]  # <|startoftranscript|><|en|><|transcribe|><|notimestamps|>
+    logits, _ = engine.step(engine.start(engine.encode(features)), prompt)
+    assert _resident(table) > 0
+    state = engine.start(engine.encode(features))
+    assert _resident(table) == 0
+    again, _ = engine.step(state, prompt)
+    assert _resident(table) > 0
+    np.testing.assert_array_equal(logits, again)
+
+
+def _resident(mapping: tuple[int, int]) -> int:
+    """Pages of an address range that are in this process's RSS (/proc/self/pagemap)."""
+    import os
+
+    from edgeq.runtime.heap import PAGEMAP_PRESENT
+
+    (start, end), page = mapping, os.sysconf("SC_PAGE_SIZE")
+    fd = os.open("/proc/self/pagemap", os.O_RDONLY)
+    try:
+        flags = np.frombuffer(os.pread(fd, 8 * ((end - start) // page), 8 * (start // page)), np.uint64)
+    finally:
+        os.close(fd)
+    return int((flags & np.uint64(PAGEMAP_PRESENT)).astype(bool).sum())
+
+
 # --------------------------------------------------------------------------- runtime without torch
 
 
