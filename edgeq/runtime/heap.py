@@ -19,8 +19,9 @@ alone, onnx-int8-dynamic peaks at 281-287 MB against 305-313 MB untuned; speed i
 Both settings are process-wide, which is why edgeq applies them only around loading a bundle for
 inference; EDGEQ_HEAP_TUNING=0 turns them off. Elsewhere (macOS, musl) this does nothing.
 
-`large_blocks_mapped()` lowers the threshold around an encoder run, and `release_mapped(files)` is
-the same idea for memory-mapped weights: see their docstrings.
+`large_blocks_mapped()` lowers the threshold around an encoder run (to `encoder_threshold()`), and
+`release_mapped(files)` is the same idea for memory-mapped weights, `release()` for one mapping
+found by `mappings()` again later (the token table, before every window): see their docstrings.
 """
 
 from __future__ import annotations
@@ -100,9 +101,10 @@ def large_blocks_mapped(threshold: int = ENCODER_MMAP_THRESHOLD):
     speech-dev clips of the small shape (a fitted window, then the full one) peaked at 507-527 MB
     instead of 600-622 with that bundle, and with the default one (query blocks) 571-574 MB instead
     of 646-660 together with the long-form change that lets a window's output go; whisper-base on
-    all of speech-dev at 232-238 instead of 240-243. A shorter window's blocks stay under the threshold
-    and keep being reused from the heap, with no page faults: only full windows of the small shape
-    pay for them, about 8 % of their encoder time (1.96 vs 1.82 s, alternating, one process).
+    all of speech-dev at 232-238 instead of 240-243 (those at a fixed 4 MiB; see encoder_threshold
+    for the size each window uses). Blocks under the threshold keep being reused from the heap,
+    with no page faults; mapping a full small-shape window's cost about 8 % of its encoder time
+    (1.96 vs 1.82 s, alternating, one process).
     (glibc maps a block only when no free heap space fits it: space freed onto the heap before is
     still reused.) ONNX Runtime's own arena emptied after each run (memory.enable_memory_arena_shrinkage) did
     as well on the small shape (530-535 MB) but worse on whisper-base (252-253 MB).
