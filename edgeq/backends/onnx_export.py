@@ -30,9 +30,9 @@ from edgeq.format.layout import OnnxLayout, io_names
 
 log = logging.getLogger(__name__)
 
-# Self-attention in 6 blocks of queries (250 each on a full window): whisper-base peak RSS -65 MB,
-# identical outputs. The default; options.attention = "fused" writes one MultiHeadAttention node
-# per layer instead (onnx_fusion), which peaks lower on whisper-base and higher on whisper-small.
+# With options.attention = "blocks": self-attention in 6 blocks of queries (250 each on a full
+# window), identical outputs to one block. The default, "fused", writes one MultiHeadAttention node
+# per layer instead (onnx_fusion), which peaks lower on both whisper-base and whisper-small.
 ENCODER_QUERY_CHUNKS = 6
 # The protobuf limit is 2 GiB; above ~1.8 GB of weights the graphs keep their tensors in .onnx.data.
 EXTERNAL_DATA_BYTES = 1_800_000_000
@@ -158,9 +158,9 @@ class DecoderGraph(nn.Module):
         return (logits, *present)
 
 
-def export_float(model, folder: Path, opset: int, attention: str = "blocks") -> OnnxLayout:
+def export_float(model, folder: Path, opset: int, attention: str = "fused") -> OnnxLayout:
     """Write the float32 encoder and decoder graphs for `model` into `folder`; the encoder's
-    self-attention in query blocks, or `attention="fused"` as MultiHeadAttention nodes."""
+    self-attention as MultiHeadAttention nodes, or `attention="blocks"` in query blocks."""
     from torch.export import Dim
 
     model = model.float().eval()

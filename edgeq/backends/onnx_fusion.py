@@ -3,11 +3,16 @@
 Why: exported as MatMul(QKᵀ) → Softmax → MatMul(V), a 30 s window materialises every head's
 1500 x 1500 score matrix, and its softmax, in float32 (whisper-base: 8 heads, 72 MB each). ONNX
 Runtime's CPU kernel of `com.microsoft.MultiHeadAttention`, given Q, K and V without mask, bias or
-cache, runs MLAS flash attention in L2-sized tiles and never holds the scores. Measured on the
-int8 encoder alone (one 30 s window, 2 threads), against the default 6 query blocks: whisper-base
-289 -> 256 MB peak RSS, but whisper-small's shape 535 -> 587-608 MB (cause not found yet: not
-malloc's mmap threshold, fixed at 128 KB it stayed 589 vs 539). float32 outputs equal to 3e-4
-of 7.8. Hence a recipe option (`options.attention = "fused"`), not the default. The decoder keeps
+cache, runs MLAS flash attention in L2-sized tiles and never holds the scores. The exporter's
+other form, 6 blocks of queries, was meant to hold one block's scores at a time, but ONNX Runtime
+runs every block's QK^T before any softmax, so they are all alive at once (12 blocks instead of
+6: the same peak). Measured with edgeq's heap handling (runtime/heap.py), int8, 2 threads: one
+30 s window of whisper-base raises the RSS by 46 MB fused against 118-121 MB in blocks; all of
+speech-dev peaks at 218-223 vs 224-231 MB, two clips of whisper-small's shape at 511-523 vs
+550-563 MB. (Before the encoder's large blocks were mapped, the small shape had peaked higher
+fused, 587-608 vs 535 MB on one window: heap fragmentation, not the kernel.) float32 outputs
+equal to 3e-4 of 7.8; WER on speech-dev 2.65 vs 2.43 % (one word of 453). Hence the default;
+`options.attention = "blocks"` keeps the exported chain. The decoder keeps
 its graph: its attention is over one new token.
 
 The exporter (onnx_export.EncoderGraph) writes each layer as

@@ -125,11 +125,13 @@ class OnnxOptions(_Strict):
     accuracy_level: Literal[0, 1, 2, 3, 4] = 4  # MatMulNBits compute type (4 = int8 activations, 0 = unset)
     # Store the float tensors left (convolutions, positional tables) as float16, computed in float32.
     float16_storage: bool = False
-    # The encoder's self-attention: in 6 blocks of queries, or "fused" into ONNX Runtime's
-    # MultiHeadAttention (flash attention on CPU). Measured peak RSS, one 30 s window, int8:
-    # whisper-base 289 -> 256 MB fused; whisper-small's shape 535 -> 587-608 MB. So blocks stay
-    # the default, and whisper-base bundles may choose fused (edgeq/backends/onnx_fusion.py).
-    attention: Literal["blocks", "fused"] = "blocks"
+    # The encoder's self-attention: "fused" into ONNX Runtime's MultiHeadAttention (flash
+    # attention on CPU), or "blocks" of queries. Measured with edgeq's heap handling (2026-12-02,
+    # int8, in-process): one 30 s window of whisper-base +46 MB over the RSS before it, fused,
+    # against +118-121 MB in blocks (ONNX Runtime runs every block's QK^T before any softmax, so
+    # all the scores are alive at once); speech-dev peaks 218-223 vs 224-231 MB, whisper-small's
+    # shape 511-523 vs 550-563 MB. See edgeq/backends/onnx_fusion.py.
+    attention: Literal["blocks", "fused"] = "fused"
 
 
 class FloatOptions(_Strict):

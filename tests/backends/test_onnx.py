@@ -185,18 +185,18 @@ def test_quantized_graphs_use_the_recipes_operators(bundles):
 
 @pytest.mark.parametrize("recipe", ["onnx-fp32", "onnx-int8-dynamic"])
 def test_fused_attention_is_one_multihead_node_per_layer(recipe, bundles, tiny_model, tmp_path):
-    # options.attention = "fused" (onnx_fusion): no layer's scores or softmax left; the build checks
-    # the fused float graph against PyTorch (check_float_export), so a wrong fusion fails here.
+    # The default, options.attention = "fused" (onnx_fusion): no layer's scores or softmax left; the
+    # build checks the fused float graph against PyTorch (check_float_export), so a wrong fusion
+    # fails here. options.attention = "blocks" keeps the exported chain, in query blocks.
     import edgeq
     from edgeq.spec.recipe import apply_overrides, load_recipe
 
     layers = json.loads((Path(tiny_model) / "config.json").read_text())["encoder_layers"]
-    fused = apply_overrides(load_recipe(recipe), ["options.attention=fused"])
-    bundle = edgeq.build(fused, model=str(tiny_model), out=tmp_path / "b", language="en")
-    ops = [n.op_type for n in _graphs(bundle)[0].graph.node]
-    assert ops.count("MultiHeadAttention") == layers and "Softmax" not in ops
-    # The default stays the query blocks.
     ops = [n.op_type for n in _graphs(_get(bundles, recipe))[0].graph.node]
+    assert ops.count("MultiHeadAttention") == layers and "Softmax" not in ops
+    blocks = apply_overrides(load_recipe(recipe), ["options.attention=blocks"])
+    bundle = edgeq.build(blocks, model=str(tiny_model), out=tmp_path / "b", language="en")
+    ops = [n.op_type for n in _graphs(bundle)[0].graph.node]
     assert "MultiHeadAttention" not in ops and ops.count("Softmax") == 6 * layers
 
 
