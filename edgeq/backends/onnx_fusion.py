@@ -4,9 +4,11 @@ Why: exported as MatMul(QKᵀ) → Softmax → MatMul(V), a 30 s window material
 1500 x 1500 score matrix, and its softmax, in float32 (whisper-base: 8 heads, 72 MB each). ONNX
 Runtime's CPU kernel of `com.microsoft.MultiHeadAttention`, given Q, K and V without mask, bias or
 cache, runs MLAS flash attention in L2-sized tiles and never holds the scores. The exporter's
-other form, 6 blocks of queries, was meant to hold one block's scores at a time, but ONNX Runtime
-runs every block's QK^T before any softmax, so they are all alive at once (12 blocks instead of
-6: the same peak). Measured with edgeq's heap handling (runtime/heap.py), int8, 2 threads: one
+other form, 6 blocks of queries, was meant to hold one block's scores at a time, and ONNX Runtime
+does run each block's QK^T, softmax and AV in turn (profiled), yet it peaks higher, and 12 blocks
+as high as 6 (what holds the memory is not found yet: run alone with every block of 128 KB or more
+mapped, the live set grows by 125 MB in blocks against 48 MB fused, 35 MB of it the outputs).
+Measured with edgeq's heap handling (runtime/heap.py), int8, 2 threads: one
 30 s window of whisper-base raises the RSS by 46 MB fused against 118-121 MB in blocks; all of
 speech-dev peaks at 218-223 vs 224-231 MB, two clips of whisper-small's shape at 511-523 vs
 550-563 MB. (Before the encoder's large blocks were mapped, the small shape had peaked higher
