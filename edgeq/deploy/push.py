@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeq.deploy.ssh import Remote, SSHError, connect, run, run_sync, sftp_error
+from edgeq.deploy.ssh import Remote, SSHError, connect, reraise_if_cut, run, run_sync, sftp_error
 from edgeq.format.bundle import MANIFEST, Bundle, open_bundle
 from edgeq.util import one_line, sha256_file
 
@@ -118,14 +118,16 @@ async def _read(sftp, path: str) -> bytes | None:
     try:
         async with sftp.open(path, "rb") as f:
             return await f.read()
-    except sftp_error():  # no such file (or not readable): nothing of ours there
+    except sftp_error() as err:  # no such file (or not readable): nothing of ours there
+        reraise_if_cut(err)
         return None
 
 
 async def _size(sftp, path: str) -> int:
     try:
         return (await sftp.stat(path)).size or 0
-    except sftp_error():
+    except sftp_error() as err:
+        reraise_if_cut(err)
         return 0
 
 
@@ -155,6 +157,7 @@ async def _write(out, chunk: bytes, pos: int, dst: str) -> None:
     try:
         await out.write(chunk, pos)
     except sftp_error() as err:
+        reraise_if_cut(err)
         # OpenSSH's sftp-server speaks SFTP v3, which reports ENOSPC only as a generic "Failure".
         raise SSHError(f"writing {dst} on the device failed ({one_line(err)}): is its disk full? "
                        "free space there and push again (what was sent is kept and resumed)") from None

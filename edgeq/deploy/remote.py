@@ -20,7 +20,7 @@ from pathlib import Path
 from edgeq.bench.runner import BenchSettings, make_systems
 from edgeq.data.datasets import open_dataset
 from edgeq.deploy.push import push_over, send_file
-from edgeq.deploy.ssh import Remote, SSHError, connect, run, run_sync, sftp_error
+from edgeq.deploy.ssh import Remote, SSHError, connect, reraise_if_cut, run, run_sync, sftp_error
 from edgeq.errors import EdgeqError
 from edgeq.format.bundle import open_bundle
 
@@ -139,7 +139,8 @@ async def _dataset(conn, remote: Remote, settings: BenchSettings, progress) -> s
             size = u.audio.stat().st_size
             try:
                 have = (await sftp.stat(dst)).size or 0
-            except sftp_error():
+            except sftp_error() as err:
+                reraise_if_cut(err)
                 have = 0
             if have != size:  # a whole file is kept; a cut or different one is sent again
                 await send_file(sftp, u.audio, dst, 0, size)
@@ -162,7 +163,8 @@ async def _fetch(conn, remote_out: str, out: Path) -> list[str]:
     async with conn.start_sftp_client() as sftp:
         try:
             entries = await sftp.listdir(remote_out)
-        except sftp_error():
+        except sftp_error() as err:
+            reraise_if_cut(err)
             return []
         for name in sorted(entries):
             if name in (".", "..") or "/" in name:

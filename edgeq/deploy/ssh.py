@@ -68,8 +68,17 @@ def _asyncssh():
 
 
 def sftp_error() -> type[Exception]:
-    """asyncssh's SFTP error class (no such file, permission denied, failure), for except clauses."""
+    """asyncssh's SFTP error class (no such file, permission denied, failure), for except clauses.
+    It also covers a cut connection (SFTPNoConnection, SFTPConnectionLost): every handler passes
+    the error through `reraise_if_cut` first, or a cut in mid-write would read as a full disk."""
     return _asyncssh().SFTPError
+
+
+def reraise_if_cut(err: Exception) -> None:
+    """Re-raise an SFTP error that means the connection is gone, so that `connect` reports a cut."""
+    asyncssh = _asyncssh()
+    if isinstance(err, (asyncssh.SFTPNoConnection, asyncssh.SFTPConnectionLost)):
+        raise err
 
 
 @asynccontextmanager
@@ -95,7 +104,8 @@ async def connect(remote: Remote) -> AsyncIterator:
     try:
         async with conn:
             yield conn
-    except (asyncssh.ConnectionLost, asyncssh.DisconnectError, ConnectionError) as err:
+    except (asyncssh.ConnectionLost, asyncssh.DisconnectError, ConnectionError,
+            asyncssh.SFTPNoConnection, asyncssh.SFTPConnectionLost) as err:
         raise ConnectionFailed(f"connection to {remote.host} was cut ({one_line(err)}); "
                        "run the same command again to continue where it stopped") from None
 

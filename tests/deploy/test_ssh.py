@@ -282,3 +282,30 @@ def test_tasks_left_failing_by_a_cut_connection_are_not_echoed_but_other_errors_
     assert run_sync(abandon(ValueError("a real bug"))) == "done"
     gc.collect()
     assert ["never retrieved" in r.getMessage() and "a real bug" in r.exc_text for r in caplog.records] == [True]
+
+
+def test_a_cut_in_the_middle_of_a_write_says_cut_not_disk_full(device, monkeypatch, tmp_path):
+    """The cut push above lands on whichever SFTP call runs when sshd dies; a write in flight comes
+    back as SFTPNoConnection, a subclass of the SFTPError that also means "Failure" (a full disk on
+    OpenSSH's SFTP v3). Here the client has seen the cut before the write, every time."""
+    import asyncio
+
+    from edgeq.deploy import push as push_module
+    from edgeq.deploy.ssh import ConnectionFailed, connect, parse_remote
+
+    monkeypatch.setenv("HOME", str(device.home))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    src = tmp_path / "blob"
+    src.write_bytes(os.urandom(1 << 16))
+    dst = str(device.far / "cut-write" / "blob")
+
+    async def cut_then_write():
+        async with connect(parse_remote("device")) as conn, conn.start_sftp_client() as sftp:
+            await sftp.makedirs(os.path.dirname(dst), exist_ok=True)
+            async with sftp.open(dst, "wb") as out:
+                assert device.cut_connections() > 0
+                await asyncio.wait_for(conn.wait_closed(), 10)  # the client has seen the cut
+                await push_module._write(out, src.read_bytes(), 0, dst)
+
+    with pytest.raises(ConnectionFailed, match=r"connection to device was cut .*run the same command again"):
+        asyncio.run(cut_then_write())
