@@ -51,6 +51,7 @@ def _glibc():
         if os.environ.get("EDGEQ_HEAP_TUNING", "1") != "0" and platform.libc_ver()[0] == "glibc":
             try:
                 _libc = ctypes.CDLL("libc.so.6")
+                _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
             except OSError:  # a glibc without the usual soname: leave malloc as it is
                 log.debug("libc.so.6 not loadable; heap tuning off")
     return _libc or None
@@ -103,8 +104,8 @@ def large_blocks_mapped(threshold: int = ENCODER_MMAP_THRESHOLD):
     of 646-660 together with the long-form change that lets a window's output go; whisper-base on
     all of speech-dev at 232-238 instead of 240-243 (those at a fixed 4 MiB; see encoder_threshold
     for the size each window uses). Blocks under the threshold keep being reused from the heap,
-    with no page faults; mapping a full small-shape window's cost about 8 % of its encoder time
-    (1.96 vs 1.82 s, alternating, one process).
+    with no page faults; mapping a full small-shape window's blocks costs about 8 % of its encoder
+    time (1.96 vs 1.82 s, alternating, one process).
     (glibc maps a block only when no free heap space fits it: space freed onto the heap before is
     still reused.) ONNX Runtime's own arena emptied after each run (memory.enable_memory_arena_shrinkage) did
     as well on the small shape (530-535 MB) but worse on whisper-base (252-253 MB).
@@ -183,7 +184,6 @@ def release(ranges) -> int:
         pagemap = os.open("/proc/self/pagemap", os.O_RDONLY)
     except OSError:
         return 0
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     released = 0
     try:
         for start, end in ranges:

@@ -126,10 +126,8 @@ class OnnxOptions(_Strict):
     # Store the float tensors left (convolutions, positional tables) as float16, computed in float32.
     float16_storage: bool = False
     # The encoder's self-attention: "fused" into ONNX Runtime's MultiHeadAttention (flash
-    # attention on CPU), or "blocks" of queries. Measured with edgeq's heap handling (2026-12-02,
-    # int8, in-process): one 30 s window of whisper-base +46 MB over the RSS before it, fused,
-    # against +118-121 MB in blocks (cause inside the blocks graph not found: see onnx_fusion);
-    # speech-dev peaks 218-223 vs 224-231 MB, whisper-small's shape 511-523 vs 550-563 MB.
+    # attention on CPU), or "blocks" of queries, which peak higher on whisper-base and on
+    # whisper-small's shape (the measurements are in edgeq/backends/onnx_fusion.py).
     attention: Literal["blocks", "fused"] = "fused"
 
 
