@@ -44,14 +44,20 @@ def _fail(message: str, code: int = 1):
 def _setup_logging(verbose: bool) -> None:
     from rich.logging import RichHandler
 
+    # Other libraries' loggers show errors only (-v: everything). Seen otherwise: torchao 0.18,
+    # imported by transformers when installed (edgeq[compare]), logs a WARNING for each of its CUDA
+    # extensions that a CPU torch cannot load and torch one per Enum torchao registers with pytree,
+    # eight lines above a one-line error.
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
+        level=logging.DEBUG if verbose else logging.ERROR,
         format="%(message)s",
         handlers=[RichHandler(console=_console(stderr=True), show_time=False, show_path=False)],
     )
     # Libraries' own chatter (deprecation notices, download bars) is not for our users.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if not verbose:
+        os.environ.setdefault("TORCH_LOGS", "-all")  # torch's loggers have their own handler: ERROR there
     logging.getLogger("edgeq").setLevel(logging.DEBUG if verbose else logging.INFO)
     # When an SSH connection is cut mid-push, asyncssh's queued writes hit the dead socket and
     # asyncio warns "socket.send() raised exception." once per write after the fifth: the cut is

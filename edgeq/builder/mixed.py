@@ -388,7 +388,7 @@ def recipe_bytes(recipe: Recipe) -> int:
     outside bundle_bytes). One override costs ~60 bytes there; on a small model that decides the fit."""
     from edgeq.spec.recipe import recipe_to_toml
 
-    return len(recipe_to_toml(recipe).encode())
+    return len(recipe_to_toml(recipe.resolved()).encode())  # as build() writes it
 
 
 def _fit_recipe(result: Scan, target: int, fixed: int, max_size_mb: float, base: Recipe):

@@ -75,7 +75,7 @@ def build(
     """
     progress = progress or _noop
     started = time.perf_counter()
-    recipe = as_recipe(recipe)
+    recipe = as_recipe(recipe).resolved()  # the bundle records every option, defaults too
     spec = backend_spec(recipe.backend)
     if target is not None:
         target = load_target(target) if isinstance(target, str) else target

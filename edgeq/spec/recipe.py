@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from edgeq.errors import RecipeError
-from edgeq.schema import Meta, Problem, Schema, SchemaError, allowed_keys, convert, field, to_dict
+from edgeq.schema import Meta, Problem, Schema, SchemaError, allowed_keys, convert, field, replace, to_dict
 from edgeq.spec.catalogue import BACKENDS
 from edgeq.util import read_toml
 
@@ -185,6 +185,12 @@ class Recipe(_Strict, kw_only=True):
             return convert(model, self.options)
         except SchemaError as err:
             raise ValueError(_format_error("options", err, model)) from None  # options: unknown key 'x' (allowed: axis)
+
+    def resolved(self) -> "Recipe":
+        """This recipe with every backend option written out, defaults included. A bundle records
+        this one: replayed by a later edgeq whose defaults changed (the ONNX encoder's attention
+        became "fused"), it still builds what the bundle holds, and it says what the bundle is."""
+        return replace(self, options=to_dict(self.typed_options))
 
     @property
     def runtime(self) -> str:

@@ -198,6 +198,11 @@ def test_fused_attention_is_one_multihead_node_per_layer(recipe, bundles, tiny_m
     bundle = edgeq.build(blocks, model=str(tiny_model), out=tmp_path / "b", language="en")
     ops = [n.op_type for n in _graphs(bundle)[0].graph.node]
     assert "MultiHeadAttention" not in ops and ops.count("Softmax") == 6 * layers
+    # Each bundle's recipe says which it holds, a default included (Recipe.resolved): replayed by an
+    # edgeq whose default differs, recipe.toml still builds the same graph.
+    assert _get(bundles, recipe).recipe.options["attention"] == "fused"
+    assert load_recipe(str(bundle.path / "recipe.toml")).options["attention"] == "blocks"
+    assert "attention" not in load_recipe(recipe).options  # the shipped file leaves it to the default
 
 
 def test_an_attention_chain_the_fusion_cannot_follow_is_an_error(bundles):
