@@ -89,7 +89,8 @@ def _sessions_side_by_side(make_encoder, make_decoder):
     weights, making the kernels), so on two cores the two overlap. compare_systems, 3 rounds,
     against making them one after the other in the same rounds: whisper-base onnx-int8-dynamic
     loads in 0.19-0.22 s instead of 0.21-0.31 s, whisper-small's shape 0.35-0.47 s instead of
-    0.57-1.16 s."""
+    0.57-1.16 s. A bare thread rather than concurrent.futures: that import alone costs 7-9 ms here,
+    a few per cent of whisper-base's load."""
     made: dict[str, Any] = {}
 
     def encoder():
