@@ -34,6 +34,22 @@ ENCODER_WINDOWS = ("full", "fit")
 ENCODER_FIT_MARGIN_S = 2.0
 
 
+# A decode whose last LOOP_TOKENS tokens repeat a pattern of at most LOOP_MAX_PERIOD tokens is in a
+# loop (one token 32 times, or an 8-token phrase 5 times in a row). Speech that says so is rare,
+# and the guard is only used where its remedy is the ordinary decode: a fitted encoder window,
+# decoded again on the full window (longform.Transcriber._decode_fitted).
+LOOP_TOKENS = 32
+LOOP_MAX_PERIOD = 8
+
+
+def in_a_loop(tokens: list[int]) -> bool:
+    """Whether the last LOOP_TOKENS of `tokens` repeat with a period of LOOP_MAX_PERIOD or less."""
+    n = len(tokens)
+    tail = tokens[n - LOOP_TOKENS:]
+    return n > LOOP_TOKENS and any(tokens[n - LOOP_TOKENS - p : n - p] == tail
+                                   for p in range(1, min(LOOP_MAX_PERIOD, n - LOOP_TOKENS) + 1))
+
+
 def fit_window(features: np.ndarray, content_frames: int) -> np.ndarray:
     """The first frames of a window's `features` that hold its `content_frames` of audio plus
     ENCODER_FIT_MARGIN_S (an even number: the encoder's stride), or all of them."""
@@ -320,8 +336,11 @@ class WindowDecoder:
 
     def decode_window(self, engine: Engine, encoder_state: Any, language: str | None,
                       previous: list[int] = (), temperature: float = 0.0,
-                      rng: np.random.Generator | None = None, want_no_speech: bool = False) -> DecodeResult:
-        """Decode a window whose encoder has run; `previous`: text tokens to condition on."""
+                      rng: np.random.Generator | None = None, want_no_speech: bool = False,
+                      stop_in_a_loop: bool = False) -> DecodeResult:
+        """Decode a window whose encoder has run; `previous`: text tokens to condition on.
+        `stop_in_a_loop`: a sample that is `in_a_loop` ends there, as truncated (beam search runs
+        its course)."""
         s, o = self.settings, self.options
         t0 = time.perf_counter()
         head, rest = self.prefix(language, previous)
@@ -346,14 +365,15 @@ class WindowDecoder:
             candidates, n = [], 0
             for i in range(o.best_of):
                 branch = state if i == o.best_of - 1 else engine.fork(state)
-                tokens, score, done, n = self._sample(engine, branch, logits, sample_len, temperature, rng)
+                tokens, score, done, n = self._sample(engine, branch, logits, sample_len, temperature, rng,
+                                                      stop_in_a_loop)
                 candidates.append((tokens, score, done))
                 steps += n
         elif o.beam_size > 1:
             candidates, n = self._beam_search(engine, state, logits, sample_len)
             steps += n
         else:
-            tokens, score, done, n = self._sample(engine, state, logits, sample_len, 0.0, None)
+            tokens, score, done, n = self._sample(engine, state, logits, sample_len, 0.0, None, stop_in_a_loop)
             candidates = [(tokens, score, done)]
             steps += n
         tokens, score, done = max(candidates, key=lambda c: self._rank(c[1], len(c[0])))
@@ -364,7 +384,7 @@ class WindowDecoder:
         )
 
     def _sample(self, engine: Engine, state: Any, logits: np.ndarray, sample_len: int, temperature: float,
-                rng: np.random.Generator | None) -> tuple[list[int], float, bool, int]:
+                rng: np.random.Generator | None, stop_in_a_loop: bool = False) -> tuple[list[int], float, bool, int]:
         """Greedy (temperature 0) or sampled decoding: (tokens, sum of log-probs, ended, steps)."""
         eot = self.settings.eot
         tokens: list[int] = []
@@ -381,7 +401,7 @@ class WindowDecoder:
             if token == eot:
                 return tokens, score, True, steps
             tokens.append(token)
-            if i + 1 == sample_len:
+            if i + 1 == sample_len or (stop_in_a_loop and in_a_loop(tokens)):
                 break
             logits, state = engine.step(state, [token])
             steps += 1

@@ -12,7 +12,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from edgeq.runtime.decoding import STUDY_OPTIONS, DecodeOptions, DecodeSettings, WindowDecoder
+from edgeq.runtime.decoding import (
+    LOOP_TOKENS,
+    STUDY_OPTIONS,
+    DecodeOptions,
+    DecodeSettings,
+    WindowDecoder,
+    in_a_loop,
+)
 from edgeq.runtime.longform import LongformTranscriber, compression_ratio
 
 EOT, SOT, SOT_PREV, NO_SPEECH, NO_TS = 100, 101, 102, 103, 104
@@ -533,6 +540,31 @@ def test_a_fitted_window_that_loops_is_decoded_again_on_the_full_window():
     r = transcribe(engine, 5.0, STUDY_OPTIONS)
     assert engine.frames == [700, 3000] and r.timings.refits == 1
     assert [s.text for s in r.segments] == ["w1 w2"] and not r.gaps and r.decodes == 2
+    # the fitted decode stopped once in a loop (LOOP_TOKENS + 2 tokens), not at the 224-token limit:
+    # its steps, the prompt's included, and the full window's (prompt, w1, w2)
+    assert r.timings.decoder_steps == (LOOP_TOKENS + 2) + 3
+
+
+def test_a_fitted_window_that_loops_goes_to_the_full_window_before_any_higher_temperature():
+    # With fallback on, the loop used to be decoded at every temperature (5 samples each) on the
+    # short window before the full one was tried: 6 decodes in vain. Now 1, then the full window's.
+    engine = FittingEngine(lambda window, s: {7 + len(s) % 2: 30.0} if window == 0 else follow([[1, 2]])(0, s))
+    r = transcribe(engine, 5.0, replace(DecodeOptions(), timestamps=False))
+    assert engine.frames == [700, 3000] and r.timings.refits == 1 and r.decodes == 2
+    assert [s.text for s in r.segments] == ["w1 w2"]
+
+
+@pytest.mark.parametrize("tokens, looping", [
+    ([5] * (LOOP_TOKENS + 1), True),  # one token over and over
+    ([9] + [1, 2, 3] * 12, True),  # a 3-token phrase 12 times after something else
+    ([1, 2, 3, 4, 5, 6, 7, 8] * 5, True),  # the longest period looked for, 5 times
+    ([5] * LOOP_TOKENS, False),  # not yet: LOOP_TOKENS must follow the first occurrence
+    (list(range(1, 10)) * 5, False),  # a period of 9: longer than LOOP_MAX_PERIOD
+    (list(range(100)), False),
+    ([1, 2] * 15 + [3] + [1, 2] * 10, False),  # broken by one token within the last LOOP_TOKENS
+])
+def test_in_a_loop(tokens, looping):
+    assert in_a_loop(tokens) is looping
 
 
 class EncoderOutput:
