@@ -57,6 +57,7 @@ def write(model, recipe, calibration, folder: Path, progress) -> None:
     import onnx
 
     from edgeq.backends.onnx_export import export_float
+    from edgeq.backends.onnx_fusion import half_cross_attention
     from edgeq.backends.onnx_quant import save_model
 
     _check_recipe(recipe)
@@ -74,6 +75,9 @@ def write(model, recipe, calibration, folder: Path, progress) -> None:
         encoder = onnx.load(scratch / layout.encoder)
         decoder = onnx.load(scratch / layout.decoder)
         encoder, decoder, quantization = quantize_graphs(model, recipe, encoder, decoder, calibration)
+        if opts.cross_kv == "float16" and not _float16_graphs(recipe):  # float16 graphs hold them so already
+            half_cross_attention(encoder, decoder, list(layout.encoder_outputs), layout.heads)
+            quantization["cross_kv"] = "float16"
         for graph, name in ((encoder, layout.encoder), (decoder, layout.decoder)):
             save_model(graph, folder / name)
     progress("checking the graphs", 0, 1)
@@ -125,6 +129,10 @@ def _check_recipe(recipe) -> None:
         )
 
 
+def _float16_graphs(recipe) -> bool:
+    return recipe.scheme == "none" and recipe.weights.format == "float16"
+
+
 def _uses_nbits(recipe) -> bool:
     return recipe.scheme in ("dynamic", "static", "weight-only")
 
@@ -139,7 +147,7 @@ def quantize_graphs(model, recipe, encoder, decoder, calibration):
     opts, w, scheme = recipe.typed_options, recipe.weights, recipe.scheme
     info: dict = {"scheme": scheme, "weights": w.format}
     if scheme == "none":
-        if w.format == "float16":
+        if _float16_graphs(recipe):
             encoder = oq.to_float16(encoder, keep=["input_features"])
             decoder = oq.to_float16(decoder, keep=["logits"])
         return encoder, decoder, info

@@ -11,6 +11,11 @@ another layout version, or an edited onnx.json, is refused in one line before a 
                    past_k_i, past_v_i [1, H, P, Dh]  (P = 0 on the first step),
                    cross_k_i, cross_v_i [1, H, F / 2, Dh]
                    -> logits [1, vocab] (last position only), present_k_i, present_v_i [1, H, P+T, Dh]
+
+Tensors are float32 (float16 in a float16 bundle, `dtype`), except that cross_* may be float16 in
+a float32 bundle (recipe option cross_kv; `quantization.cross_kv` says so). No version change for
+that: the reader binds the encoder's outputs to the decoder's inputs as they are, whatever their
+type, so an edgeq that predates the option runs such a bundle too.
 """
 
 from __future__ import annotations

@@ -129,6 +129,13 @@ class OnnxOptions(_Strict):
     # attention on CPU), or "blocks" of queries, which peak higher on whisper-base and on
     # whisper-small's shape (the measurements are in edgeq/backends/onnx_fusion.py).
     attention: Literal["blocks", "fused"] = "fused"
+    # The cross-attention keys/values the encoder hands the decoder, held for a whole window:
+    # float16 halves them (110 -> 55 MB on a full window of whisper-small's shape) but ONNX Runtime
+    # 1.32 has no float16 attention kernel on CPU, so each decoder step casts them back to float32
+    # layer by layer. Measured (onnx_fusion.half_cross_attention): -35 to -40 MB peak on the
+    # whisper-small shape, 7-10 % fewer decoder tokens/s; whisper-base's peak -0 to -6 MB.
+    # onnx-int4, the memory-first recipe, sets float16; the others keep float32 for speed.
+    cross_kv: Literal["float32", "float16"] = "float32"
 
 
 class FloatOptions(_Strict):

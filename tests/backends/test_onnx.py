@@ -223,6 +223,66 @@ def test_an_attention_chain_the_fusion_cannot_follow_is_an_error(bundles):
         fuse_encoder_attention(helper.make_model(helper.make_graph([], "g", [x], [x])), heads=1, layers=2)
 
 
+def test_float16_cross_attention_keys_values_give_the_float32_logits(bundles, tiny_model, audio_dir, tmp_path):
+    # options.cross_kv = "float16" (onnx-int4 ships it): the encoder outputs float16 keys/values and
+    # each decoder layer reads them in one MultiHeadAttention node. On float weights the first-step
+    # logits are float32's to 1e-5 (measured 9e-6); with int8 activations (MatMulNBits accuracy
+    # level 4) the rounding moves them by 1.4 % on this random model, as any input change would.
+    import onnx
+
+    import edgeq
+    from edgeq.runtime.audio import load_audio
+    from edgeq.runtime.features import log_mel_spectrogram
+    from edgeq.spec.recipe import apply_overrides, load_recipe
+
+    config = json.loads((Path(tiny_model) / "config.json").read_text())
+    half = edgeq.build(apply_overrides(load_recipe("onnx-fp32"), ["options.cross_kv=float16"]),
+                       model=str(tiny_model), out=tmp_path / "half", language="en")
+    for bundle in (half, _get(bundles, "onnx-int4")):
+        enc, dec = _graphs(bundle)
+        assert {o.type.tensor_type.elem_type for o in enc.graph.output} == {onnx.TensorProto.FLOAT16}
+        cross = [i for i in dec.graph.input if i.name.startswith("cross_")]
+        assert {i.type.tensor_type.elem_type for i in cross} == {onnx.TensorProto.FLOAT16}
+        ops = [n.op_type for n in dec.graph.node]
+        # the cross-attention softmaxes are gone; each self-attention keeps its masked one
+        assert ops.count("MultiHeadAttention") == ops.count("Softmax") == config["decoder_layers"]
+        assert json.loads((bundle.path / "onnx.json").read_text())["quantization"]["cross_kv"] == "float16"
+    assert _get(bundles, "onnx-int8-dynamic").recipe.options["cross_kv"] == "float32"
+    assert "cross_kv" not in json.loads((_get(bundles, "onnx-int8-dynamic").path / "onnx.json").read_text())[
+        "quantization"]
+
+    features = log_mel_spectrogram(load_audio(audio_dir / "a_16k.wav"))
+    logits, tokens = [], []
+    for bundle in (half, _get(bundles, "onnx-fp32")):
+        t = edgeq.load(bundle.path, language="en")
+        first, _ = t.engine.step(t.engine.start(t.engine.encode(features)), t.settings.prompt("en"))
+        logits.append(first)
+        tokens.append(t.transcribe(audio_dir / "a_16k.wav").tokens)
+    assert np.linalg.norm(logits[0] - logits[1]) / np.linalg.norm(logits[1]) < 1e-4
+    assert tokens[0] == tokens[1]
+
+
+def test_a_decoder_without_cross_attention_chains_is_an_error():
+    import onnx
+    from onnx import helper
+
+    from edgeq.backends.onnx_fusion import FusionError, half_cross_attention
+
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 4])
+    k = helper.make_tensor_value_info("cross_k_0", onnx.TensorProto.FLOAT, [1, 1, 4, 4])
+    v = helper.make_tensor_value_info("cross_v_0", onnx.TensorProto.FLOAT, [1, 1, 4, 4])
+    encoder = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["cross_k_0"]),
+                                                   helper.make_node("Identity", ["x"], ["cross_v_0"])],
+                                                  "e", [x], [k, v]))
+    decoder = helper.make_model(helper.make_graph([helper.make_node("Add", ["cross_k_0", "cross_v_0"], ["y"])],
+                                                  "d", [k, v], [helper.make_tensor_value_info(
+                                                      "y", onnx.TensorProto.FLOAT, [1, 1, 4, 4])]))
+    with pytest.raises(FusionError, match="found 0 cross-attention chains in the decoder, expected 1"):
+        half_cross_attention(encoder, decoder, ["cross_k_0", "cross_v_0"], heads=1)
+    with pytest.raises(FusionError, match="does not output"):
+        half_cross_attention(encoder, decoder, ["cross_k_0", "cross_v_0", "cross_k_1"], heads=1)
+
+
 @pytest.mark.parametrize("name", ["onnx-fp32", "onnx-int8-dynamic", "onnx-int4"])
 def test_onnx_runtime_fuses_every_gelu(name, bundles, tmp_path):
     # Unfused, each GELU is five elementwise ops with four [frames, 4*d_model] temporaries (the
