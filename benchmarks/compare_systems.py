@@ -226,10 +226,14 @@ def ensure_ct2(model: Path, cache: Path) -> Path:
 
 def ensure_bundle(model: Path, recipe: str, cache: Path) -> Path:
     import edgeq
-    from edgeq.format.bundle import is_bundle
+    from edgeq.format.bundle import is_bundle, open_bundle
+    from edgeq.spec.recipe import load_recipe
 
     out = cache / f"{model.name}-{recipe}"
-    if not is_bundle(out):
+    # A cached bundle is reused only if it holds what the recipe asks for now, defaults included:
+    # one built before a recipe changed (onnx-int4 took cross_kv = float16) would be measured as
+    # if it were the current recipe.
+    if not is_bundle(out) or open_bundle(out, verify_hashes=False).recipe.resolved() != load_recipe(recipe).resolved():
         edgeq.build(recipe, model=str(model), out=out, language="en", force=True)
     return out
 

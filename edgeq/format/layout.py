@@ -15,7 +15,8 @@ another layout version, or an edited onnx.json, is refused in one line before a 
 Tensors are float32 (float16 in a float16 bundle, `dtype`), except that cross_* may be float16 in
 a float32 bundle (recipe option cross_kv; `quantization.cross_kv` says so). No version change for
 that: the reader binds the encoder's outputs to the decoder's inputs as they are, whatever their
-type, so an edgeq that predates the option runs such a bundle too.
+type. (An edgeq that predates the option still refuses the bundle: its manifest's recipe lists
+the option, which that edgeq's schema does not know.)
 """
 
 from __future__ import annotations

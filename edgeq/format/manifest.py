@@ -173,8 +173,19 @@ class Manifest(Schema, kw_only=True):
                     check_file_name(name)
                     _entry(name, entry)
             return convert(cls, data)
-        except ValueError as err:  # SchemaError, or a name check_file_name refuses
-            raise BundleError(f"{where}: {MANIFEST}: {one_line(err)}; the bundle is damaged, rebuild it") from None
+        except ValueError as err:  # SchemaError, a recipe's own check, or a name check_file_name refuses
+            problem = one_line(err)
+            if "unknown key" in problem or "is not allowed; expected" in problem:
+                # A key or a value this edgeq does not know (schema.Problem's words, also in a
+                # recipe's options): most likely what a later edgeq added, since a bundle's recipe
+                # lists every option, defaults included. Not damage.
+                from edgeq import __version__
+
+                raise BundleError(
+                    f"{where}: {MANIFEST}: {problem}: written by an edgeq that knows more than this one "
+                    f"({__version__}; the bundle says edgeq {data.get('edgeq_version')}), or edited; "
+                    f"install that edgeq here, or rebuild the bundle with this one") from None
+            raise BundleError(f"{where}: {MANIFEST}: {problem}; the bundle is damaged, rebuild it") from None
 
 
 def _entry(name: str, entry: Any) -> None:

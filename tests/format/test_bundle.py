@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from helpers import manifest_fields
@@ -168,6 +169,9 @@ def test_symlinks_are_refused(tmp_path):
 
 
 def test_manifest_fields_are_checked_for_their_types(tmp_path):
+    import edgeq
+
+    V = re.escape(edgeq.__version__)
     b = write_bundle(tmp_path / "b", _populate)
     # A size stored as text is refused as such, not compared as "1000 bytes vs '1000'".
     _edit_manifest(b.path, lambda m: m["files"][WEIGHTS].update(size="1000"))
@@ -180,6 +184,12 @@ def test_manifest_fields_are_checked_for_their_types(tmp_path):
         (lambda m: m.update(runtime="onnxruntime"), r"does not run backend 'float'"),
         (lambda m: m.pop("decoding"), r"lacks 'decoding'"),
         (lambda m: m.update(extra=1), r"unknown key 'extra'"),
+        (lambda m: m["files"][WEIGHTS].update(sha256="x"), r"sha256.*the bundle is damaged, rebuild it"),
+        # What a later edgeq writes (a new recipe option, a new value): not called damage.
+        (lambda m: m["recipe"]["options"].update(cross_kv_bits=8),
+         r"recipe: options: unknown key 'cross_kv_bits': written by an edgeq that knows more than "
+         rf"this one \({V}; the bundle says edgeq [^)]+\), or edited; install that edgeq here, or rebuild"),
+        (lambda m: m["recipe"].update(scheme="sparse"), r"recipe.scheme: 'sparse' is not allowed.*knows more than this"),
     ]:
         b = write_bundle(tmp_path / "b", _populate, force=True)
         _edit_manifest(b.path, change)
