@@ -523,9 +523,10 @@ class LongformTranscriber:
                        rng: np.random.Generator, timings: Timings) -> tuple[DecodeResult, float] | None:
         """One decode of a fitted window at the first temperature; None when it looks broken:
         in a loop (cut short there: decoding.in_a_loop), at the token limit, repetitive, or (with
-        fallback on) unlikely and not silence. Its remedy is the full window, as Whisper was
-        trained, not higher temperatures on the short one: a looping fitted window used to cost
-        its whole decode at every temperature (5 samples each) before the full window was tried.
+        fallback on) past the compression-ratio threshold or unlikely and not silence. Its remedy
+        is the full window, as Whisper was trained, not higher temperatures on the short one: a
+        looping fitted window used to cost its whole decode at every temperature (5 samples each)
+        before the full window was tried.
         whisper-small shape, random weights (every fitted decode loops from its third token), two
         clips: 896 -> 525 decoder steps, 20.4 -> 14.3 s (the same output)."""
         o = decoder.options
@@ -535,10 +536,14 @@ class LongformTranscriber:
         timings.decode_s += result.decode_s
         timings.decoder_steps += result.steps
         ratio = compression_ratio(self._text(result.tokens))
+        # With fallback on, the thresholds that would send a full window to a higher temperature
+        # send a fitted one to the full window.
+        repetitive = ratio > FIT_MAX_COMPRESSION_RATIO or (
+            o.fallback and o.compression_ratio_threshold is not None and ratio > o.compression_ratio_threshold)
         unlikely = o.fallback and o.logprob_threshold is not None and result.avg_logprob < o.logprob_threshold
         silent = unlikely and result.no_speech_prob is not None and o.no_speech_threshold is not None \
             and result.no_speech_prob > o.no_speech_threshold
-        if result.truncated or ratio > FIT_MAX_COMPRESSION_RATIO or (unlikely and not silent):
+        if result.truncated or repetitive or (unlikely and not silent):
             return None
         return result, ratio
 

@@ -554,6 +554,21 @@ def test_a_fitted_window_that_loops_goes_to_the_full_window_before_any_higher_te
     assert [s.text for s in r.segments] == ["w1 w2"]
 
 
+def test_a_fitted_window_over_the_fallback_thresholds_goes_to_the_full_window():
+    # Ends by itself, but repeats more than compression_ratio_threshold allows (a user's 1.5;
+    # FIT_MAX_COMPRESSION_RATIO is 2.4): with fallback on, the full window decodes it, as a full
+    # window would have been sent to a higher temperature.
+    words = [1, 2, 1, 2, 1, 2, 1, 2, 1, 2, 1, 2]
+    engine = FittingEngine(lambda window, s: follow([words])(0, s) if window == 0 else follow([[3, 4]])(0, s))
+    options = replace(DecodeOptions(), timestamps=False, compression_ratio_threshold=1.5)
+    r = transcribe(engine, 5.0, options)
+    assert engine.frames == [700, 3000] and r.timings.refits == 1 and [s.text for s in r.segments] == ["w3 w4"]
+    # fallback off: the thresholds do not apply, and the fitted decode is kept
+    engine = FittingEngine(lambda window, s: follow([words])(0, s) if window == 0 else follow([[3, 4]])(0, s))
+    r = transcribe(engine, 5.0, replace(STUDY_OPTIONS, compression_ratio_threshold=1.5))
+    assert engine.frames == [700] and r.timings.refits == 0
+
+
 @pytest.mark.parametrize("tokens, looping", [
     ([5] * (LOOP_TOKENS + 1), True),  # one token over and over
     ([9] + [1, 2, 3] * 12, True),  # a 3-token phrase 12 times after something else
