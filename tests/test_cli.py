@@ -81,7 +81,12 @@ def test_build_transcribe_and_refuse_overwrite(tiny_model, audio_dir, tmp_path):
     assert len(lines) == 2 and lines[0].startswith(str(audio_dir / "a_16k.wav") + ": ")
     proc = edgeq("transcribe", "--json", out, audio_dir / "d.mp3")
     record = json.loads(proc.stdout)
-    assert record["timings"]["encoder_s"] > 0 and record["tokens"]
+    # The mp3 was read and decoded; what the random tiny model says is not checked: every decode of
+    # this clip hits its 24-token cap, and which sample survives the temperature fallback (and then
+    # the checks on its timestamps) depends on the draws, so its text may well be empty.
+    assert record["path"] == str(audio_dir / "d.mp3") and record["audio_s"] > 1.0
+    assert record["timings"]["encoder_s"] > 0 and record["timings"]["decoder_steps"] > 0
+    assert bool(record["text"].strip()) == bool(record["tokens"])
     # More threads than CPUs: the same transcript, and one warning line that says why it is slow.
     many = edgeq("transcribe", "--threads", "512", out, audio_dir / "a_16k.wav")
     assert many.returncode == 0 and many.stdout.splitlines()[0] == lines[0], many.stderr
