@@ -46,26 +46,36 @@ class FusionError(RuntimeError):
     """The exported graph does not have the attention chain the fusion expects (an exporter change)."""
 
 
-def fuse_encoder_attention(model: onnx.ModelProto, heads: int, layers: int) -> int:
-    """Replace each of the `layers` self-attention chains of `model` (in place); returns the count."""
-    g = model.graph
-    producer = {o: n for n in g.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+class _Links:
+    """Who writes and who reads each tensor of a graph, and one step along a chain of them."""
 
-    def up(name: str, op: str) -> onnx.NodeProto:
-        node = producer.get(name)
+    def __init__(self, graph: onnx.GraphProto):
+        self.producer = {o: n for n in graph.node for o in n.output}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for n in graph.node:
+            for i in n.input:
+                self.consumers.setdefault(i, []).append(n)
+
+    def up(self, name: str, op: str) -> onnx.NodeProto:
+        """The `op` node that writes `name`; FusionError if it is another op or a graph input."""
+        node = self.producer.get(name)
         if node is None or node.op_type != op:
             raise FusionError(f"expected {op} before {name!r}, found {node.op_type if node else 'a graph input'}")
         return node
 
-    def down(name: str, op: str) -> onnx.NodeProto:
-        found = consumers.get(name, [])
+    def down(self, name: str, op: str) -> onnx.NodeProto:
+        """The one `op` node that reads `name`; FusionError if there are others or none."""
+        found = self.consumers.get(name, [])
         if len(found) != 1 or found[0].op_type != op:
             raise FusionError(f"expected one {op} after {name!r}, found {[n.op_type for n in found]}")
         return found[0]
+
+
+def fuse_encoder_attention(model: onnx.ModelProto, heads: int, layers: int) -> int:
+    """Replace each of the `layers` self-attention chains of `model` (in place); returns the count."""
+    g = model.graph
+    links = _Links(g)
+    producer, up, down = links.producer, links.up, links.down
 
     def unheaded(name: str) -> str:
         # Back through the Transposes (one or two: the exporter may merge kᵀ's) to the Reshape
@@ -128,24 +138,8 @@ def half_cross_attention(encoder: onnx.ModelProto, decoder: onnx.ModelProto, cro
         outputs[name].type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
 
     g = decoder.graph
-    producer = {o: n for n in g.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-
-    def up(name: str, op: str) -> onnx.NodeProto:
-        node = producer.get(name)
-        if node is None or node.op_type != op:
-            raise FusionError(f"expected {op} before {name!r}, found {node.op_type if node else 'a graph input'}")
-        return node
-
-    def down(name: str, op: str) -> onnx.NodeProto:
-        found = consumers.get(name, [])
-        if len(found) != 1 or found[0].op_type != op:
-            raise FusionError(f"expected one {op} after {name!r}, found {[n.op_type for n in found]}")
-        return found[0]
-
+    links = _Links(g)
+    producer, up, down = links.producer, links.up, links.down
     replace: dict[str, list[onnx.NodeProto]] = {}
     for softmax in [n for n in g.node if n.op_type == "Softmax"]:
         scores = producer.get(softmax.input[0])
