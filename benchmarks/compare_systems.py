@@ -14,7 +14,8 @@ no timestamps, English):
   ...-native                  the same with ggml's CPU backend built from whisper.cpp 1.8.5 with its
                               default GGML_NATIVE=ON (the wheel's is built for AVX2 only): --whisper-cpp-native
   edgeq:<bundle>              edgeq.load(bundle).transcribe for each bundle given (encoder window "fit",
-                              edgeq's default; `PATH#full` for the padded 30 s window)
+                              edgeq's default; `PATH#full` for the padded 30 s window); with
+                              --edgeq-spinning decoder (the x86 targets' setting) named `...+spin`
 whisper.cpp is measured when pywhispercpp is installed and --ggml points to a q8_0 ggml model file
 ('auto': converted from --model, q5_0 beside it). --recipes builds edgeq bundles of --model first;
 --small-shape swaps --model for whisper-small's shape with random weights (WER is meaningless
@@ -30,9 +31,9 @@ q8_0 (peak RSS, load time), with their median and spread.
 
 Per system: WER (Whisper's English normalizer + jiwer), real-time factor, load time, peak RSS
 (the kernel's VmHWM of the worker process, imports included; not ru_maxrss, which a
-worker inherits from the parent across fork + exec), model size, tokens decoded; for edgeq also
-encoder seconds, decoder steps and decoder tokens per second. Writes results/compare_systems.json
-(or --out) after every system.
+worker inherits from the parent across fork + exec), model size, tokens decoded; for edgeq and
+whisper.cpp (from its own timings) also encoder seconds, decoder steps and decoder tokens per
+second. Writes results/compare_systems.json (or --out) after every system.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import argparse
 import json
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -67,7 +69,7 @@ def _dir_mb(path: Path, suffixes=(".safetensors", ".onnx", ".onnx.data", ".bin")
 # the same cap every system runs the same number of decoder steps and their times compare.
 MAX_NEW_TOKENS = 224
 FIT_MARGIN_S = 2.0  # edgeq's ENCODER_FIT_MARGIN_S, given to whisper.cpp's audio_ctx in the -fit variant
-PHASES = {"encoder_s": 0.0, "decode_s": 0.0, "decoder_steps": 0, "windows": 0}  # edgeq's own timings
+PHASES = {"encoder_s": 0.0, "decode_s": 0.0, "decoder_steps": 0, "windows": 0}  # edgeq's and whisper.cpp's timings
 EOT = 50257  # Whisper's end-of-text id; the special tokens (prompt, timestamps) come after it
 
 
@@ -75,6 +77,42 @@ def _generated(ids) -> int:
     """Tokens a system decoded, end-of-text left out (transformers 5 returns no prompt). Timestamp
     tokens, which random weights emit, count: each took a decoder step."""
     return sum(1 for i in ids if int(i) != EOT)
+
+
+_CPP_TIMING = re.compile(r"whisper_print_timings:\s+(\w+) time =\s+([\d.]+) ms(?: /\s+(\d+) runs)?")
+
+
+def whisper_cpp_phases(log: str) -> dict:
+    """Per-phase numbers from whisper.cpp's `whisper_print_timings` (the only way pywhispercpp 1.5.1
+    exposes them), in edgeq's terms. whisper.cpp times every decoder call: one token is `decode`,
+    a batch of 2..15 tokens `batchd` (the prompt), 16 or more `prompt`; `sample` is choosing the token.
+    Its `runs` of batchd and prompt count tokens, not calls, and it prints at least 1 run for an
+    unused phase, so decoder steps are the one-token runs plus one prompt call per encoded window,
+    as edgeq counts its steps (greedy, no fallback: one decode per window)."""
+    t = {m[1]: (float(m[2]), int(m[3] or 0)) for m in _CPP_TIMING.finditer(log)}
+    if "encode" not in t or "decode" not in t:
+        raise RuntimeError(f"whisper.cpp printed no timings: {log[-300:]!r}")
+    windows = t["encode"][1] if t["encode"][0] > 0 else 0
+    steps = (t["decode"][1] if t["decode"][0] > 0 else 0) + windows
+    decode_ms = sum(t[k][0] for k in ("decode", "batchd", "prompt", "sample") if k in t)
+    return {"encoder_s": t["encode"][0] / 1e3, "decode_s": decode_ms / 1e3, "decoder_steps": steps, "windows": windows}
+
+
+def _stderr_of(call) -> str:
+    """What `call` writes to file descriptor 2 (whisper.cpp's log goes there through C's stderr)."""
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            call()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        f.seek(0)
+        return f.read().decode(errors="replace")
 
 
 class _CountingGenerate:
@@ -101,7 +139,7 @@ def _load(system: dict, threads: int):
         import edgeq
         from edgeq.runtime.decoding import STUDY_OPTIONS
 
-        t = edgeq.load(ref, threads=threads, language="en")
+        t = edgeq.load(ref, threads=threads, language="en", spinning=system.get("spinning", "off"))
         assert t.settings.max_new_tokens == MAX_NEW_TOKENS, t.settings.max_new_tokens
         options = replace(STUDY_OPTIONS, encoder_window=system.get("window", STUDY_OPTIONS.encoder_window))
 
@@ -149,7 +187,10 @@ def _load(system: dict, threads: int):
 
             # audio_ctx: encoder positions (50 per second); 0 is whisper.cpp's default, the full 1500.
             ctx = min(1500, math.ceil((len(audio) / 16000 + FIT_MARGIN_S) * 50)) if fit else 0
+            pw.whisper_reset_timings(m._ctx)
             text = " ".join(seg.text for seg in m.transcribe(audio, audio_ctx=ctx))
+            for key, value in whisper_cpp_phases(_stderr_of(lambda: pw.whisper_print_timings(m._ctx))).items():
+                PHASES[key] += value
             ids = [pw.whisper_full_get_token_id(m._ctx, i, j) for i in range(pw.whisper_full_n_segments(m._ctx))
                    for j in range(pw.whisper_full_n_tokens(m._ctx, i))]
             return text, _generated(ids)
@@ -288,9 +329,11 @@ def systems_to_run(args) -> list[dict]:
         # environment (e.g. EDGEQ_HEAP_TUNING=0).
         spec, _, env = spec.partition("@")
         path, _, window = spec.partition("#")
-        systems.append({"name": f"edgeq:{Path(path).name}" + (f"#{window}" if window else "") + (f"@{env}" if env else ""),
-                        "kind": "edgeq", "ref": path, "window": window or "fit",
-                        "env": dict(kv.split("=", 1) for kv in env.split(",") if kv)})
+        for spinning in args.edgeq_spinning.split(","):
+            systems.append({"name": f"edgeq:{Path(path).name}" + (f"#{window}" if window else "")
+                            + ("+spin" if spinning == "decoder" else "") + (f"@{env}" if env else ""),
+                            "kind": "edgeq", "ref": path, "window": window or "fit", "spinning": spinning,
+                            "env": dict(kv.split("=", 1) for kv in env.split(",") if kv)})
     return [s for s in systems if s["name"] not in skip]
 
 
@@ -328,8 +371,11 @@ def _spread(values: list[float]) -> dict:
 
 def summarize(rows: list[dict], systems: list[dict]) -> dict:
     """Per system: median and spread over rounds; per edgeq system and round, its ratio to the
-    fastest peer's RTF and to whisper.cpp q8_0's peak RSS and load time (same round)."""
+    fastest peer's RTF and to whisper.cpp q8_0's peak RSS and load time (same round), and for a
+    bundle on the padded window (`#full`) its encoder time per window and decoder tokens/s
+    against whisper.cpp q8_0's best build's with the full audio_ctx."""
     kind = {s["name"]: s["kind"] for s in systems}
+    window = {s["name"]: s.get("window", "full") for s in systems}
     ok = [r for r in rows if "error" not in r]
     rounds = sorted({r["round"] for r in ok})
     per_system = {}
@@ -340,7 +386,7 @@ def summarize(rows: list[dict], systems: list[dict]) -> dict:
             per_system[name]["wer_pct"] = mine[0]["wer_pct"]
     ratios = {}
     for name in (n for n, k in kind.items() if k == "edgeq"):
-        r_rtf, r_rss, r_load, fastest = [], [], [], []
+        r_rtf, r_rss, r_load, r_enc, r_dec, fastest = [], [], [], [], [], []
         for i in rounds:
             this = {r["system"]: r for r in ok if r["round"] == i}
             peers = [r for n, r in this.items() if kind.get(n) in PEER_KINDS]
@@ -358,10 +404,19 @@ def summarize(rows: list[dict], systems: list[dict]) -> dict:
             if cpp:
                 r_rss.append(this[name]["peak_rss_mb"] / cpp["peak_rss_mb"])
                 r_load.append(this[name]["load_s"] / cpp["load_s"])
+            # Phase by phase, on the same windows: an edgeq bundle given the padded 30 s window
+            # against whisper.cpp's q8_0 runs with the full audio_ctx (its best build in the round).
+            cpps = [r for n, r in this.items() if kind.get(n) == "whisper.cpp" and window[n] == "full"
+                    and n.startswith("whisper.cpp-q8_0") and "encoder_s_per_window" in r]
+            if window[name] == "full" and cpps and "encoder_s_per_window" in this[name]:
+                r_enc.append(this[name]["encoder_s_per_window"] / min(r["encoder_s_per_window"] for r in cpps))
+                r_dec.append(this[name]["decoder_tokens_per_s"] / max(r["decoder_tokens_per_s"] for r in cpps))
         if r_rtf:
             ratios[name] = {"rtf_vs_fastest_peer": _spread(r_rtf), "fastest_peer": fastest,
                             **({"rss_vs_whisper_cpp_q8_0": _spread(r_rss), "load_vs_whisper_cpp_q8_0": _spread(r_load)}
-                               if r_rss else {})}
+                               if r_rss else {}),
+                            **({"encoder_s_vs_whisper_cpp_q8_0": _spread(r_enc),
+                                "decoder_tokens_per_s_vs_whisper_cpp_q8_0": _spread(r_dec)} if r_enc else {})}
     return {"systems": per_system, "edgeq_ratios": ratios}
 
 
@@ -381,12 +436,16 @@ def main() -> None:
     ap.add_argument("--whisper-cpp-native", type=Path,
                     help="a folder holding pywhispercpp with ggml's CPU backend built natively "
                          "(benchmarks/whisper_cpp_native.sh makes it): also measure whisper.cpp through it")
+    ap.add_argument("--edgeq-spinning", default="off",
+                    help="off, decoder or off,decoder (both): edgeq's decoder threads spin or sleep (edgeq.load)")
     ap.add_argument("--skip", default="", help="comma-separated system names to leave out")
     ap.add_argument("--out", help="results file [compare_systems.json, or compare_systems_whisper-small-random.json]")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/edgeq-compare"))
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--resummarize", action="store_true", help="recompute the summary of --out from its rows")
     args = ap.parse_args()
+    if not set(args.edgeq_spinning.split(",")) <= {"off", "decoder"}:
+        ap.error(f"--edgeq-spinning: off, decoder or off,decoder, not {args.edgeq_spinning!r}")
     if args.resummarize:
         from _common import RESULTS
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from pathlib import Path
 from statistics import median
 
 from _common import REPO, RESULTS
@@ -132,10 +133,14 @@ def compare(name: str, wer: bool = True) -> str | None:
             v = r.get(key)
             return "—" if not v else f"{v['median']:.2f} × ({v['min']:.2f}–{v['max']:.2f})"
 
+        phases = any("encoder_s_vs_whisper_cpp_q8_0" in r for r in ratios.values())
         table += "\n" + _table(["edgeq bundle", "RTF / fastest peer's", "peak RSS / whisper.cpp q8_0's",
-                                "load time / whisper.cpp q8_0's", "fastest peer"], [
-            [n, cell(r, "rtf_vs_fastest_peer"), cell(r, "rss_vs_whisper_cpp_q8_0"), cell(r, "load_vs_whisper_cpp_q8_0"),
-             ", ".join(sorted(set(r["fastest_peer"])))]
+                                "load time / whisper.cpp q8_0's"]
+                               + (["encoder s per 30 s window / whisper.cpp's", "decoder tokens/s / whisper.cpp's"]
+                                  if phases else []) + ["fastest peer"], [
+            [n, cell(r, "rtf_vs_fastest_peer"), cell(r, "rss_vs_whisper_cpp_q8_0"), cell(r, "load_vs_whisper_cpp_q8_0")]
+            + ([cell(r, "encoder_s_vs_whisper_cpp_q8_0"), cell(r, "decoder_tokens_per_s_vs_whisper_cpp_q8_0")]
+               if phases else []) + [", ".join(sorted(set(r["fastest_peer"])))]
             for n, r in ratios.items()])
     return table
 
@@ -174,6 +179,22 @@ def cpu_limits() -> str | None:
     return (_table(["phase", "floor on this CPU", "edgeq onnx-int8-dynamic", "above the floor"], rows)
             + f"\nGEMM at the encoder's shapes through ONNX Runtime, {d['threads']} threads — {gemm}; memory read one "
               f"thread; machine: {machine(d['env'])}\n")
+
+
+def spinning() -> str | None:
+    """benchmarks/spinning.py: ONNX Runtime's threads spinning or sleeping, idle and shared CPU."""
+    d = _load("spinning.json")
+    if not d or "summary" not in d:
+        return None
+    rows = []
+    for case, v in d["summary"].items():
+        r = v.get("rtf_vs_off")
+        rows.append([case, f"{v['rtf']:.4f}", "—" if not r else f"{r['median']:.2f} × ({r['min']:.2f}–{r['max']:.2f})",
+                     f"{v['encoder_s_per_window']:.3f}", f"{v['decoder_tokens_per_s']:.0f}"])
+    return (_table(["CPU, spinning", "RTF (median)", "RTF / off's (median, min–max)", "encoder s/window",
+                    "decoder tokens/s"], rows)
+            + f"\n{Path(d['bundle']).name}, {d['limit']} clips of speech-dev, {d['threads']} threads, "
+              f"{len(d['rows']) // 6} rounds; machine: {machine(d['env'])}\n")
 
 
 LONGFORM_JOINS = ("longform_onnx-int8-dynamic_20min.json", "longform_onnx-int8-dynamic_20min-seed1.json",
@@ -225,6 +246,7 @@ TABLES = {
     "AUTO_TABLE": auto_front,
     "CPU_LIMITS": cpu_limits,
     "LONGFORM_TABLE": longform,
+    "SPINNING_TABLE": spinning,
 }
 
 
