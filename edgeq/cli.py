@@ -15,7 +15,11 @@ import click
 
 from edgeq import __version__
 from edgeq.errors import EdgeqError
+from edgeq.spec.protocols import SPINNING
 from edgeq.util import one_line
+
+SPINNING_HELP = ("ONNX Runtime's decoder threads spin between operators (decoder) or sleep (off): "
+                 "spinning is faster when edgeq has the cores to itself, slower when other work shares them.")
 
 
 def _console(stderr: bool = False):
@@ -155,11 +159,12 @@ def targets() -> None:
     from edgeq.spec.targets import list_targets
 
     table = Table(title="edgeq targets")
-    for col in ("name", "device", "arch", "threads", "RAM", "torch engine", "recommended recipes", "description"):
+    for col in ("name", "device", "arch", "threads", "spinning", "RAM", "torch engine", "recommended recipes",
+                "description"):
         table.add_column(col, overflow="fold")
     for t in list_targets():
-        table.add_row(*map(_esc, (t.name, t.device, t.arch, str(t.threads), f"{t.memory_mb} MB", t.torch_engine,
-                                  ", ".join(t.recommended), t.description)))
+        table.add_row(*map(_esc, (t.name, t.device, t.arch, str(t.threads), t.spinning, f"{t.memory_mb} MB",
+                                  t.torch_engine, ", ".join(t.recommended), t.description)))
     _console().print(table)
 
 
@@ -280,12 +285,14 @@ def _options(preset, beam_size, patience, length_penalty, fallback, condition, v
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file on stdout (same as --format json).")
 @click.option("--device", default="cpu", type=click.Choice(["cpu", "cuda"]), show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for inference.")
+@click.option("--spinning", default="off", show_default=True, type=click.Choice(SPINNING),
+              help=SPINNING_HELP)
 @click.option("--language", help="Override the bundle's language (e.g. en).")
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the bundle's files.")
 @_decode_choices("on")
 def transcribe(bundle: Path, audio: tuple[Path, ...], fmt: str | None, output_dir: Path | None, force: bool,
-               as_json: bool, device: str, threads: int | None, language: str | None, no_verify: bool,
-               beam_size, patience, length_penalty, fallback, condition, vad, encoder_window) -> None:
+               as_json: bool, device: str, threads: int | None, spinning: str, language: str | None,
+               no_verify: bool, beam_size, patience, length_penalty, fallback, condition, vad, encoder_window) -> None:
     """Transcribe AUDIO files (wav/flac/mp3/ogg, any rate, any length) with BUNDLE."""
     from edgeq.errors import AudioError
     from edgeq.runtime.decoding import DecodeOptions
@@ -295,7 +302,8 @@ def transcribe(bundle: Path, audio: tuple[Path, ...], fmt: str | None, output_di
     fmt = check_format(fmt or ("json" if as_json else "txt"))
     options = _options(DecodeOptions(), beam_size, patience, length_penalty, fallback, condition, vad, encoder_window)
     targets = output_paths(list(audio), fmt, output_dir, force) if output_dir else [None] * len(audio)
-    transcriber = load(bundle, device=device, threads=threads, language=language, verify=not no_verify)
+    transcriber = load(bundle, device=device, threads=threads, language=language, verify=not no_verify,
+                       spinning=spinning)
     meta = {"bundle": str(bundle), "manifest_sha256": transcriber.bundle.manifest_sha256}
     err = _console(stderr=True)
     failed = 0
@@ -333,7 +341,8 @@ def transcribe(bundle: Path, audio: tuple[Path, ...], fmt: str | None, output_di
 @click.option("--limit", type=int, help="Only the first N utterances (sorted by id).")
 @click.option("--device", default=None, type=click.Choice(["cpu", "cuda"]), help="[default: cpu, or the target's]")
 @click.option("--threads", type=click.IntRange(min=1), help="Inference threads [default: the runtime's, or the target's].")
-@click.option("--target", help="Take device and threads from a target (see `edgeq targets`).")
+@click.option("--spinning", type=click.Choice(SPINNING), help=SPINNING_HELP + " [default: off, or the target's]")
+@click.option("--target", help="Take device, threads and spinning from a target (see `edgeq targets`).")
 @click.option("--warmup", default=1, show_default=True, type=click.IntRange(min=0),
               help="Untimed transcriptions before measuring.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("bench-results"), show_default=True)
@@ -355,7 +364,7 @@ def transcribe(bundle: Path, audio: tuple[Path, ...], fmt: str | None, output_di
               help="Decode clips of 30 s or less with timestamp tokens [default: off, as the study; "
                    "longer audio always uses them].")
 @_decode_choices("off")
-def bench(bundles, models, dataset, limit, device, threads, target, warmup, out, resume, force, language,
+def bench(bundles, models, dataset, limit, device, threads, spinning, target, warmup, out, resume, force, language,
           compare, plot_path, noise_snr, noise_source, no_sampler, on, remote_edgeq, timestamps, beam_size, patience,
           length_penalty, fallback, condition, vad, encoder_window) -> None:
     """Measure WER, peak RAM and latency of BUNDLES (and --model checkpoints) on a dataset."""
@@ -378,12 +387,14 @@ def bench(bundles, models, dataset, limit, device, threads, target, warmup, out,
             t = load_target(target)
             device = device or t.device
             threads = threads or t.threads
+            spinning = spinning or t.spinning
         from edgeq.runtime.decoding import STUDY_OPTIONS
 
         systems = make_systems([str(b) for b in bundles], list(models))
         decode = _options(STUDY_OPTIONS, beam_size, patience, length_penalty, fallback, condition, vad, encoder_window,
                           timestamps)
         settings = BenchSettings(dataset=dataset, out=out, limit=limit, device=device or "cpu", threads=threads,
+                                 spinning=spinning or "off",
                                  warmup=warmup, resume=resume, force=force, language=language,
                                  sampler=not no_sampler, decode=decode, noise_snr_db=noise_snr, noise_source=noise_source)
         with _progress() as progress:

@@ -148,8 +148,9 @@ def _named_tensors(model: torch.nn.Module):
     yield from model.named_buffers()
 
 
-def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None) -> TorchEngine:
-    """The engine for a torch-runtime bundle (what `edgeq.load` calls through the catalogue)."""
+def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None, spinning: str = "off") -> TorchEngine:
+    """The engine for a torch-runtime bundle (what `edgeq.load` calls through the catalogue).
+    `spinning` is ONNX Runtime's: PyTorch's intra-op pool offers no per-model choice, so it is ignored."""
     bundle.require_runtime("torch", "PyTorch")
     if device == "cuda" and not torch.cuda.is_available():
         raise DeviceError("--device cuda asked for, but this PyTorch has no usable CUDA device")

@@ -32,6 +32,7 @@ class BenchSettings:
     limit: int | None = None
     device: str = "cpu"
     threads: int | None = None
+    spinning: str = "off"  # ONNX Runtime's decoder threads (edgeq.spec.protocols.Spinning)
     warmup: int = 1
     resume: bool = False
     force: bool = False
@@ -116,7 +117,8 @@ def _run_locked(systems: list[System], settings: BenchSettings, progress) -> lis
         job = {
             "system": {"kind": system.kind, "ref": system.ref, "name": system.name},
             "results": str(results), "dataset": settings.dataset, "limit": settings.limit,
-            "device": settings.device, "threads": settings.threads, "warmup": settings.warmup,
+            "device": settings.device, "threads": settings.threads,
+            "spinning": settings.spinning, "warmup": settings.warmup,
             "resume": settings.resume, "language": settings.language, "sampler": settings.sampler,
             "decode": settings.decode.to_dict(),
             "noise": None if settings.noise_snr_db is None

@@ -64,7 +64,7 @@ def _load_system(system: dict, job: dict):
         from edgeq.runtime.transcriber import load
 
         t = load(system["ref"], device=job["device"], threads=job.get("threads"),
-                 language=job.get("language"), verify=True)
+                 language=job.get("language"), verify=True, spinning=job.get("spinning", "off"))
         m = t.bundle.manifest
         info = {
             "kind": "bundle", "path": str(Path(system["ref"]).resolve()), "recipe": m.recipe.name,
@@ -92,7 +92,8 @@ def _done_ids(path: Path, identity: dict) -> set[str]:
 
         # Runs from before decode options were recorded used the study's decoding.
         old["settings"].setdefault("decode", STUDY_OPTIONS.to_dict())
-        for key in ("dataset", "limit", "device", "threads", "decode", "noise"):
+        old["settings"].setdefault("spinning", "off")  # and before spinning was, with it off
+        for key in ("dataset", "limit", "device", "threads", "spinning", "decode", "noise"):
             if old["settings"].get(key) != identity["settings"].get(key):
                 raise EdgeqError(f"{path}: cannot resume, it was run with {key}={old['settings'].get(key)!r}")
         if old["system_info"].get("manifest_sha256") != identity["system_info"].get("manifest_sha256"):
@@ -121,6 +122,7 @@ def run(job: dict) -> None:
         dataset = open_dataset(job["dataset"], limit=job.get("limit"))
         options = options_from_dict(job["decode"]) if job.get("decode") else STUDY_OPTIONS
         settings = {k: job.get(k) for k in ("dataset", "limit", "device", "threads", "warmup", "language")}
+        settings["spinning"] = job.get("spinning", "off")
         settings["decode"] = options.to_dict()
         settings["sampler"] = job.get("sampler", True)
         settings["noise"] = job.get("noise")

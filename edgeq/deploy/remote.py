@@ -75,6 +75,7 @@ async def _bench(local, remote: Remote, settings: BenchSettings, edgeq: str, pro
         for flag, value in (("--limit", settings.limit), ("--threads", settings.threads), ("--language", settings.language)):
             if value is not None:
                 argv += [flag, str(value)]
+        argv += ["--spinning", settings.spinning] if settings.spinning != "off" else []
         argv += ["--resume"] * settings.resume + ["--force"] * settings.force + decode_flags(settings.decode)
         argv += noise_flags(settings)
         # summary.json is rewritten at the end of every run: without the old one, a run that dies on the

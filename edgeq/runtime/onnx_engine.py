@@ -22,6 +22,7 @@ from edgeq.errors import BundleError, DeviceError
 from edgeq.format.bundle import Bundle
 from edgeq.format.layout import LAYOUT_FILE, OnnxLayout, read_layout
 from edgeq.runtime import heap, prepared
+from edgeq.spec.protocols import Spinning
 from edgeq.util import cache_dir
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,8 @@ log = logging.getLogger(__name__)
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
-def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None) -> "OnnxEngine":
+def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None,
+                spinning: Spinning = "off") -> "OnnxEngine":
     import onnxruntime as ort  # edgeq.load checked it is installed (catalogue.require_runtime)
 
     bundle.require_runtime("onnxruntime", "ONNX Runtime")
@@ -58,8 +60,9 @@ def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None)
     # same speed (5.26-5.76 vs 5.37-5.69 s; 13.8-14.1 s both).
     try:
         encoder, decoder = _sessions_side_by_side(
-            lambda: _session(ort, bundle, layout.encoder, _options(ort, threads), enc_providers, graphs, reuse),
-            lambda: _session(ort, bundle, layout.decoder, _options(ort, threads), dec_providers, graphs, reuse))
+            lambda: _session(ort, bundle, layout.encoder, _options(ort, threads, spin=False), enc_providers, graphs, reuse),
+            lambda: _session(ort, bundle, layout.decoder, _options(ort, threads, spin=spinning == "decoder"),
+                             dec_providers, graphs, reuse))
     except BaseException:
         if writing:
             graphs.discard()
@@ -116,17 +119,23 @@ def _table_bytes(layout: OnnxLayout) -> list[int]:
     return [cells // 2, cells, cells * 2, cells * 4]
 
 
-def _options(ort, threads: int | None):
+def _options(ort, threads: int | None, spin: bool):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's default (physical cores)
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: the library never prints
     options.enable_cpu_mem_arena = False  # see load_engine
     options.enable_mem_pattern = False
-    # Worker threads sleep between operators instead of spinning for work. benchmarks/spinning.py,
-    # whisper-base int8, 2 threads, 3 rounds: RTF 0.033 vs 0.037 spinning on an idle CPU, and
-    # 0.043 vs 0.063 with another process holding one core (a Pi running other services).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Between operators, idle worker threads spin for work (`spin`: the decoder's, on request) or
+    # sleep. A decoder step is ~60 small operators of 2-15 ms in all, and waking a sleeping thread
+    # for each costs: whisper-small's shape, full window, 2 threads, one step 12.0-12.3 ms sleeping,
+    # 10.1 ms spinning (whisper-base 2.87 -> 2.47 ms). The encoder's operators are large and spinning
+    # never paid there. Spinning takes a core from whoever else needs it: benchmarks/spinning.py
+    # (whisper-base int8, 2 threads; README "Threads") has the whole pipeline, idle and shared.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    # ... and a spinning pool stops when its run ends, not spinning on into the encoder's run or
+    # the Python between two steps.
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     return options
 
 

@@ -20,7 +20,7 @@ from edgeq.runtime.decoding import DecodeOptions, DecodeSettings
 from edgeq.runtime.longform import Gap, LongformTranscriber, Segment, Timings
 from edgeq.runtime.tokenizer import WhisperTokenizer
 from edgeq.spec.catalogue import backend_spec, load_engine_module
-from edgeq.spec.protocols import Engine, Progress
+from edgeq.spec.protocols import SPINNING, Engine, Progress, Spinning
 from edgeq.util import read_json
 
 log = logging.getLogger(__name__)
@@ -89,19 +89,27 @@ class Transcriber:
 
 
 def load(path: str | Path, device: str = "cpu", threads: int | None = None,
-         language: str | None = None, verify: bool = True) -> Transcriber:
+         language: str | None = None, verify: bool = True, spinning: Spinning = "off") -> Transcriber:
     """Load a bundle (checking its manifest hashes) and return a Transcriber.
 
     Only the bundle is read: no original checkpoint, no network. An ONNX bundle is run by ONNX
-    Runtime and never imports torch.
+    Runtime and never imports torch. `spinning="decoder"`: the decoder's idle threads spin between
+    operators, faster on a CPU nothing else uses and slower on a shared one (README "Threads");
+    ONNX bundles only.
     """
     if threads is not None and threads < 1:
         raise EdgeqError(f"threads must be 1 or more, not {threads}")
+    if spinning not in SPINNING:
+        raise EdgeqError(f"spinning must be one of {', '.join(SPINNING)}, not {spinning!r}")
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if threads is not None and threads > usable:
         # Correct, but slow: more compute threads than CPUs take turns and wait for each other.
         log.warning("%d threads asked for, but this process can run on %d CPUs: expect it to be slower "
                     "than with --threads %d", threads, usable, usable)
+        if spinning != "off":
+            # A spinning thread would hold a CPU another of these threads is waiting for.
+            log.warning("spinning turned off: it needs a CPU for every thread")
+            spinning = "off"
     # Hashes are checked before anything is deserialised, but only once per version of each file:
     # unchanged since its last full check, the bundle is not hashed again (edgeq.format.verified).
     bundle = open_bundle(path, verify_hashes=verify, reuse_verification=True)
@@ -115,7 +123,7 @@ def load(path: str | Path, device: str = "cpu", threads: int | None = None,
     # By name from the catalogue: a torch bundle's engine imports torch, an ONNX one never does.
     engines = load_engine_module(backend, f"bundle {bundle.name}")
     with heap.loading():  # weight staging buffers go back to the kernel: see runtime/heap.py
-        engine = engines.load_engine(bundle, device=device, threads=threads)
+        engine = engines.load_engine(bundle, device=device, threads=threads, spinning=spinning)
         tokenizer = WhisperTokenizer(bundle.file(DECODE_TABLE if DECODE_TABLE in bundle.manifest.files else TOKENIZER))
     n_mels = configs.parse(configs.ModelConfig, config, f"{bundle.path}/{CONFIG}").num_mel_bins
     return Transcriber(engine, tokenizer, settings, bundle, n_mels, device)

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-import numpy as np
+if TYPE_CHECKING:  # annotations only: the CLI imports SPINNING from here without numpy
+    import numpy as np
 
 # progress(stage, done, total): the CLI draws it; the library never prints.
 Progress = Callable[[str, int, int], None]
+
+# Whether a runtime's idle intra-op threads spin waiting for the next operator: "off" (they sleep)
+# or "decoder" (the decoder's spin; the encoder's never do). Runtimes without the choice ignore it.
+Spinning = Literal["off", "decoder"]
+SPINNING: tuple[str, ...] = ("off", "decoder")
 
 
 @runtime_checkable
@@ -67,5 +73,6 @@ class Engine(Protocol):
 class EngineModule(Protocol):
     """Loads a bundle of its runtime into an `Engine` (RuntimeSpec.engine)."""
 
-    def load_engine(self, bundle: Any, device: str = "cpu", threads: int | None = None) -> Engine:
+    def load_engine(self, bundle: Any, device: str = "cpu", threads: int | None = None,
+                    spinning: Spinning = "off") -> Engine:
         """The engine for `bundle` (a verified `edgeq.format.bundle.Bundle`) on `device`."""

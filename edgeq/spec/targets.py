@@ -1,9 +1,9 @@
 """Targets: the devices bundles are deployed to, as validated data in `targets/`.
 
 A target says what the device is (architecture, CUDA or not, cores, memory) and how to run on it
-(threads, PyTorch quantized engine, ONNX Runtime providers), and which recipes suit it. `edgeq
-bench --target` takes its device and threads from here; `edgeq build --target` checks that the
-recipe can run there.
+(threads, spinning, PyTorch quantized engine, ONNX Runtime providers), and which recipes suit it.
+`edgeq bench --target` takes its device, threads and spinning from here; `edgeq build --target`
+checks that the recipe can run there.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from edgeq.errors import TargetError
 from edgeq.schema import Meta, Schema, SchemaError, convert, field
+from edgeq.spec.protocols import Spinning
 from edgeq.util import read_toml
 
 
@@ -26,6 +27,9 @@ class Target(Schema, kw_only=True):
     memory_mb: Annotated[int, Meta(gt=0)]  # RAM of the smallest variant of the device
     torch_engine: Literal["x86", "fbgemm", "qnnpack"]  # PyTorch quantized engine for torch.ao int8 bundles
     onnx_providers: Annotated[list[str], Meta(min_length=1)] = field(default_factory=lambda: ["CPUExecutionProvider"])
+    # ONNX Runtime's decoder threads spin between operators ("decoder") or sleep ("off"): faster
+    # where edgeq has the cores to itself, slower where other work shares them (README "Threads").
+    spinning: Spinning = "off"
     recommended: list[str] = field(default_factory=list)  # recipes that suit this device, best first
     why: str = ""  # one line on why these recipes
 

@@ -540,6 +540,54 @@ def test_cuda_without_onnxruntime_gpu_is_one_line(bundles, audio_dir):
     assert_one_line_error(proc, r"pip install onnxruntime-gpu")
 
 
+# --------------------------------------------------------------------------- threads
+
+
+def _spins(session) -> tuple[str, str]:
+    options = session.get_session_options()
+    return (options.get_session_config_entry("session.intra_op.allow_spinning"),
+            options.get_session_config_entry("session.force_spinning_stop"))
+
+
+def test_spinning_is_the_decoder_s_alone_and_changes_no_token(bundles, audio_dir):
+    import edgeq
+    from edgeq.runtime.audio import load_audio
+
+    path, audio = _get(bundles, "onnx-int8-dynamic").path, load_audio(str(audio_dir / "a_16k.wav"))
+    still = edgeq.load(path, threads=2, language="en")
+    spinning = edgeq.load(path, threads=2, language="en", spinning="decoder")
+    assert _spins(still.engine._encoder) == _spins(still.engine._decoder) == ("0", "1")
+    assert _spins(spinning.engine._encoder) == ("0", "1")  # the encoder's never spin
+    assert _spins(spinning.engine._decoder) == ("1", "1")  # ... and the decoder's stop when a step ends
+    assert spinning.transcribe(audio).tokens == still.transcribe(audio).tokens
+
+
+def test_spinning_with_more_threads_than_cpus_is_turned_off_with_a_warning(bundles, caplog):
+    import os
+
+    import edgeq
+
+    usable = len(os.sched_getaffinity(0))
+    with caplog.at_level("WARNING", logger="edgeq.runtime.transcriber"):
+        t = edgeq.load(_get(bundles, "onnx-int4").path, threads=usable + 1, spinning="decoder")
+    assert "spinning turned off" in caplog.text
+    assert _spins(t.engine._decoder) == ("0", "1")
+
+
+def test_an_unknown_spinning_is_refused(bundles, audio_dir):
+    from helpers import edgeq
+
+    import edgeq as library
+    from edgeq.errors import EdgeqError
+
+    with pytest.raises(EdgeqError, match="spinning must be one of off, decoder, not 'always'"):
+        library.load(_get(bundles, "onnx-int4").path, spinning="always")
+    proc = edgeq("transcribe", "--spinning", "always", _get(bundles, "onnx-int4").path, audio_dir / "a_16k.wav")
+    # click's usage error: its usage line, then the one line that says what is wrong
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "Invalid value for '--spinning': 'always' is not one of 'off', 'decoder'." in proc.stderr
+
+
 def test_recipe_checks(tmp_path):
     from edgeq.spec.recipe import load_recipe
 
@@ -577,13 +625,14 @@ def test_bench_measures_an_onnx_bundle(bundles, audio_dir, tmp_path):
     (dataset / "manifest.tsv").write_text("file\ttranscript\na.wav\thello world\n")
     bundle = _get(bundles, "onnx-int4").path
     proc = edgeq("bench", bundle, "-d", dataset / "manifest.tsv", "--threads", "1", "--warmup", "0",
-                 "-o", tmp_path / "out")
+                 "--target", "x86-avx2", "-o", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr[-2000:]
     (summary,) = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert "failed" not in summary
     records = [json.loads(line) for line in (tmp_path / "out" / f"{bundle.name}.jsonl").read_text().splitlines()]
     run = next(r for r in records if r["type"] == "run")
     assert run["system_info"]["runtime"] == "onnxruntime"
+    assert (run["settings"]["threads"], run["settings"]["spinning"]) == (1, "decoder")  # --threads, the target's
     assert any(r["type"] == "utterance" for r in records)
 
 

@@ -40,3 +40,16 @@ def test_target_file_with_unknown_key_is_refused(tmp_path):
     path.write_text('description = "x"\narch = "arm64"\nthreads = 4\nmemory_mb = 512\ntorch_engine = "qnnpack"\nram = 1\n')
     with pytest.raises(TargetError, match=r"mine.toml: unknown key 'ram'"):
         load_target(str(path))
+
+
+def test_spinning_is_off_unless_a_target_says_so(tmp_path):
+    from edgeq.spec.protocols import SPINNING
+
+    assert all(t.spinning in SPINNING for t in TARGETS)
+    assert load_target("rpi4").spinning == "off"  # a Pi often runs other services beside edgeq
+    path = tmp_path / "mine.toml"
+    path.write_text('description = "x"\narch = "arm64"\nthreads = 4\nmemory_mb = 512\ntorch_engine = "qnnpack"\n')
+    assert load_target(str(path)).spinning == "off"
+    path.write_text(path.read_text() + 'spinning = "always"\n')
+    with pytest.raises(TargetError, match=r"mine.toml.*spinning"):
+        load_target(str(path))
