@@ -444,7 +444,9 @@ def main() -> None:
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--resummarize", action="store_true", help="recompute the summary of --out from its rows")
     args = ap.parse_args()
-    if not set(args.edgeq_spinning.split(",")) <= {"off", "decoder"}:
+    from edgeq.spec.protocols import SPINNING
+
+    if not set(args.edgeq_spinning.split(",")) <= set(SPINNING):
         ap.error(f"--edgeq-spinning: off, decoder or off,decoder, not {args.edgeq_spinning!r}")
     if args.resummarize:
         from _common import RESULTS

@@ -194,7 +194,7 @@ def spinning() -> str | None:
     return (_table(["CPU, spinning", "RTF (median)", "RTF / off's (median, min–max)", "encoder s/window",
                     "decoder tokens/s"], rows)
             + f"\n{Path(d['bundle']).name}, {d['limit']} clips of speech-dev, {d['threads']} threads, "
-              f"{len(d['rows']) // 6} rounds; machine: {machine(d['env'])}\n")
+              f"{max(r['round'] for r in d['rows'])} rounds; machine: {machine(d['env'])}\n")
 
 
 LONGFORM_JOINS = ("longform_onnx-int8-dynamic_20min.json", "longform_onnx-int8-dynamic_20min-seed1.json",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args, runtime_checkable
 
 if TYPE_CHECKING:  # annotations only: the CLI imports SPINNING from here without numpy
     import numpy as np
@@ -20,7 +20,7 @@ Progress = Callable[[str, int, int], None]
 # Whether a runtime's idle intra-op threads spin waiting for the next operator: "off" (they sleep)
 # or "decoder" (the decoder's spin; the encoder's never do). Runtimes without the choice ignore it.
 Spinning = Literal["off", "decoder"]
-SPINNING: tuple[str, ...] = ("off", "decoder")
+SPINNING: tuple[str, ...] = get_args(Spinning)
 
 
 @runtime_checkable
