@@ -45,9 +45,14 @@ def whisper_small_random(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def results_path(name: str) -> Path:
+    """A bare file name lives in benchmarks/results; a path (with a folder) is taken as given."""
+    return RESULTS / name if Path(name).name == name else Path(name)
+
+
 def write_json(name: str, data) -> Path:
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / name
+    path = results_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1) + "\n")
     tmp.replace(path)

@@ -449,9 +449,9 @@ def main() -> None:
     if not set(args.edgeq_spinning.split(",")) <= set(SPINNING):
         ap.error(f"--edgeq-spinning: off, decoder or off,decoder, not {args.edgeq_spinning!r}")
     if args.resummarize:
-        from _common import RESULTS
+        from _common import results_path
 
-        data = json.loads((RESULTS / args.out).read_text())
+        data = json.loads(results_path(args.out).read_text())
         data["summary"] = summarize(data["rows"], data["systems"])
         write_json(args.out, data)
         return

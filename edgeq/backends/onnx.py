@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeq.errors import RecipeError
-from edgeq.format.layout import LAYOUT_FILE
+from edgeq.format.layout import LAYOUT_FILE, cross_scale_names
 from edgeq.schema import replace
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ def write(model, recipe, calibration, folder: Path, progress) -> None:
     of the onnxruntime runtime, catalogue.RUNTIMES["onnxruntime"].writer)."""
     import onnx
 
+    from edgeq.backends.onnx_cross_int8 import int8_cross_attention
     from edgeq.backends.onnx_export import export_float
     from edgeq.backends.onnx_fusion import half_cross_attention
     from edgeq.backends.onnx_quant import save_model
@@ -78,6 +79,12 @@ def write(model, recipe, calibration, folder: Path, progress) -> None:
         if opts.cross_kv == "float16" and not _float16_graphs(recipe):  # float16 graphs hold them so already
             half_cross_attention(encoder, decoder, list(layout.encoder_outputs), layout.heads)
             quantization["cross_kv"] = "float16"
+        elif opts.cross_kv == "int8":
+            int8_cross_attention(encoder, decoder, list(layout.encoder_outputs))
+            quantization["cross_kv"] = "int8"
+            layout = replace(layout, cross_int8=True,
+                             encoder_outputs=[*layout.encoder_outputs, *cross_scale_names(layout.encoder_outputs)],
+                             decoder_inputs=[*layout.decoder_inputs, *cross_scale_names(layout.encoder_outputs)])
         for graph, name in ((encoder, layout.encoder), (decoder, layout.decoder)):
             save_model(graph, folder / name)
     progress("checking the graphs", 0, 1)
@@ -109,6 +116,8 @@ def _check_recipe(recipe) -> None:
             f"recipe {recipe.name}: the ONNX backend computes in float32, or float16 with weights.format "
             f"float16; dtype {recipe.dtype} is not supported"
         )
+    if recipe.typed_options.cross_kv == "int8" and _float16_graphs(recipe):
+        raise RecipeError(f"recipe {recipe.name}: options.cross_kv = 'int8' needs float32 graphs, not float16 weights")
     if recipe.scheme != "none" and w.granularity != "group" and _uses_nbits(recipe):
         raise RecipeError(
             f"recipe {recipe.name}: ONNX MatMulNBits quantizes in blocks: set weights.granularity = "

@@ -118,6 +118,21 @@ def _keep_needed(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> None:
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
 
 
+def cross_attention_chains(graph: onnx.GraphProto, links: _Links, names: set[str]):
+    """Each decoder layer's cross-attention as (scores MatMul, Softmax, weighted MatMul, keys name,
+    values name): the attentions whose scores go straight to their softmax, no mask between."""
+    for softmax in [n for n in graph.node if n.op_type == "Softmax"]:
+        scores = links.producer.get(softmax.input[0])
+        if scores is None or scores.op_type != "MatMul":
+            continue  # self-attention: its scores pass through the causal mask's Add first
+        k = links.up(scores.input[1], "Transpose").input[0]
+        weighted = links.down(softmax.output[0], "MatMul")
+        v = weighted.input[1]
+        if k not in names or v not in names:
+            raise FusionError(f"a decoder attention without a mask reads {k!r}, {v!r}, not cross-attention inputs")
+        yield scores, softmax, weighted, k, v
+
+
 def half_cross_attention(encoder: onnx.ModelProto, decoder: onnx.ModelProto, cross: list[str], heads: int) -> int:
     """The cross-attention keys/values as float16 (in place): the encoder casts its `cross`
     outputs, and each decoder layer's cross-attention becomes one MultiHeadAttention node that
@@ -139,17 +154,9 @@ def half_cross_attention(encoder: onnx.ModelProto, decoder: onnx.ModelProto, cro
 
     g = decoder.graph
     links = _Links(g)
-    producer, up, down = links.producer, links.up, links.down
+    up, down = links.up, links.down
     replace: dict[str, list[onnx.NodeProto]] = {}
-    for softmax in [n for n in g.node if n.op_type == "Softmax"]:
-        scores = producer.get(softmax.input[0])
-        if scores is None or scores.op_type != "MatMul":
-            continue  # self-attention: its scores pass through the causal mask's Add first
-        k = up(scores.input[1], "Transpose").input[0]
-        weighted = down(softmax.output[0], "MatMul")
-        v = weighted.input[1]
-        if k not in names or v not in names:
-            raise FusionError(f"a decoder attention without a mask reads {k!r}, {v!r}, not cross-attention inputs")
+    for scores, _, weighted, k, v in cross_attention_chains(g, links, names):
         q = up(up(scores.input[0], "Transpose").input[0], "Reshape").input[0]
         merged = down(down(weighted.output[0], "Transpose").output[0], "Reshape")
         out = merged.output[0]

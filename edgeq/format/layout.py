@@ -16,7 +16,9 @@ Tensors are float32 (float16 in a float16 bundle, `dtype`), except that cross_* 
 a float32 bundle (recipe option cross_kv; `quantization.cross_kv` says so). No version change for
 that: the reader binds the encoder's outputs to the decoder's inputs as they are, whatever their
 type. (An edgeq that predates the option still refuses the bundle: its manifest's recipe lists
-the option, which that edgeq's schema does not know.)
+the option, which that edgeq's schema does not know.) With cross_kv = "int8" (`cross_int8`) the
+cross_* are uint8 codes, keys transposed to [1, H, Dh, F / 2], and the encoder outputs, and the
+decoder takes, their float32 scales after them (cross_scale_names).
 """
 
 from __future__ import annotations
@@ -47,6 +49,15 @@ def io_names(n_layers: int) -> tuple[list[str], list[str], list[str]]:
     return names("past"), names("present"), names("cross")
 
 
+def cross_scale_names(cross: list[str]) -> list[str]:
+    """The float32 scales of int8 cross-attention keys/values, in order: per key a channel scale
+    and a frame scale, per value a channel scale."""
+    names = []
+    for name in cross:
+        names += [f"{name}_channel", f"{name}_row"] if "_k_" in name else [f"{name}_scale"]
+    return names
+
+
 Positive = Annotated[int, Meta(gt=0)]
 GraphName = Annotated[str, Meta(pattern=_GRAPH_NAME)]
 
@@ -61,6 +72,9 @@ class OnnxLayout(Schema, kw_only=True):
     n_frames: Positive  # encoder input length (3000)
     n_audio_ctx: Positive  # encoder output length (1500)
     variable_frames: bool = False  # the encoder takes any even length up to n_frames
+    # cross_* are uint8 codes followed by their float32 scales (recipe option cross_kv = "int8";
+    # backends.onnx_cross_int8 has the arithmetic). An edgeq without this field refuses the bundle.
+    cross_int8: bool = False
     n_layers: Positive
     heads: Positive
     head_dim: Positive
@@ -79,10 +93,13 @@ class OnnxLayout(Schema, kw_only=True):
 
     @classmethod
     def for_dims(cls, *, n_mels: int, n_audio_ctx: int, n_layers: int, heads: int, head_dim: int,
-                 vocab_size: int, max_target_positions: int, variable_frames: bool = False) -> OnnxLayout:
+                 vocab_size: int, max_target_positions: int, variable_frames: bool = False,
+                 cross_int8: bool = False) -> OnnxLayout:
         past, present, cross = io_names(n_layers)
+        if cross_int8:
+            cross = cross + cross_scale_names(cross)
         return convert(cls, dict(
-            variable_frames=variable_frames,
+            variable_frames=variable_frames, cross_int8=cross_int8,
             n_mels=n_mels, n_frames=2 * n_audio_ctx, n_audio_ctx=n_audio_ctx, n_layers=n_layers, heads=heads,
             head_dim=head_dim, vocab_size=vocab_size, max_target_positions=max_target_positions,
             encoder_inputs=["input_features"], encoder_outputs=cross,
@@ -119,7 +136,7 @@ class OnnxLayout(Schema, kw_only=True):
             raise BundleError(f"{prefix}{LAYOUT_FILE}: {err.problem.text()}; rebuild the bundle") from None
         expected = cls.for_dims(n_mels=layout.n_mels, n_audio_ctx=layout.n_audio_ctx, n_layers=layout.n_layers,
                                 heads=layout.heads, head_dim=layout.head_dim, vocab_size=layout.vocab_size,
-                                max_target_positions=layout.max_target_positions)
+                                max_target_positions=layout.max_target_positions, cross_int8=layout.cross_int8)
         for key in ("encoder_inputs", "encoder_outputs", "decoder_inputs", "decoder_outputs"):
             if getattr(layout, key) != getattr(expected, key):
                 raise BundleError(f"{prefix}{LAYOUT_FILE}: {key} do not follow layout version {version}")

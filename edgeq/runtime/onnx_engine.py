@@ -80,7 +80,10 @@ def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None,
     table = [m for m in heap.mappings(mapped, _table_bytes(layout)) if m not in before] if device != "cuda" else []
     _check_io(bundle, encoder, layout.encoder_inputs, layout.encoder_outputs, layout.encoder)
     _check_io(bundle, decoder, layout.decoder_inputs, layout.decoder_outputs, layout.decoder)
-    types = {encoder.get_inputs()[0].type, *(i.type for i in decoder.get_inputs()[1:])}
+    # What the engine makes itself: features and the empty self-attention cache (the encoder's
+    # outputs go to the decoder as they are, whatever their type).
+    past = set(layout.past_names)
+    types = {encoder.get_inputs()[0].type, *(i.type for i in decoder.get_inputs() if i.name in past)}
     if not types <= set(_DTYPES):
         raise BundleError(f"{bundle.path}: the graphs take {sorted(types - set(_DTYPES))}; this edgeq reads float32/float16")
     return OnnxEngine(encoder, decoder, layout, device, table)

@@ -223,6 +223,22 @@ def test_an_attention_chain_the_fusion_cannot_follow_is_an_error(bundles):
         fuse_encoder_attention(helper.make_model(helper.make_graph([], "g", [x], [x])), heads=1, layers=2)
 
 
+def _first_logits_and_tokens(bundles, audio_dir):
+    """Per bundle: the first decoder step's logits on a_16k.wav, and its greedy transcript's tokens."""
+    import edgeq
+    from edgeq.runtime.audio import load_audio
+    from edgeq.runtime.features import log_mel_spectrogram
+
+    features = log_mel_spectrogram(load_audio(audio_dir / "a_16k.wav"))
+    logits, tokens = [], []
+    for bundle in bundles:
+        t = edgeq.load(bundle.path, language="en")
+        first, _ = t.engine.step(t.engine.start(t.engine.encode(features)), t.settings.prompt("en"))
+        logits.append(first)
+        tokens.append(t.transcribe(audio_dir / "a_16k.wav").tokens)
+    return logits, tokens
+
+
 def test_float16_cross_attention_keys_values_give_the_float32_logits(bundles, tiny_model, audio_dir, tmp_path):
     # options.cross_kv = "float16" (onnx-int4 ships it): the encoder outputs float16 keys/values and
     # each decoder layer reads them in one MultiHeadAttention node. On float weights the first-step
@@ -231,8 +247,6 @@ def test_float16_cross_attention_keys_values_give_the_float32_logits(bundles, ti
     import onnx
 
     import edgeq
-    from edgeq.runtime.audio import load_audio
-    from edgeq.runtime.features import log_mel_spectrogram
     from edgeq.spec.recipe import apply_overrides, load_recipe
 
     config = json.loads((Path(tiny_model) / "config.json").read_text())
@@ -251,21 +265,56 @@ def test_float16_cross_attention_keys_values_give_the_float32_logits(bundles, ti
     assert "cross_kv" not in json.loads((_get(bundles, "onnx-int8-dynamic").path / "onnx.json").read_text())[
         "quantization"]
 
-    features = log_mel_spectrogram(load_audio(audio_dir / "a_16k.wav"))
-    logits, tokens = [], []
-    for bundle in (half, _get(bundles, "onnx-fp32")):
-        t = edgeq.load(bundle.path, language="en")
-        first, _ = t.engine.step(t.engine.start(t.engine.encode(features)), t.settings.prompt("en"))
-        logits.append(first)
-        tokens.append(t.transcribe(audio_dir / "a_16k.wav").tokens)
+    logits, tokens = _first_logits_and_tokens([half, _get(bundles, "onnx-fp32")], audio_dir)
     assert np.linalg.norm(logits[0] - logits[1]) / np.linalg.norm(logits[1]) < 1e-4
     assert tokens[0] == tokens[1]
+
+
+def test_int8_cross_attention_keys_values_are_codes_multiplied_as_they_are(bundles, tiny_model, audio_dir, tmp_path):
+    # options.cross_kv = "int8": the encoder outputs uint8 codes (keys transposed) and their float32
+    # scales after them; each decoder layer multiplies the codes with two MatMulIntegers. On float
+    # weights the first-step logits stay within 1 % of float32's (measured 0.09 %) and greedy
+    # decoding gives the same tokens.
+    import onnx
+
+    import edgeq
+    from edgeq.format.layout import OnnxLayout, cross_scale_names
+    from edgeq.spec.recipe import apply_overrides, load_recipe
+
+    config = json.loads((Path(tiny_model) / "config.json").read_text())
+    codes = edgeq.build(apply_overrides(load_recipe("onnx-fp32"), ["options.cross_kv=int8"]),
+                        model=str(tiny_model), out=tmp_path / "codes", language="en")
+    layout = OnnxLayout.from_dict(json.loads((codes.path / "onnx.json").read_text()))
+    cross = [f"cross_{kv}_{i}" for i in range(config["decoder_layers"]) for kv in ("k", "v")]
+    assert layout.cross_int8 and layout.quantization["cross_kv"] == "int8"
+    assert layout.encoder_outputs == [*cross, *cross_scale_names(cross)]
+    enc, dec = _graphs(codes)
+    types = {o.name: o.type.tensor_type.elem_type for o in enc.graph.output}
+    assert {types[n] for n in cross} == {onnx.TensorProto.UINT8}
+    assert {types[n] for n in cross_scale_names(cross)} == {onnx.TensorProto.FLOAT}
+    shape = {i.name: [d.dim_value or d.dim_param for d in i.type.tensor_type.shape.dim] for i in dec.graph.input}
+    assert shape["cross_k_0"][2] == shape["cross_v_0"][3] == config["d_model"] // config["decoder_attention_heads"]
+    ops = [n.op_type for n in dec.graph.node]
+    assert ops.count("MatMulInteger") == 2 * config["decoder_layers"]
+
+    logits, tokens = _first_logits_and_tokens([codes, _get(bundles, "onnx-fp32")], audio_dir)
+    assert np.linalg.norm(logits[0] - logits[1]) / np.linalg.norm(logits[1]) < 1e-2
+    assert tokens[0] == tokens[1]
+
+
+def test_int8_cross_attention_needs_float32_graphs():
+    from edgeq.backends.onnx import _check_recipe
+    from edgeq.spec.recipe import apply_overrides, load_recipe
+
+    with pytest.raises(RecipeError, match="cross_kv = 'int8' needs float32 graphs"):
+        _check_recipe(apply_overrides(load_recipe("onnx-fp16"), ["options.cross_kv=int8"]))
 
 
 def test_a_decoder_without_cross_attention_chains_is_an_error():
     import onnx
     from onnx import helper
 
+    from edgeq.backends.onnx_cross_int8 import int8_cross_attention
     from edgeq.backends.onnx_fusion import FusionError, half_cross_attention
 
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 4])
@@ -281,6 +330,10 @@ def test_a_decoder_without_cross_attention_chains_is_an_error():
         half_cross_attention(encoder, decoder, ["cross_k_0", "cross_v_0"], heads=1)
     with pytest.raises(FusionError, match="does not output"):
         half_cross_attention(encoder, decoder, ["cross_k_0", "cross_v_0", "cross_k_1"], heads=1)
+    with pytest.raises(FusionError, match="found 0 cross-attention chains in the decoder, expected 1"):
+        int8_cross_attention(encoder, decoder, ["cross_k_0", "cross_v_0"])
+    with pytest.raises(FusionError, match="the encoder outputs"):
+        int8_cross_attention(encoder, decoder, ["cross_k_0", "cross_v_0", "cross_k_1"])
 
 
 @pytest.mark.parametrize("name", ["onnx-fp32", "onnx-int8-dynamic", "onnx-int4"])

@@ -99,3 +99,19 @@ def test_any_edit_of_the_decoder_configs(data, which):
 def test_onnx_graph_names_stay_inside_the_bundle(name):
     with pytest.raises(EdgeqError, match=r"onnx.json: encoder: Expected `str` matching regex"):
         OnnxLayout.from_dict({**_LAYOUT, "encoder": name}, "b")
+
+
+def test_int8_cross_keys_values_travel_with_their_scales_or_the_layout_is_refused():
+    from edgeq.format.layout import cross_scale_names
+
+    codes = OnnxLayout.for_dims(n_mels=80, n_audio_ctx=1500, n_layers=2, heads=4, head_dim=16, vocab_size=100,
+                                max_target_positions=448, cross_int8=True).to_dict()
+    cross = ["cross_k_0", "cross_v_0", "cross_k_1", "cross_v_1"]
+    assert cross_scale_names(cross) == ["cross_k_0_channel", "cross_k_0_row", "cross_v_0_scale",
+                                        "cross_k_1_channel", "cross_k_1_row", "cross_v_1_scale"]
+    assert OnnxLayout.from_dict(codes, "b").decoder_inputs[-6:] == cross_scale_names(cross)
+    # a layout that says int8 but lists no scales, or lists scales without saying int8
+    for edited in ({**codes, "cross_int8": False}, {**_LAYOUT, "cross_int8": True}):
+        with pytest.raises(EdgeqError, match="encoder_outputs do not follow layout version 2"):
+            OnnxLayout.from_dict(edited, "b")
+    assert not OnnxLayout.from_dict({k: v for k, v in _LAYOUT.items() if k != "cross_int8"}, "b").cross_int8

@@ -1,0 +1,167 @@
+"""The cross-attention keys/values as 8-bit integers (recipe option cross_kv = "int8").
+
+Why: a window's keys/values are held while every token of it is decoded, 110 MB in float32 on a
+full window of whisper-small's shape (whisper.cpp holds 55 MB of float16). float16
+(`onnx_fusion.half_cross_attention`) halves them, but ONNX Runtime 1.32 has no float16 attention
+kernel on an x86 CPU, so every step casts them back to float32: 110 MB written per step. Here they
+are held as uint8, a quarter of float32, and each step multiplies them as they are with ONNX's
+MatMulInteger, int32 accumulation; only the [heads, tokens, frames] scores and the output are
+rescaled in float32.
+
+How the scales are chosen so that one uint8 code per number is enough:
+* keys [1, H, F, Dh]: a few channels carry most of the magnitude in every frame, so each channel
+  is first divided by its largest magnitude over the window (`<k>_channel`, [1, H, 1, Dh]; the
+  decoder multiplies its query by it instead, which leaves q.k unchanged), then each frame's key
+  gets its own scale (`<k>_row`, [1, H, 1, F]: a column of the scores, applied after the product).
+  Stored transposed, [1, H, Dh, F], codes 1..255 around 128.
+* values [1, H, F, Dh]: one scale per head and channel (`<v>_scale`, [1, H, 1, Dh]), a column of
+  the output, codes around 128.
+* the query (per head and token) and the attention probabilities (per head and token, 0..255, the
+  largest probability the top code) are quantized in each step; the probabilities' rows sum to 1,
+  their codes are exact to 1/510 of the row's largest.
+Both operands are uint8 (zero point 128 for keys, values and query): MLAS's u8·s8 kernels on
+AVX2 without VNNI add pairs of products in saturating 16-bit (VPMADDUBSW), which 255 x 127 pairs
+overflow; u8·u8 does not, on any x86 CPU.
+
+Measured (2 threads, AMD EPYC with AVX-512 VNNI, 3 rounds in alternation, README "Design"):
+whisper-base onnx-int8-dynamic on speech-dev, peak 214-221 vs 221-231 MB, the same RTF, WER 2.43
+vs 2.65 %; whisper-small's shape, 2 clips, 460 vs 522-524 MB (whisper.cpp q8_0: 469 MB), decoder
+58-65 vs 67-72 tokens/s: each MatMulInteger takes ~0.19 ms of a ~17 ms step (ONNX Runtime packs
+a B that is not a constant on every call), and the query/probability quantization adds ~20 small
+nodes per layer. A per-tensor DynamicQuantizeLinear for the query instead was no faster and one
+word worse on speech-dev (2.65 %).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeq.backends.onnx_fusion import FusionError, _keep_needed, _Links, cross_attention_chains
+
+
+class _Nodes:
+    """Appends nodes with unique output names under one prefix."""
+
+    def __init__(self, prefix: str):
+        self.prefix, self.nodes, self.count = prefix, [], 0
+
+    def __call__(self, op: str, inputs: list[str], out: str | None = None, **attrs) -> str:
+        self.count += 1
+        out = out or f"{self.prefix}_{op.lower()}_{self.count}"
+        self.nodes.append(helper.make_node(op, inputs, [out], name=f"{out}_node", **attrs))
+        return out
+
+
+def _constants(graph: onnx.GraphProto, prefix: str) -> dict[str, str]:
+    values = {
+        "last": np.array([-1], np.int64), "frames": np.array([2], np.int64),
+        "tiny": np.array(1e-30, np.float32), "c127": np.array(127.0, np.float32),
+        "c128": np.array(128.0, np.float32), "c255": np.array(255.0, np.float32),
+        "zp128": np.array(128, np.uint8), "zp0": np.array(0, np.uint8),
+    }
+    names = {}
+    for key, value in values.items():
+        names[key] = f"{prefix}_{key}"
+        graph.initializer.append(numpy_helper.from_array(value, names[key]))
+    return names
+
+
+def _codes(n: _Nodes, c: dict[str, str], x: str, scale: str, offset: bool, out: str | None = None) -> str:
+    """uint8 codes of x / scale, rounded (+128 when `offset`, for a signed x)."""
+    code = n("Round", [n("Div", [x, scale])])
+    if offset:
+        code = n("Add", [code, c["c128"]])
+    return n("Cast", [code], out, to=TensorProto.UINT8)
+
+
+def _abs_max(n: _Nodes, c: dict[str, str], x: str, axis: str, out: str | None = None) -> str:
+    """The largest magnitude of x along `axis` (kept), never 0 (an all-zero row divides by it)."""
+    return n("Max", [n("ReduceMax", [n("Abs", [x]), c[axis]], keepdims=1), c["tiny"]], out)
+
+
+def _info(name: str, kind: int, dims: list) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, kind, dims)
+
+
+def _scale_infos(name: str, heads, frames, head_dim) -> list[onnx.ValueInfoProto]:
+    if "_k_" in name:
+        return [_info(f"{name}_channel", TensorProto.FLOAT, [1, heads, 1, head_dim]),
+                _info(f"{name}_row", TensorProto.FLOAT, [1, heads, 1, frames])]
+    return [_info(f"{name}_scale", TensorProto.FLOAT, [1, heads, 1, head_dim])]
+
+
+def _code_info(name: str, heads, frames, head_dim) -> onnx.ValueInfoProto:
+    # keys stored transposed, [1, H, Dh, F], so that MatMulInteger reads them as they are
+    dims = [1, heads, head_dim, frames] if "_k_" in name else [1, heads, frames, head_dim]
+    return _info(name, TensorProto.UINT8, dims)
+
+
+def _dims(info: onnx.ValueInfoProto) -> list:
+    return [d.dim_value or d.dim_param for d in info.type.tensor_type.shape.dim]
+
+
+def int8_cross_attention(encoder: onnx.ModelProto, decoder: onnx.ModelProto, cross: list[str]) -> int:
+    """Rewrite both graphs in place: the encoder outputs the `cross` keys/values as uint8 codes,
+    then their scales (format.layout.cross_scale_names), and each decoder layer's cross-attention multiplies the codes
+    as they are. Returns the number of decoder layers rewritten."""
+    names = set(cross)
+    g = encoder.graph
+    outputs = {o.name: o for o in g.output}
+    if set(outputs) & names != names or len(outputs) != len(names):
+        raise FusionError(f"the encoder outputs {sorted(outputs)}, expected exactly {cross}")
+    for node in g.node:
+        for i, o in enumerate(node.output):
+            if o in names:
+                node.output[i] = f"{o}_float32"
+    c = _constants(g, "cross_int8")
+    n = _Nodes("cross_int8")
+    codes, scales = [], []
+    for name in cross:
+        x, (_, heads, frames, head_dim) = f"{name}_float32", _dims(outputs[name])
+        if "_k_" in name:
+            channel = _abs_max(n, c, x, "frames", f"{name}_channel")  # [1, H, 1, Dh]
+            normal = n("Div", [x, channel])
+            row = n("Div", [_abs_max(n, c, normal, "last"), c["c127"]])  # [1, H, F, 1]
+            n("Transpose", [_codes(n, c, normal, row, offset=True)], name, perm=[0, 1, 3, 2])
+            n("Transpose", [row], f"{name}_row", perm=[0, 1, 3, 2])
+        else:
+            scale = n("Div", [_abs_max(n, c, x, "frames"), c["c127"]], f"{name}_scale")  # [1, H, 1, Dh]
+            _codes(n, c, x, scale, offset=True, out=name)
+        codes.append(_code_info(name, heads, frames, head_dim))
+        scales += _scale_infos(name, heads, frames, head_dim)
+    g.node.extend(n.nodes)
+    del g.output[:]
+    g.output.extend(codes + scales)
+
+    g = decoder.graph
+    c = _constants(g, "cross_int8")
+    replace: dict[str, list[onnx.NodeProto]] = {}
+    for scores, softmax, weighted, k, v in cross_attention_chains(g, _Links(g), names):
+        # q.k: the query [1, H, T, Dh] (already scaled by 1/sqrt(Dh)) times the keys' channel scales,
+        # quantized per head and token; the int32 dots rescaled by the query's and each frame's scale.
+        n = _Nodes(f"{k}_scores")
+        query = n("Mul", [scores.input[0], f"{k}_channel"])
+        q_scale = n("Div", [_abs_max(n, c, query, "last"), c["c127"]])  # [1, H, T, 1]
+        dots = n("MatMulInteger", [_codes(n, c, query, q_scale, offset=True), k, c["zp128"], c["zp128"]])
+        n("Mul", [n("Mul", [n("Cast", [dots], to=TensorProto.FLOAT), q_scale]), f"{k}_row"], scores.output[0])
+        replace[scores.output[0]] = n.nodes
+        # p.v: the probabilities in 0..255 per head and token (the largest is 255), the values' codes.
+        n = _Nodes(f"{v}_mixed")
+        p_scale = n("Div", [n("ReduceMax", [softmax.output[0], c["last"]], keepdims=1), c["c255"]])
+        mixed = n("MatMulInteger", [_codes(n, c, softmax.output[0], p_scale, offset=False), v, c["zp0"], c["zp128"]])
+        n("Mul", [n("Mul", [n("Cast", [mixed], to=TensorProto.FLOAT), p_scale]), f"{v}_scale"], weighted.output[0])
+        replace[weighted.output[0]] = n.nodes
+    if len(replace) != len(names):
+        raise FusionError(f"found {len(replace) // 2} cross-attention chains in the decoder, expected {len(names) // 2}")
+    inputs = {i.name: i for i in g.input}
+    extra = []
+    for name in cross:
+        _, heads, frames, head_dim = _dims(inputs[name])
+        inputs[name].CopyFrom(_code_info(name, heads, frames, head_dim))
+        extra += _scale_infos(name, heads, frames, head_dim)
+    g.input.extend(extra)
+    nodes = [m for node in g.node for m in replace.get(node.output[0], [node])]
+    _keep_needed(decoder, nodes)
+    return len(replace) // 2
