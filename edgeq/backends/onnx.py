@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeq.errors import RecipeError
-from edgeq.format.layout import LAYOUT_FILE, cross_scale_names
+from edgeq.format.layout import LAYOUT_FILE, PAST_LENGTH, cross_scale_names
 from edgeq.schema import replace
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ def write(model, recipe, calibration, folder: Path, progress) -> None:
     from edgeq.backends.onnx_export import export_float
     from edgeq.backends.onnx_fusion import half_cross_attention
     from edgeq.backends.onnx_quant import save_model
+    from edgeq.backends.onnx_self_cache import shared_self_cache
 
     _check_recipe(recipe)
     opts = recipe.typed_options
@@ -85,6 +86,9 @@ def write(model, recipe, calibration, folder: Path, progress) -> None:
             layout = replace(layout, cross_int8=True,
                              encoder_outputs=[*layout.encoder_outputs, *cross_scale_names(layout.encoder_outputs)],
                              decoder_inputs=[*layout.decoder_inputs, *cross_scale_names(layout.encoder_outputs)])
+        if opts.self_cache == "shared":  # last: past_length comes after every other input
+            shared_self_cache(decoder, layout.past_names, layout.present_names, layout.heads)
+            layout = replace(layout, self_cache="shared", decoder_inputs=[*layout.decoder_inputs, PAST_LENGTH])
         for graph, name in ((encoder, layout.encoder), (decoder, layout.decoder)):
             save_model(graph, folder / name)
     progress("checking the graphs", 0, 1)

@@ -114,6 +114,11 @@ def _keep_needed(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> None:
             needed.update(i for i in n.input if i)
     del g.node[:]
     g.node.extend(reversed(kept))
+    # Initializers only the dropped nodes read would make ONNX Runtime warn at every load.
+    read = needed | {o.name for o in g.output}
+    unread = [t for t in g.initializer if t.name not in read]
+    for t in unread:
+        g.initializer.remove(t)
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
 

@@ -19,6 +19,12 @@ type. (An edgeq that predates the option still refuses the bundle: its manifest'
 the option, which that edgeq's schema does not know.) With cross_kv = "int8" (`cross_int8`) the
 cross_* are uint8 codes, keys transposed to [1, H, Dh, F / 2], and the encoder outputs, and the
 decoder takes, their float32 scales after them (cross_scale_names).
+
+With `self_cache = "shared"` (the default since layout files have the field; absent means
+"concat") the decoder's past_k_i/past_v_i are buffers of max_target_positions rows that the
+decoder writes the new rows into (its present_k_i/present_v_i are the same buffers: the runtime
+binds one OrtValue to both), and it takes an int64 scalar `past_length` after everything else: how
+many rows are filled (backends.onnx_self_cache).
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ LAYOUT_FILE = "onnx.json"
 # (fixed 30 s windows) still load; they are encoded on the full window.
 LAYOUT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
+# The decoder's extra input with self_cache = "shared": rows of the past buffers already filled.
+PAST_LENGTH = "past_length"
 ENCODER_ONNX = "encoder.onnx"
 DECODER_ONNX = "decoder.onnx"
 # A graph is a plain file at the top of the bundle: no folders, no "..", nothing absolute.
@@ -75,6 +83,9 @@ class OnnxLayout(Schema, kw_only=True):
     # cross_* are uint8 codes followed by their float32 scales (recipe option cross_kv = "int8";
     # backends.onnx_cross_int8 has the arithmetic). An edgeq without this field refuses the bundle.
     cross_int8: bool = False
+    # "shared": past/present are one buffer per layer and name, written in place, and the decoder
+    # takes past_length (backends.onnx_self_cache). Bundles without the field concatenate.
+    self_cache: Literal["concat", "shared"] = "concat"
     n_layers: Positive
     heads: Positive
     head_dim: Positive
@@ -94,21 +105,22 @@ class OnnxLayout(Schema, kw_only=True):
     @classmethod
     def for_dims(cls, *, n_mels: int, n_audio_ctx: int, n_layers: int, heads: int, head_dim: int,
                  vocab_size: int, max_target_positions: int, variable_frames: bool = False,
-                 cross_int8: bool = False) -> OnnxLayout:
+                 cross_int8: bool = False, self_cache: str = "concat") -> OnnxLayout:
         past, present, cross = io_names(n_layers)
         if cross_int8:
             cross = cross + cross_scale_names(cross)
+        length = [PAST_LENGTH] if self_cache == "shared" else []
         return convert(cls, dict(
-            variable_frames=variable_frames, cross_int8=cross_int8,
+            variable_frames=variable_frames, cross_int8=cross_int8, self_cache=self_cache,
             n_mels=n_mels, n_frames=2 * n_audio_ctx, n_audio_ctx=n_audio_ctx, n_layers=n_layers, heads=heads,
             head_dim=head_dim, vocab_size=vocab_size, max_target_positions=max_target_positions,
             encoder_inputs=["input_features"], encoder_outputs=cross,
-            decoder_inputs=["input_ids", *past, *cross], decoder_outputs=["logits", *present],
+            decoder_inputs=["input_ids", *past, *cross, *length], decoder_outputs=["logits", *present],
         ))
 
     @property
     def past_names(self) -> list[str]:
-        return [n for n in self.decoder_inputs if n.startswith("past_")]
+        return [n for n in self.decoder_inputs if n.startswith("past_") and n != PAST_LENGTH]
 
     @property
     def present_names(self) -> list[str]:
@@ -136,7 +148,8 @@ class OnnxLayout(Schema, kw_only=True):
             raise BundleError(f"{prefix}{LAYOUT_FILE}: {err.problem.text()}; rebuild the bundle") from None
         expected = cls.for_dims(n_mels=layout.n_mels, n_audio_ctx=layout.n_audio_ctx, n_layers=layout.n_layers,
                                 heads=layout.heads, head_dim=layout.head_dim, vocab_size=layout.vocab_size,
-                                max_target_positions=layout.max_target_positions, cross_int8=layout.cross_int8)
+                                max_target_positions=layout.max_target_positions, cross_int8=layout.cross_int8,
+                                self_cache=layout.self_cache)
         for key in ("encoder_inputs", "encoder_outputs", "decoder_inputs", "decoder_outputs"):
             if getattr(layout, key) != getattr(expected, key):
                 raise BundleError(f"{prefix}{LAYOUT_FILE}: {key} do not follow layout version {version}")

@@ -20,7 +20,7 @@ import numpy as np
 
 from edgeq.errors import BundleError, DeviceError
 from edgeq.format.bundle import Bundle
-from edgeq.format.layout import LAYOUT_FILE, OnnxLayout, read_layout
+from edgeq.format.layout import LAYOUT_FILE, PAST_LENGTH, OnnxLayout, read_layout
 from edgeq.runtime import heap, prepared
 from edgeq.spec.protocols import Spinning
 from edgeq.util import cache_dir
@@ -158,6 +158,13 @@ class OnnxEngine:
         shape = [1, layout.heads, 0, layout.head_dim]
         empty = ort.OrtValue.ortvalue_from_shape_and_type(shape, kv_dtype, self._device, 0)
         self._empty = tuple(empty for _ in self._past)
+        # self_cache "shared": one [1, H, max_target_positions, Dh] buffer per past name, bound as
+        # both past input and present output, that each step writes its new rows into
+        # (backends.onnx_self_cache). A step then copies only the new token's keys/values.
+        self._shared = layout.self_cache == "shared"
+        self._buffer_shape = (1, layout.heads, layout.max_target_positions, layout.head_dim)
+        self._kv_dtype = kv_dtype
+        self._ort = ort
         # On a CPU the encoder's large activations are mapped and given back (heap.large_blocks_mapped).
         self._encoding = heap.large_blocks_mapped if self._device == "cpu" else contextlib.nullcontext
         # The decoder reads the token table a row per step, but every row it reads faults in the
@@ -179,16 +186,39 @@ class OnnxEngine:
             self._encoder.run_with_iobinding(binding)
         return dict(zip(self._cross, binding.get_outputs()))
 
-    def start(self, encoder_state: dict[str, Any]) -> tuple[dict[str, Any], tuple]:
-        return encoder_state, self._empty
+    def start(self, encoder_state: dict[str, Any]) -> tuple:
+        if not self._shared:
+            return encoder_state, self._empty, 0, None
+        # Fresh buffers for every decode: a large allocation's pages become resident only as a step
+        # writes its rows, so a 224-token decode holds half of the buffers' 448 rows.
+        arrays = [np.empty(self._buffer_shape, self._kv_dtype) for _ in self._past]
+        return encoder_state, self._bind_arrays(arrays), 0, arrays
 
-    def fork(self, state: tuple[dict[str, Any], tuple]) -> tuple[dict[str, Any], tuple]:
-        # step() binds the past as inputs and gets the present in fresh outputs: it never writes
-        # into a state it was given, so branches can share one.
-        return state
+    def _bind_arrays(self, arrays: list[np.ndarray]) -> tuple:
+        ort = self._ort
+        if self._device == "cpu":  # the OrtValues are the arrays' memory, not copies
+            return tuple(ort.OrtValue.ortvalue_from_numpy(a) for a in arrays)
+        return tuple(ort.OrtValue.ortvalue_from_numpy(a, self._device, 0) for a in arrays)
 
-    def step(self, state: tuple[dict[str, Any], tuple], tokens: list[int]) -> tuple[np.ndarray, Any]:
-        cross, past = state
+    def fork(self, state: tuple) -> tuple:
+        cross, past, filled, arrays = state
+        if not self._shared:
+            # step() binds the past as inputs and gets the present in fresh outputs: it never
+            # writes into a state it was given, so branches can share one.
+            return state
+        if self._device == "cpu":
+            copies = [np.empty(self._buffer_shape, self._kv_dtype) for _ in arrays]
+            for new, old in zip(copies, arrays):
+                new[:, :, :filled] = old[:, :, :filled]
+            return cross, self._bind_arrays(copies), filled, copies
+        # On the GPU the buffers are ONNX Runtime's: through the host (beam search and best_of only)
+        copies = [v.numpy() for v in past]
+        return cross, self._bind_arrays(copies), filled, None
+
+    def step(self, state: tuple, tokens: list[int]) -> tuple[np.ndarray, Any]:
+        cross, past, filled, arrays = state
+        if filled + len(tokens) > self._buffer_shape[2]:
+            raise ValueError(f"the decoder holds {self._buffer_shape[2]} positions; {filled + len(tokens)} asked")
         binding = self._decoder.io_binding()
         binding.bind_cpu_input("input_ids", np.array([tokens], dtype=np.int64))
         for name, value in zip(self._past, past):
@@ -196,12 +226,19 @@ class OnnxEngine:
         for name, value in cross.items():
             binding.bind_ortvalue_input(name, value)
         binding.bind_output("logits", "cpu")
-        for name in self._present:
-            binding.bind_output(name, self._device)
+        if self._shared:
+            binding.bind_cpu_input(PAST_LENGTH, np.array(filled, dtype=np.int64))
+            for name, value in zip(self._present, past):
+                binding.bind_ortvalue_output(name, value)  # written in place
+        else:
+            for name in self._present:
+                binding.bind_output(name, self._device)
         self._decoder.run_with_iobinding(binding)
         outputs = binding.get_outputs()
         logits = np.array(outputs[0].numpy()[0], dtype=np.float32)
-        return logits, (cross, tuple(outputs[1:]))
+        if self._shared:
+            return logits, (cross, past, filled + len(tokens), arrays)
+        return logits, (cross, tuple(outputs[1:]), filled + len(tokens), None)
 
 
 def _providers(ort, device: str, layout: OnnxLayout, bundle: Bundle) -> tuple[list, list]:

@@ -139,6 +139,12 @@ class OnnxOptions(_Strict):
     # whisper-small shape int8 peaks at 460 instead of 522-524 MB for ~8 % fewer decoder tokens/s;
     # whisper-base: as fast, WER 2.43 vs 2.65 % (backends.onnx_cross_int8, README "Design").
     cross_kv: Literal["float32", "float16", "int8"] = "float32"
+    # The decoder's self-attention cache: "shared", one buffer per layer that each step writes its
+    # new keys/values into (ONNX Runtime's GroupQueryAttention), or "concat", a new cache per step
+    # (Concat of past and new). A decoder step, int8, full window (benchmarks/decoder_step.py):
+    # whisper-base 4.05-4.27 -> 3.56-3.89 ms, whisper-small's shape 11.8-12.0 -> 10.4-11.2 ms;
+    # small's peak RSS -12 to -25 MB (backends.onnx_self_cache, README "Design").
+    self_cache: Literal["shared", "concat"] = "shared"
 
 
 class FloatOptions(_Strict):

@@ -258,8 +258,9 @@ def test_float16_cross_attention_keys_values_give_the_float32_logits(bundles, ti
         cross = [i for i in dec.graph.input if i.name.startswith("cross_")]
         assert {i.type.tensor_type.elem_type for i in cross} == {onnx.TensorProto.FLOAT16}
         ops = [n.op_type for n in dec.graph.node]
-        # the cross-attention softmaxes are gone; each self-attention keeps its masked one
-        assert ops.count("MultiHeadAttention") == ops.count("Softmax") == config["decoder_layers"]
+        # the cross-attention softmaxes are gone; each self-attention is one GroupQueryAttention
+        assert ops.count("MultiHeadAttention") == ops.count("GroupQueryAttention") == config["decoder_layers"]
+        assert "Softmax" not in ops
         assert json.loads((bundle.path / "onnx.json").read_text())["quantization"]["cross_kv"] == "float16"
     assert _get(bundles, "onnx-int8-dynamic").recipe.options["cross_kv"] == "float32"
     assert "cross_kv" not in json.loads((_get(bundles, "onnx-int8-dynamic").path / "onnx.json").read_text())[
@@ -300,6 +301,59 @@ def test_int8_cross_attention_keys_values_are_codes_multiplied_as_they_are(bundl
     logits, tokens = _first_logits_and_tokens([codes, _get(bundles, "onnx-fp32")], audio_dir)
     assert np.linalg.norm(logits[0] - logits[1]) / np.linalg.norm(logits[1]) < 1e-2
     assert tokens[0] == tokens[1]
+
+
+def test_shared_self_cache_is_written_in_place_and_decodes_as_concat(bundles, tiny_model, audio_dir, tmp_path):
+    # options.self_cache = "shared" (the default): each decoder layer's self-attention is one
+    # GroupQueryAttention whose past and present are the same buffer; "concat" keeps the exported
+    # Concat. Same weights, so the same logits at every step to float32 rounding, and a fork (beam
+    # search, best_of) copies the filled rows: stepping one branch leaves the other as it was.
+    import edgeq
+    from edgeq.runtime.audio import load_audio
+    from edgeq.runtime.features import log_mel_spectrogram
+    from edgeq.spec.recipe import apply_overrides, load_recipe
+
+    shared = _get(bundles, "onnx-fp32")
+    concat = edgeq.build(apply_overrides(load_recipe("onnx-fp32"), ["options.self_cache=concat"]),
+                         model=str(tiny_model), out=tmp_path / "concat", language="en")
+    layers = json.loads((Path(tiny_model) / "config.json").read_text())["decoder_layers"]
+    ops = [n.op_type for n in _graphs(shared)[1].graph.node]
+    assert ops.count("GroupQueryAttention") == layers and "Concat" not in ops
+    assert "GroupQueryAttention" not in [n.op_type for n in _graphs(concat)[1].graph.node]
+    kinds = [json.loads((b.path / "onnx.json").read_text()) for b in (shared, concat)]
+    assert [k["self_cache"] for k in kinds] == ["shared", "concat"]
+    assert kinds[0]["decoder_inputs"][-1] == "past_length" and "past_length" not in kinds[1]["decoder_inputs"]
+
+    features = log_mel_spectrogram(load_audio(audio_dir / "a_16k.wav"))
+    runs = []
+    for bundle in (shared, concat):
+        t = edgeq.load(bundle.path, language="en")
+        logits, state = t.engine.step(t.engine.start(t.engine.encode(features)), t.settings.prompt("en"))
+        seen = [logits]
+        for token in range(100, 130):  # 30 steps of fixed tokens: the cache grows to 34 rows
+            logits, state = t.engine.step(state, [token])
+            seen.append(logits)
+        branch = t.engine.fork(state)
+        one, state = t.engine.step(state, [7])
+        two, _ = t.engine.step(branch, [8])  # the fork does not see token 7 ...
+        three, _ = t.engine.step(state, [9])  # ... nor does the first branch see token 8
+        again, _ = t.engine.step(t.engine.fork(branch), [8])
+        runs.append((np.stack(seen), one, two, three, again))
+    for a, b in zip(*runs):
+        assert np.abs(a - b).max() / np.abs(b).max() < 1e-5
+    assert np.abs(runs[0][1] - runs[0][2]).max() > 1e-3  # different tokens, different logits
+    np.testing.assert_allclose(runs[0][2], runs[0][4], rtol=0, atol=1e-5)
+
+
+def test_a_shared_self_cache_is_not_overrun():
+    # The buffers hold max_target_positions rows; a step past them is refused before ONNX Runtime
+    # would write outside them (the decoding loop never asks: it stops at the same limit).
+    from edgeq.runtime.onnx_engine import OnnxEngine
+
+    engine = OnnxEngine.__new__(OnnxEngine)
+    engine._buffer_shape = (1, 2, 8, 4)
+    with pytest.raises(ValueError, match="holds 8 positions; 9 asked"):
+        engine.step(({}, (), 7, None), [1, 2])
 
 
 def test_int8_cross_attention_needs_float32_graphs():

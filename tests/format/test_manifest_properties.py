@@ -115,3 +115,19 @@ def test_int8_cross_keys_values_travel_with_their_scales_or_the_layout_is_refuse
         with pytest.raises(EdgeqError, match="encoder_outputs do not follow layout version 2"):
             OnnxLayout.from_dict(edited, "b")
     assert not OnnxLayout.from_dict({k: v for k, v in _LAYOUT.items() if k != "cross_int8"}, "b").cross_int8
+
+
+def test_a_shared_self_cache_takes_past_length_last_and_older_layouts_concatenate():
+    shared = OnnxLayout.for_dims(n_mels=80, n_audio_ctx=1500, n_layers=2, heads=4, head_dim=16, vocab_size=100,
+                                 max_target_positions=448, cross_int8=True, self_cache="shared").to_dict()
+    layout = OnnxLayout.from_dict(shared, "b")
+    assert layout.decoder_inputs[-1] == "past_length"
+    assert layout.past_names == ["past_k_0", "past_v_0", "past_k_1", "past_v_1"]
+    # the field without the input, or the input without the field, is refused
+    for edited in ({**shared, "self_cache": "concat"}, {**_LAYOUT, "self_cache": "shared"}):
+        with pytest.raises(EdgeqError, match="decoder_inputs do not follow layout version 2"):
+            OnnxLayout.from_dict(edited, "b")
+    with pytest.raises(EdgeqError, match="self_cache"):
+        OnnxLayout.from_dict({**_LAYOUT, "self_cache": "ring"}, "b")
+    # a bundle written before the field: its decoder concatenates
+    assert OnnxLayout.from_dict({k: v for k, v in _LAYOUT.items() if k != "self_cache"}, "b").self_cache == "concat"
