@@ -67,7 +67,8 @@ def replace(obj: T, **changes: Any) -> T:
 # msgspec's messages: "<what> - at `$.a.b[0]`"; the location is left out at the top level.
 _AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 _PART = re.compile(r"\.([^.\[]+)|\[([^\]]*)\]")
-_FIELD = re.compile(r"^Object (?P<kind>missing required|contains unknown) field `(?P<name>[^`]*)`$")
+# A key may hold backticks and newlines itself (a tampered file): the name runs to the last one.
+_FIELD = re.compile(r"^Object (?P<kind>missing required|contains unknown) field `(?P<name>.*)`$", re.S)
 _ENUM = re.compile(r"^Invalid enum value (?P<value>.+)$", re.S)
 
 
@@ -101,10 +102,12 @@ class Problem:
         return loc_text(self.loc)
 
     def text(self) -> str:
+        # loc_text already quotes a path with odd keys; quoting it again would escape it twice.
+        where = self.where if self.where != ".".join(map(str, self.loc)) else repr(self.where)
         if self.kind == "missing":
-            return f"lacks {self.where!r}"
+            return f"lacks {where}"
         if self.kind == "unknown":
-            return f"unknown key {self.where!r}"
+            return f"unknown key {where}"
         return f"{self.where}: {self.message}" if self.loc else self.message
 
 

@@ -73,6 +73,14 @@ def test_any_edit_of_onnx_json(data):
     answers_or_one_line_error(lambda: OnnxLayout.from_dict(mutated(_LAYOUT, data), "b"))
 
 
+@pytest.mark.parametrize("key", ["\n`", "a`b", "x\ny", "`"])
+def test_an_unknown_key_with_backticks_or_newlines_is_named_on_one_line(key):
+    # Found by test_any_edit_of_onnx_json: msgspec names the key between backticks, unescaped.
+    with pytest.raises(EdgeqError, match=r"^b: onnx.json: unknown key .*; rebuild the bundle$") as err:
+        OnnxLayout.from_dict({**_LAYOUT, key: None}, "b")
+    assert "\n" not in str(err.value) and repr(key) in str(err.value)
+
+
 @FAST
 @given(value=json_values())
 def test_any_onnx_json(value):
