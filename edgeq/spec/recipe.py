@@ -136,9 +136,10 @@ class OnnxOptions(_Strict):
     # whisper-small shape, 7-10 % fewer decoder tokens/s; whisper-base's peak -0 to -6 MB.
     # onnx-int4 sets float16. int8: uint8 codes multiplied as they are (MatMulInteger), a quarter
     # of float32: with the shared self-attention cache, the whisper-small shape's int8 peaks at
-    # 444-457 instead of 481-501 MB for 3-8 % fewer decoder tokens/s; whisper-base: as fast, WER
-    # 2.43 vs 2.65 % (backends.onnx_cross_int8, README "Design"). onnx-int8-dynamic sets int8; the
-    # float recipes keep float32, and float16 graphs cannot take int8 (refused).
+    # 444-457 instead of 481-501 MB for 3-8 % fewer decoder tokens/s; whisper-base: 2-10 MB lower,
+    # RTF 0.31x vs 0.30x the fastest peer's, WER within one word (AVX2 host; README "Design",
+    # backends.onnx_cross_int8). onnx-int8-dynamic sets int8; the float recipes keep float32, and
+    # float16 graphs cannot take int8 (refused).
     cross_kv: Literal["float32", "float16", "int8"] = "float32"
     # The decoder's self-attention cache: "shared", one buffer per layer that each step writes its
     # new keys/values into (ONNX Runtime's GroupQueryAttention), or "concat", a new cache per step
