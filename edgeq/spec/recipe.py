@@ -134,12 +134,14 @@ class OnnxOptions(_Strict):
     # 1.32 has no float16 attention kernel on CPU, so each decoder step casts them back to float32
     # layer by layer. Measured (onnx_fusion.half_cross_attention): -35 to -40 MB peak on the
     # whisper-small shape, 7-10 % fewer decoder tokens/s; whisper-base's peak -0 to -6 MB.
-    # onnx-int4 sets float16. int8: uint8 codes multiplied as they are (MatMulInteger), a quarter
-    # of float32: with the shared self-attention cache, the whisper-small shape's int8 peaks at
-    # 444-457 instead of 481-501 MB for 3-8 % fewer decoder tokens/s; whisper-base: 2-10 MB lower,
-    # RTF 0.31x vs 0.30x the fastest peer's, WER within one word (AVX2 host; README "Design",
-    # backends.onnx_cross_int8). onnx-int8-dynamic sets int8; the float recipes keep float32, and
-    # float16 graphs cannot take int8 (refused).
+    # int8: uint8 codes multiplied as they are (MatMulInteger), a quarter of float32: with the
+    # shared self-attention cache, the whisper-small shape's int8 peaks at 444-457 instead of
+    # 481-501 MB for 3-8 % fewer decoder tokens/s; whisper-base: 2-10 MB lower, RTF 0.31x vs 0.30x
+    # the fastest peer's, WER within one word (AVX2 host; README "Design", backends.onnx_cross_int8).
+    # onnx-int4, float16 -> int8: whisper-base's padded-window peak -15 MB, speed the same; the
+    # small shape's peak the same, fitted windows 7-10 % slower (README "Design").
+    # onnx-int8-dynamic and onnx-int4 set int8; the float recipes keep float32, and float16 graphs
+    # cannot take int8 (refused).
     cross_kv: Literal["float32", "float16", "int8"] = "float32"
     # The decoder's self-attention cache: "shared", one buffer per layer that each step writes its
     # new keys/values into (ONNX Runtime's GroupQueryAttention), or "concat", a new cache per step

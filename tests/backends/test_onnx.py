@@ -240,9 +240,9 @@ def _first_logits_and_tokens(bundles, audio_dir):
 
 
 def test_float16_cross_attention_keys_values_give_the_float32_logits(bundles, tiny_model, audio_dir, tmp_path):
-    # options.cross_kv = "float16" (onnx-int4 ships it): the encoder outputs float16 keys/values and
-    # each decoder layer reads them in one MultiHeadAttention node. On float weights the first-step
-    # logits are float32's to 1e-5 (measured 9e-6); with int8 activations (MatMulNBits accuracy
+    # options.cross_kv = "float16" (what onnx-int4 shipped before its 8-bit codes): the encoder
+    # outputs float16 keys/values and each decoder layer reads them in one MultiHeadAttention node.
+    # On float weights the first-step logits are float32's to 1e-5 (measured 9e-6); with int8 activations (MatMulNBits accuracy
     # level 4) the rounding moves them by 1.4 % on this random model, as any input change would.
     import onnx
 
@@ -252,7 +252,9 @@ def test_float16_cross_attention_keys_values_give_the_float32_logits(bundles, ti
     config = json.loads((Path(tiny_model) / "config.json").read_text())
     half = edgeq.build(apply_overrides(load_recipe("onnx-fp32"), ["options.cross_kv=float16"]),
                        model=str(tiny_model), out=tmp_path / "half", language="en")
-    for bundle in (half, _get(bundles, "onnx-int4")):
+    half4 = edgeq.build(apply_overrides(load_recipe("onnx-int4"), ["options.cross_kv=float16"]),
+                        model=str(tiny_model), out=tmp_path / "half4", language="en")
+    for bundle in (half, half4):
         enc, dec = _graphs(bundle)
         assert {o.type.tensor_type.elem_type for o in enc.graph.output} == {onnx.TensorProto.FLOAT16}
         cross = [i for i in dec.graph.input if i.name.startswith("cross_")]
@@ -287,9 +289,10 @@ def test_int8_cross_attention_keys_values_are_codes_multiplied_as_they_are(bundl
     layout = OnnxLayout.from_dict(json.loads((codes.path / "onnx.json").read_text()))
     cross = [f"cross_{kv}_{i}" for i in range(config["decoder_layers"]) for kv in ("k", "v")]
     assert layout.cross_int8 and layout.quantization["cross_kv"] == "int8"
-    # onnx-int8-dynamic ships them so
-    shipped = OnnxLayout.from_dict(json.loads((_get(bundles, "onnx-int8-dynamic").path / "onnx.json").read_text()))
-    assert shipped.cross_int8 and shipped.encoder_outputs == layout.encoder_outputs
+    # onnx-int8-dynamic and onnx-int4 ship them so
+    for recipe in ("onnx-int8-dynamic", "onnx-int4"):
+        shipped = OnnxLayout.from_dict(json.loads((_get(bundles, recipe).path / "onnx.json").read_text()))
+        assert shipped.cross_int8 and shipped.encoder_outputs == layout.encoder_outputs
     assert layout.encoder_outputs == [*cross, *cross_scale_names(cross)]
     enc, dec = _graphs(codes)
     types = {o.name: o.type.tensor_type.elem_type for o in enc.graph.output}
