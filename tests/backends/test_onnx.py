@@ -242,8 +242,9 @@ def _first_logits_and_tokens(bundles, audio_dir):
 def test_float16_cross_attention_keys_values_give_the_float32_logits(bundles, tiny_model, audio_dir, tmp_path):
     # options.cross_kv = "float16" (what onnx-int4 shipped before its 8-bit codes): the encoder
     # outputs float16 keys/values and each decoder layer reads them in one MultiHeadAttention node.
-    # On float weights the first-step logits are float32's to 1e-5 (measured 9e-6); with int8 activations (MatMulNBits accuracy
-    # level 4) the rounding moves them by 1.4 % on this random model, as any input change would.
+    # On float weights the first-step logits are float32's to 1e-5 (measured 9e-6); with int8
+    # activations (MatMulNBits accuracy level 4) the rounding moves them by 1.4 % on this random
+    # model, as any input change would.
     import onnx
 
     import edgeq
