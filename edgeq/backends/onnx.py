@@ -58,6 +58,7 @@ def write(model, recipe, calibration, folder: Path, progress) -> None:
 
     from edgeq.backends.onnx_cross_int8 import int8_cross_attention
     from edgeq.backends.onnx_export import export_float
+    from edgeq.backends.onnx_ffn_blocks import FfnBlockError, blocked_ffn
     from edgeq.backends.onnx_fusion import half_cross_attention
     from edgeq.backends.onnx_quant import save_model
     from edgeq.backends.onnx_self_cache import shared_self_cache
@@ -77,6 +78,12 @@ def write(model, recipe, calibration, folder: Path, progress) -> None:
         encoder = onnx.load(scratch / layout.encoder)
         decoder = onnx.load(scratch / layout.decoder)
         encoder, decoder, quantization = quantize_graphs(model, recipe, encoder, decoder, calibration)
+        if opts.ffn_blocks > 1:  # on the quantized graph: quantize_dynamic would quantize each copy's weights
+            found = blocked_ffn(encoder, opts.ffn_blocks)
+            if found != model.config.encoder_layers:
+                raise FfnBlockError(f"found {found} encoder feed-forward blocks to split, the model has "
+                                    f"{model.config.encoder_layers} layers (options.ffn_blocks = 1 keeps them whole)")
+            quantization["ffn_blocks"] = opts.ffn_blocks  # what the graph holds (older bundles: one block)
         if opts.cross_kv == "float16" and not _float16_graphs(recipe):  # float16 graphs hold them so already
             half_cross_attention(encoder, decoder, list(layout.encoder_outputs), layout.heads)
             quantization["cross_kv"] = "float16"

@@ -309,6 +309,60 @@ def test_int8_cross_attention_keys_values_are_codes_multiplied_as_they_are(bundl
     assert tokens[0] == tokens[1]
 
 
+def test_encoder_feed_forward_runs_in_frame_blocks_with_the_same_numbers(bundles, tiny_model, audio_dir, tmp_path):
+    # options.ffn_blocks (default 4): each encoder layer's feed-forward block is Split over frames,
+    # run block by block, and Concatenated. Every operator in it works frame by frame, so on float
+    # weights the logits are one block's to rounding and greedy decoding gives the same tokens.
+    import edgeq
+    from edgeq.spec.recipe import apply_overrides, load_recipe
+
+    config = json.loads((Path(tiny_model) / "config.json").read_text())
+    one = edgeq.build(apply_overrides(load_recipe("onnx-fp32"), ["options.ffn_blocks=1"]),
+                      model=str(tiny_model), out=tmp_path / "one", language="en")
+    blocked = _get(bundles, "onnx-fp32")
+    assert blocked.recipe.options["ffn_blocks"] == 4
+    for bundle, splits in ((one, 0), (blocked, config["encoder_layers"]), (_get(bundles, "onnx-int8-dynamic"),
+                                                                          config["encoder_layers"])):
+        enc, _ = _graphs(bundle)
+        ops = [n.op_type for n in enc.graph.node]
+        assert ops.count("Split") == ops.count("Concat") == splits, bundle.recipe.name
+        quantization = json.loads((bundle.path / "onnx.json").read_text())["quantization"]
+        assert quantization.get("ffn_blocks", 1) == (4 if splits else 1)
+    logits, tokens = _first_logits_and_tokens([blocked, one], audio_dir)
+    assert np.linalg.norm(logits[0] - logits[1]) / np.linalg.norm(logits[1]) < 1e-5
+    assert tokens[0] == tokens[1]
+
+
+def test_a_feed_forward_block_that_cannot_be_delimited_is_an_error():
+    # A tensor of the block read outside it (here fc1's output, by another node) would be
+    # computed per block only: the rewrite refuses rather than guess.
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeq.backends.onnx_ffn_blocks import FfnBlockError, blocked_ffn
+
+    d = 4
+    w = numpy_helper.from_array(np.eye(d, dtype=np.float32), "w")
+    g, b = (numpy_helper.from_array(np.full(d, v, np.float32), f"layers.0.final_layer_norm.{n}")
+            for v, n in ((1.0, "weight"), (0.0, "bias")))
+    nodes = [helper.make_node("LayerNormalization", ["x", g.name, b.name], ["ln"], axis=-1, name="ln"),
+             helper.make_node("MatMul", ["ln", "w"], ["fc1"], name="fc1"),
+             helper.make_node("Relu", ["fc1"], ["act"], name="act"),
+             helper.make_node("MatMul", ["act", "w"], ["fc2"], name="fc2"),
+             helper.make_node("Add", ["x", "fc2"], ["y"], name="residual")]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, d])
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 8, d]) for n in ("y", "fc1")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], outs, [w, g, b]))
+    model.graph.node.append(helper.make_node("Identity", ["fc1"], ["fc1_out"], name="reader"))
+    with pytest.raises(FfnBlockError, match="'fc1' is read outside it"):
+        blocked_ffn(model, 2)
+    ok = helper.make_model(helper.make_graph(nodes, "g", [x], outs[:1], [w, g, b]),
+                           opset_imports=[helper.make_opsetid("", 18)])
+    assert blocked_ffn(ok, 2) == 1
+    onnx.checker.check_model(ok, full_check=True)
+    assert [n.op_type for n in ok.graph.node].count("MatMul") == 4
+
+
 def test_shared_self_cache_is_written_in_place_and_decodes_as_concat(bundles, tiny_model, audio_dir, tmp_path):
     # options.self_cache = "shared" (the default): each decoder layer's self-attention is one
     # GroupQueryAttention whose past and present are the same buffer; "concat" keeps the exported
