@@ -162,15 +162,19 @@ def calibration(tmp_path_factory):
     return d
 
 
-def _nbits_per_node(bundle) -> dict[int, int]:
+def _nbits_per_weight(bundle) -> dict[int, int]:
+    """MatMulNBits weights per bit width; a weight read by several nodes counts once (the encoder's
+    feed-forward blocks run over frame blocks, one node per block: options.ffn_blocks)."""
     import onnx
 
-    counts: dict[int, int] = {}
+    weights: dict[tuple[str, str], int] = {}
     for name in ("encoder.onnx", "decoder.onnx"):
         for n in onnx.load(str(bundle.path / name)).graph.node:
             if n.op_type == "MatMulNBits":
-                bits = next(a.i for a in n.attribute if a.name == "bits")
-                counts[bits] = counts.get(bits, 0) + 1
+                weights[name, n.input[1]] = next(a.i for a in n.attribute if a.name == "bits")
+    counts: dict[int, int] = {}
+    for bits in weights.values():
+        counts[bits] = counts.get(bits, 0) + 1
     return counts
 
 
@@ -205,7 +209,7 @@ def test_auto_bundle_fits_holds_the_formats_and_replays(tiny_model, calibration,
     # Every Linear's format in the recipe is the width of a MatMulNBits node in the graphs.
     widths = [FORMAT_BITS[recipe.modules.overrides[n].format] if n in recipe.modules.overrides
               else recipe.weights.bits for n in names]
-    counts = _nbits_per_node(bundle)
+    counts = _nbits_per_weight(bundle)
     table_bits = FORMAT_BITS[recipe.modules.embeddings]
     counts[table_bits] -= 1  # the LM head
     assert {b: c for b, c in counts.items() if c} == {b: widths.count(b) for b in set(widths)}
