@@ -28,6 +28,8 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
+from edgeq.backends.onnx_fusion import _Links
+
 
 class FfnBlockError(RuntimeError):
     """A feed-forward block whose tensors are read outside it, or fewer blocks than layers (an
@@ -39,13 +41,9 @@ def blocked_ffn(encoder: onnx.ModelProto, blocks: int) -> int:
     blocks (axis 1 of [batch, frames, d_model]); returns the number of layers rewritten."""
     graph = encoder.graph
     nodes = list(graph.node)
-    producer = {o: n for n in nodes for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in nodes:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    links = _Links(graph)
     plans = [plan for ln in nodes if ln.op_type == "LayerNormalization"
-             for plan in [_segment(ln, nodes, producer, consumers)] if plan is not None]
+             for plan in [_segment(ln, nodes, links.producer, links.consumers)] if plan is not None]
     replaced: dict[int, list[onnx.NodeProto]] = {}
     drop = set()
     for x, y, segment in plans:

@@ -5,6 +5,8 @@ own recipe.toml. Tiny random model, generated audio."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 import torch
@@ -172,10 +174,7 @@ def _nbits_per_weight(bundle) -> dict[int, int]:
         for n in onnx.load(str(bundle.path / name)).graph.node:
             if n.op_type == "MatMulNBits":
                 weights[name, n.input[1]] = next(a.i for a in n.attribute if a.name == "bits")
-    counts: dict[int, int] = {}
-    for bits in weights.values():
-        counts[bits] = counts.get(bits, 0) + 1
-    return counts
+    return Counter(weights.values())
 
 
 def test_auto_bundle_fits_holds_the_formats_and_replays(tiny_model, calibration, tmp_path):
