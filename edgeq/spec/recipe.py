@@ -151,9 +151,11 @@ class OnnxOptions(_Strict):
     self_cache: Literal["shared", "concat"] = "shared"
     # Each encoder layer's feed-forward block computed over this many frame blocks, one after the
     # other (backends.onnx_ffn_blocks): only one block's fc1/GELU outputs are alive at a time. On a
-    # padded window of whisper-base int8 that live set was the process's peak: speech-dev on padded
-    # windows 230 -> 211 MB in-process, the encoder's time the same within its spread, WER one word
-    # better (a scale per block for dynamic int8 activations). 1 = one block, as before.
+    # padded window of whisper-base int8 that live set was the process's peak: beside whisper.cpp
+    # (compare_systems, AVX2 host) 242-250 -> 227-229 MB, WER 2.87 -> 2.65 % (a scale per block
+    # for dynamic int8 activations). Costs there: the padded window's encoder +19 % with sleeping
+    # threads, and load on whisper-small's shape (each block's node packs the shared weight again).
+    # 1 = one block, as before.
     ffn_blocks: Annotated[int, Meta(ge=1, le=64)] = 4
 
 
