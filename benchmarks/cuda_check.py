@@ -8,8 +8,9 @@ bounded by --budget-s and every result is written as it comes):
 
 Builds run on the CPU, several at once (a build is CPU work: load, quantize, write), while the
 benches run one at a time on the GPU so that their timings do not share it. Each step is the
-`edgeq` command line in a subprocess: its exit code, wall time and last stderr line are recorded in
-steps.jsonl beside each bench's own results folder, and summary.json collects every bench's summary.
+`edgeq` command line in a subprocess: its exit code, wall time (and on failure its last output
+line, the one-line error) are recorded in steps.jsonl beside each bench's own results folder, and
+summary.json collects every bench's summary (with the host's CPU, GPU and library versions).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from edgeq.bench.records import check_summary
+
 # Order is priority: what the README recommends for a Jetson first, then the study's grid.
 DEFAULT_RECIPES = ["fp16", "bnb-nf4", "bnb-int8", "bnb-fp4", "bnb-nf4-dq", "hqq-int4-g64", "quanto-int8-dynamic",
                    "quanto-int8-weights", "quanto-int4", "hqq-int8-g64", "hqq-int3-g64", "quanto-float8",
@@ -31,11 +34,11 @@ DEFAULT_RECIPES = ["fp16", "bnb-nf4", "bnb-int8", "bnb-fp4", "bnb-nf4-dq", "hqq-
 EDGEQ = [sys.executable, "-c", "import sys; from edgeq.cli import main; sys.argv[0] = 'edgeq'; main()"]
 
 
-def run(cmd: list[str], log: Path, timeout: float) -> dict:
+def run(cmd: list[str], log: Path, timeout: float, env: dict | None = None) -> dict:
     t0 = time.perf_counter()
     with log.open("w") as f:
         try:
-            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=max(timeout, 1)).returncode
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=max(timeout, 1), env=env).returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"
     lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
@@ -69,23 +72,29 @@ def main() -> None:
     limit = ["--limit", str(a.limit)] if a.limit else []
     bench_common = ["-d", a.dataset, "--device", a.device, "--warmup", "1", "--force", *limit]
 
+    # Builds share the CPU: each gets its share of the cores, not all of them (the benches, one at
+    # a time, keep the default).
+    build_env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // a.build_jobs))}
+
     def build(recipe: str) -> tuple[str, dict]:
         if left() < 20:
             return recipe, {"rc": "skipped (budget)"}
         cmd = [*EDGEQ, "build", "-r", recipe, "-m", a.model, "-o", str(a.out / "bundles" / recipe), "--force"]
-        return recipe, run(cmd, a.out / f"build-{recipe}.log", left())
+        return recipe, run(cmd, a.out / f"build-{recipe}.log", left(), build_env)
+
+    summaries = {}
 
     def measured(folder: Path) -> dict:
         for f in folder.glob("*.summary.json"):
-            s = json.loads(f.read_text())
+            s = summaries[folder.name] = check_summary(json.loads(f.read_text()), str(f))
+            if "failed" in s:
+                return {"failed": s["failed"]}
             return {"wer_pct": s["wer"]["wer_pct"], "rtf": s["rtf"], "tokens_per_s": s["tokens_per_s"],
                     "size_mb": s["size_mb"], "load_s": s["load"]["seconds"],
                     "cuda_peak_mb": s["memory"]["cuda_peak_allocated_mb"],
                     "peak_rss_mb": s["memory"]["peak_rss_os_mb"], "utterances": s["utterances"], "errors": s["errors"]}
         return {}
 
-    # Builds share the CPU: each gets its share of the cores, not all of them.
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // a.build_jobs)))
     recipes = [r for r in a.recipes.split(",") if r]
     # The float checkpoint first: the baseline every bundle's WER is read against.
     r = run([*EDGEQ, "bench", "-m", a.model, *bench_common, "-o", str(a.out / "bench-checkpoint")],
@@ -100,10 +109,6 @@ def main() -> None:
                     a.out / f"bench-{recipe}.log", left())
             record({"step": "bench", "what": recipe, **r, **measured(a.out / f"bench-{recipe}")})
     steps.close()
-    summaries = {}
-    for d in sorted(a.out.glob("bench-*/")):
-        for f in d.glob("*.json"):
-            summaries[f"{d.name}/{f.name}"] = json.loads(f.read_text())
     (a.out / "summary.json").write_text(json.dumps(summaries, indent=1))
     shutil.rmtree(a.out / "bundles", ignore_errors=True)  # weights: too large to bring back, rebuilt in seconds
 
