@@ -112,6 +112,7 @@ def write(model, recipe, calibration, folder: Path, progress) -> None:
                      "decoder": ["CUDAExecutionProvider", "CPUExecutionProvider"]},
         },
         "export_check": measured,
+        "encoder_prepack": opts.encoder_prepack,
         # Static activation ranges are calibrated on padded 30 s windows; on windows fitted to the
         # audio they cost accuracy (onnx-int8-static, whisper-base, speech-dev's 8 LibriSpeech
         # utterances: WER 5.08 % fitted vs 3.39 % full), so a static encoder is run on full windows.

@@ -24,8 +24,10 @@ for inference tensor").
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from fnmatch import fnmatchcase
+from pathlib import Path
 from types import MethodType
 
 import torch
@@ -33,7 +35,9 @@ from optimum.quanto import Calibration, QModuleMixin, freeze, qfloat8_e4m3fn, qi
 from optimum.quanto import quantize as quanto_quantize
 from optimum.quanto.tensor import QBytesTensor
 
-from edgeq.errors import RecipeError
+from edgeq.errors import DeviceError, RecipeError
+
+log = logging.getLogger(__name__)
 
 QTYPES = {"int8": qint8, "int4": qint4, "int2": qint2, "float8": qfloat8_e4m3fn}
 ACTIVATIONS = {"float": None, "int8": qint8, "float8": qfloat8_e4m3fn}
@@ -129,6 +133,7 @@ def export(model, recipe):
 
 
 def restore(model, tensors, meta, recipe, device) -> None:
+    _check_cuda_kernels(meta, device)
     for name, layer in meta["layers"].items():
         weights = None if layer["weights"] == "none" else layer["weights"]
         activations = None if layer["activations"] == "none" else layer["activations"]
@@ -148,3 +153,31 @@ def restore(model, tensors, meta, recipe, device) -> None:
         missing, unexpected = m.load_state_dict(state, strict=False)
         if unexpected:
             raise RecipeError(f"{name}: unexpected quanto state {unexpected[:3]}")
+
+
+def _check_cuda_kernels(meta, device) -> None:
+    """On CUDA, quanto unpacks 4- and 2-bit weights with its own CUDA kernels (the CUDA
+    implementation of quanto::unpack, in optimum/quanto/library/extensions/cuda), which it compiles
+    with torch.utils.cpp_extension the first time they run on a machine: minutes of nvcc (AWQ and
+    Marlin kernels), silent, and impossible without the CUDA toolkit. The first CUDA run of
+    quanto-int4 (whisper-base, H200, 2026-12-04) outlasted its 50 s with no output. Say so before
+    the wait, and refuse in one line where it cannot work."""
+    if torch.device(device).type != "cuda":
+        return
+    packed = sorted({layer["weights"] for layer in meta["layers"].values()} & {qint4.name, qint2.name})
+    if not packed:
+        return
+    from optimum.quanto.library import extensions
+    from torch.utils import cpp_extension
+
+    if not extensions.is_extension_available("quanto_cuda"):
+        return  # this quanto unpacks in PyTorch: nothing to compile
+    stamp = Path(extensions.get_extension("quanto_cuda").build_directory) / "pytorch_version.txt"
+    if stamp.is_file() and stamp.read_text().strip() == torch.__version__:
+        return  # compiled already, for this torch
+    if cpp_extension.CUDA_HOME is None:
+        raise DeviceError(f"{'/'.join(packed)} weights on CUDA need optimum-quanto's CUDA kernels, compiled on "
+                          "first use with the CUDA toolkit (nvcc), which is not installed here (CUDA_HOME unset); "
+                          "install it, or use --device cpu, or a bnb/hqq recipe")
+    log.warning("optimum-quanto compiles its CUDA kernels for %s weights now, the first time on this machine "
+                "(several minutes of nvcc; later loads reuse them)", "/".join(packed))

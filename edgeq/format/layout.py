@@ -86,6 +86,9 @@ class OnnxLayout(Schema, kw_only=True):
     # "shared": past/present are one buffer per layer and name, written in place, and the decoder
     # takes past_length (backends.onnx_self_cache). Bundles without the field concatenate.
     self_cache: Literal["concat", "shared"] = "concat"
+    # False: the runtime makes the encoder's session without prepacking its weights (recipe option
+    # encoder_prepack). Bundles without the field prepack.
+    encoder_prepack: bool = True
     n_layers: Positive
     heads: Positive
     head_dim: Positive

@@ -60,7 +60,8 @@ def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None,
     # same speed (5.26-5.76 vs 5.37-5.69 s; 13.8-14.1 s both).
     try:
         encoder, decoder = _sessions_side_by_side(
-            lambda: _session(ort, bundle, layout.encoder, _options(ort, threads, spin=False), enc_providers, graphs, reuse),
+            lambda: _session(ort, bundle, layout.encoder, _options(ort, threads, spin=False, prepack=layout.encoder_prepack),
+                             enc_providers, graphs, reuse),
             lambda: _session(ort, bundle, layout.decoder, _options(ort, threads, spin=spinning == "decoder"),
                              dec_providers, graphs, reuse))
     except BaseException:
@@ -122,7 +123,7 @@ def _table_bytes(layout: OnnxLayout) -> list[int]:
     return [cells // 2, cells, cells * 2, cells * 4]
 
 
-def _options(ort, threads: int | None, spin: bool):
+def _options(ort, threads: int | None, spin: bool, prepack: bool = True):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's default (physical cores)
     options.inter_op_num_threads = 1
@@ -139,6 +140,8 @@ def _options(ort, threads: int | None, spin: bool):
     # ... and a spinning pool stops when its run ends, not spinning on into the encoder's run or
     # the Python between two steps.
     options.add_session_config_entry("session.force_spinning_stop", "1")
+    if not prepack:  # the bundle's layout says so (recipe option encoder_prepack)
+        options.add_session_config_entry("session.disable_prepacking", "1")
     return options
 
 

@@ -729,6 +729,42 @@ def test_spinning_is_the_decoder_s_alone_and_changes_no_token(bundles, audio_dir
     assert spinning.transcribe(audio).tokens == still.transcribe(audio).tokens
 
 
+def _prepacks(session) -> bool:
+    try:
+        return session.get_session_options().get_session_config_entry("session.disable_prepacking") != "1"
+    except RuntimeError:  # ONNX Runtime raises for an entry never set: its default, prepacking
+        return True
+
+
+def test_only_the_int8_dynamic_encoder_is_made_without_prepacking_and_no_number_changes(bundles, audio_dir,
+                                                                                          monkeypatch):
+    import edgeq
+    from edgeq.runtime import onnx_engine
+    from edgeq.runtime.audio import load_audio
+    from edgeq.runtime.features import log_mel_spectrogram
+    from edgeq.schema import replace
+
+    monkeypatch.setenv("EDGEQ_ORT_CACHE", "0")  # both loads make their sessions from the bundle
+    path = _get(bundles, "onnx-int8-dynamic").path
+    assert json.loads((path / "onnx.json").read_text())["encoder_prepack"] is False  # the recipe's option
+    for name in ("onnx-int4", "onnx-fp32"):
+        other = edgeq.load(_get(bundles, name).path)
+        assert _prepacks(other.engine._encoder) and _prepacks(other.engine._decoder), name
+    audio = load_audio(str(audio_dir / "a_16k.wav"))
+    features = log_mel_spectrogram(audio)
+    unpacked = edgeq.load(path, threads=2, language="en")
+    assert not _prepacks(unpacked.engine._encoder) and _prepacks(unpacked.engine._decoder)
+    read = onnx_engine.read_layout
+    monkeypatch.setattr(onnx_engine, "read_layout", lambda b: replace(read(b), encoder_prepack=True))
+    packed = edgeq.load(path, threads=2, language="en")
+    assert _prepacks(packed.engine._encoder)
+    one, two = unpacked.engine.encode(features), packed.engine.encode(features)
+    assert sorted(one) == sorted(two)
+    for name in one:
+        np.testing.assert_array_equal(one[name].numpy(), two[name].numpy())
+    assert unpacked.transcribe(audio).tokens == packed.transcribe(audio).tokens
+
+
 def test_spinning_with_more_threads_than_cpus_is_turned_off_with_a_warning(bundles, caplog):
     import os
 
