@@ -160,9 +160,10 @@ class OnnxOptions(_Strict):
     # Whether ONNX Runtime prepacks the encoder's weights when the session is made (the layout its
     # GEMM kernels read). For dynamic int8 MatMuls it need not: DynamicQuantizeMatMul packs the
     # int8 weight per call, cheap beside hundreds of frames' rows. Without it, whisper-small's
-    # shape made its int8 encoder session in 0.15 instead of 0.54 s and held ~60 MB less after load
-    # (raw sessions, 2 threads, AVX2 host), at the same encoder time. MatMulNBits (int4) and float
-    # encoders keep prepacking: not measured without. onnx-int8-dynamic sets false.
+    # shape: its int8 encoder session made in 0.15 instead of 0.54 s (a raw ONNX Runtime session, 2
+    # threads, AVX2 host); the bundle loaded in 0.46-0.50 instead of 0.66-0.77 s, with the same peak
+    # RSS and encoder time (compare_systems, 3 rounds; README "Design"). MatMulNBits (int4) and
+    # float encoders keep prepacking: not measured without. onnx-int8-dynamic sets false.
     encoder_prepack: bool = True
 
 
