@@ -40,6 +40,11 @@ def installed_versions(distributions) -> dict[str, str]:
     return {name: v for name in distributions if (v := installed_version(name)) is not None}
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one, else all of them)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def cache_dir() -> Path:
     """Where edgeq keeps what it can rebuild (sensitivity scans, TensorRT engines): $EDGEQ_CACHE,
     or ~/.cache/edgeq."""

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 from helpers import assert_one_line_error, edgeq
+
+from edgeq.util import usable_cpus
 
 
 def test_recipes_lists_every_shipped_recipe():
@@ -90,7 +91,7 @@ def test_build_transcribe_and_refuse_overwrite(tiny_model, audio_dir, tmp_path):
     assert bool(record["text"].strip()) == bool(record["tokens"])
     # More threads than CPUs: the same transcript, and one warning line that says why it is slow.
     # One more than this process may use (512 took 24 s of a 2-CPU host's CI time for the same check).
-    usable = len(os.sched_getaffinity(0))
+    usable = usable_cpus()
     many = edgeq("transcribe", "--threads", str(usable + 1), out, audio_dir / "a_16k.wav")
     assert many.returncode == 0 and many.stdout.splitlines()[0] == lines[0], many.stderr
     warning = [line for line in many.stderr.splitlines() if "threads" in line]

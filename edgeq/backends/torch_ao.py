@@ -10,8 +10,9 @@ x86, 50% with qnnpack on 8 LibriSpeech files). The shipped static recipe therefo
 `fc2` layers dynamic (`options.dynamic`), and the decoder's too: the decoder multiplies one token's
 activations at a time, so a fixed scale saves it nothing, and one scale for every position of the
 prompt and the transcript cost words (whisper-base, speech-dev's 8 LibriSpeech clips, AVX-512 VNNI:
-fp32 2.26 %, encoder and decoder static 4.52 %, the encoder static alone 2.26 %; on AVX2 the same
-all-static bundle read 3.39 %, on 4 calibration clips 6.78 %: a knife's edge the encoder alone is off).
+fp32 2.26 %, encoder and decoder static 4.52 %, the encoder static alone 2.26 %; on AVX2 the recipe
+with its decoder static read 3.39 %, 6.78 % from 4 calibration clips: the decoder's scales were on a
+knife's edge that the encoder's are not).
 
 Quantized Linear layers hold *packed* weights whose layout belongs to one quantized engine
 (FBGEMM/x86 or QNNPACK). A bundle therefore stores the plain int8 weights with their per-channel

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from edgeq.runtime.longform import Gap, LongformTranscriber, Segment, Timings
 from edgeq.runtime.tokenizer import WhisperTokenizer
 from edgeq.spec.catalogue import backend_spec, load_engine_module
 from edgeq.spec.protocols import SPINNING, Engine, Progress, Spinning
-from edgeq.util import read_json
+from edgeq.util import read_json, usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +100,7 @@ def load(path: str | Path, device: str = "cpu", threads: int | None = None,
         raise EdgeqError(f"threads must be 1 or more, not {threads}")
     if spinning not in SPINNING:
         raise EdgeqError(f"spinning must be one of {', '.join(SPINNING)}, not {spinning!r}")
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    usable = usable_cpus()
     if threads is not None and threads > usable:
         # Correct, but slow: more compute threads than CPUs take turns and wait for each other.
         log.warning("%d threads asked for, but this process can run on %d CPUs: expect it to be slower "

@@ -766,11 +766,10 @@ def test_only_the_int8_dynamic_encoder_is_made_without_prepacking_and_no_number_
 
 
 def test_spinning_with_more_threads_than_cpus_is_turned_off_with_a_warning(bundles, caplog):
-    import os
-
     import edgeq
+    from edgeq.util import usable_cpus
 
-    usable = len(os.sched_getaffinity(0))
+    usable = usable_cpus()
     with caplog.at_level("WARNING", logger="edgeq.runtime.transcriber"):
         t = edgeq.load(_get(bundles, "onnx-int4").path, threads=usable + 1, spinning="decoder")
     assert "spinning turned off" in caplog.text
