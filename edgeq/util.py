@@ -40,6 +40,33 @@ def installed_versions(distributions) -> dict[str, str]:
     return {name: v for name in distributions if (v := installed_version(name)) is not None}
 
 
+def cpuinfo() -> tuple[str, list[str]]:
+    """This CPU's model name and feature flags, as Linux lists them in /proc/cpuinfo (x86 `flags`,
+    arm64 `Features`); no flags where there is no /proc/cpuinfo (macOS: the model from sysctl)."""
+    import platform
+    import subprocess
+
+    model, flags = platform.processor() or platform.machine(), []
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("model name", "hardware", "cpu model") and value.strip():
+            model = value.strip()
+        elif key in ("flags", "features") and not flags:
+            flags = value.split()
+    if not text and platform.system() == "Darwin":  # pragma: no cover - macOS
+        try:
+            model = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True,
+                                   text=True, timeout=5).stdout.strip() or model
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return model, flags
+
+
 def usable_cpus() -> int:
     """CPUs this process may run on (its affinity mask where the OS has one, else all of them)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

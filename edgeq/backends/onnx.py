@@ -62,6 +62,7 @@ def write(model, recipe, calibration, folder: Path, progress) -> None:
     from edgeq.backends.onnx_fusion import half_cross_attention
     from edgeq.backends.onnx_quant import save_model
     from edgeq.backends.onnx_self_cache import shared_self_cache
+    from edgeq.backends.onnx_vnni import VNNI_ONNX, signed_weights_graph
 
     _check_recipe(recipe)
     opts = recipe.typed_options
@@ -98,8 +99,14 @@ def write(model, recipe, calibration, folder: Path, progress) -> None:
             layout = replace(layout, self_cache="shared", decoder_inputs=[*layout.decoder_inputs, PAST_LENGTH])
         for graph, name in ((encoder, layout.encoder), (decoder, layout.decoder)):
             save_model(graph, folder / name)
+        # After save_model: `encoder`'s weights now point into encoder.onnx.data, and so do the copy's.
+        vnni, shifted = signed_weights_graph(encoder)
+        if shifted:
+            onnx.save(vnni, str(folder / VNNI_ONNX))
+            layout = replace(layout, encoder_vnni=VNNI_ONNX)
+            quantization["encoder_vnni"] = f"{shifted} uint8 weights read as int8, for CPUs with VNNI"
     progress("checking the graphs", 0, 1)
-    for name in (layout.encoder, layout.decoder):
+    for name in filter(None, (layout.encoder, layout.decoder, layout.encoder_vnni)):
         onnx.checker.check_model(str(folder / name), full_check=True)
     layout = replace(layout, **{
         "dtype": "float16" if recipe.weights.format == "float16" else "float32",

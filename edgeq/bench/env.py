@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from edgeq import __version__
-from edgeq.util import installed_versions
+from edgeq.util import cpuinfo, installed_versions
 
 # Flags that change how fast quantized kernels are; the full list is kept too.
 KEY_FLAGS = (
@@ -20,28 +20,6 @@ LIBRARIES = (
     "numpy", "onnxruntime", "onnxruntime-gpu", "tokenizers", "safetensors", "torch", "transformers", "optimum-quanto",
     "hqq", "bitsandbytes", "onnx", "faster-whisper", "ctranslate2", "pywhispercpp",
 )
-
-
-def _cpuinfo() -> tuple[str, list[str]]:
-    model, flags = platform.processor() or platform.machine(), []
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        text = ""
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip().lower()
-        if key in ("model name", "hardware", "cpu model") and value.strip():
-            model = value.strip()
-        elif key in ("flags", "features") and not flags:
-            flags = value.split()
-    if not text and platform.system() == "Darwin":  # pragma: no cover - macOS
-        try:
-            model = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True,
-                                   text=True, timeout=5).stdout.strip() or model
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return model, flags
 
 
 def _device_tree_model() -> str | None:
@@ -93,7 +71,7 @@ def _git_commit() -> str | None:
 def fingerprint() -> dict:
     import psutil
 
-    model, flags = _cpuinfo()
+    model, flags = cpuinfo()
     versions = installed_versions(LIBRARIES)
     return {
         "cpu": {

@@ -25,6 +25,9 @@ With `self_cache = "shared"` (the default since layout files have the field; abs
 decoder writes the new rows into (its present_k_i/present_v_i are the same buffers: the runtime
 binds one OrtValue to both), and it takes an int64 scalar `past_length` after everything else: how
 many rows are filled (backends.onnx_self_cache).
+
+With `encoder_vnni` (int8 encoders) a second encoder graph, with the same inputs and outputs and
+reading the same weights file, takes its uint8 weights as int8 for CPUs with VNNI (backends.onnx_vnni).
 """
 
 from __future__ import annotations
@@ -89,6 +92,9 @@ class OnnxLayout(Schema, kw_only=True):
     # False: the runtime makes the encoder's session without prepacking its weights (recipe option
     # encoder_prepack). Bundles without the field prepack.
     encoder_prepack: bool = True
+    # The encoder with its uint8 weights read as int8, for x86 CPUs with VNNI (backends.onnx_vnni);
+    # it shares encoder's weights file. Absent (older bundles, float encoders): encoder everywhere.
+    encoder_vnni: GraphName | None = None
     n_layers: Positive
     heads: Positive
     head_dim: Positive
@@ -175,5 +181,5 @@ def read_layout(bundle) -> OnnxLayout:
 def graph_files(bundle, layout: OnnxLayout) -> list[str]:
     """The graphs and, where present, their external weights: ONNX Runtime reads `NAME.onnx.data`
     from beside the graph (the graph's own, hashed, bytes name it), so it must be verified too."""
-    names = [layout.encoder, layout.decoder]
+    names = [layout.encoder, layout.decoder, *([layout.encoder_vnni] if layout.encoder_vnni else [])]
     return names + [f"{n}.data" for n in names if (bundle.path / f"{n}.data").exists()]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import platform
 import threading
 from typing import Any
 
@@ -23,7 +24,7 @@ from edgeq.format.bundle import Bundle
 from edgeq.format.layout import LAYOUT_FILE, PAST_LENGTH, OnnxLayout, read_layout
 from edgeq.runtime import heap, prepared
 from edgeq.spec.protocols import Spinning
-from edgeq.util import cache_dir
+from edgeq.util import cache_dir, cpuinfo
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +38,13 @@ def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None,
     bundle.require_runtime("onnxruntime", "ONNX Runtime")
     layout = read_layout(bundle)
     enc_providers, dec_providers = _providers(ort, device, layout, bundle)
+    encoder_graph = _encoder_graph(layout, device)
     # On a CPU: the graphs as ONNX Runtime optimized and prepacked them the first time this bundle
     # loaded on this device, or they are written now (edgeq.runtime.prepared).
-    graphs = prepared.PreparedGraphs(bundle.manifest_sha256, ort.__version__) \
+    graphs = prepared.PreparedGraphs(bundle.manifest_sha256, ort.__version__,
+                                     encoder_graph if encoder_graph != layout.encoder else "") \
         if device != "cuda" and prepared.enabled() else None
-    reuse = graphs is not None and graphs.usable([layout.encoder, layout.decoder])
+    reuse = graphs is not None and graphs.usable([encoder_graph, layout.decoder])
     if graphs is not None and not reuse and not graphs.start():
         graphs = None
     writing = graphs is not None and not reuse
@@ -49,7 +52,7 @@ def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None,
     # engine of this bundle in this process): see the end of this function.
     mapped = [bundle.path / name for name in bundle.manifest.files if name.endswith(".onnx.data")]
     if reuse:
-        mapped += [graphs.file(f"{name}.data") for name in (layout.encoder, layout.decoder)]
+        mapped += [graphs.file(f"{name}.data") for name in (encoder_graph, layout.decoder)]
     before = set(heap.mappings(mapped))
     # Neither session uses ONNX Runtime's CPU arena or memory patterns: they keep the largest
     # allocation ever made reserved for the whole run. The encoder runs once per 30 s window on
@@ -60,7 +63,7 @@ def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None,
     # same speed (5.26-5.76 vs 5.37-5.69 s; 13.8-14.1 s both).
     try:
         encoder, decoder = _sessions_side_by_side(
-            lambda: _session(ort, bundle, layout.encoder, _options(ort, threads, spin=False, prepack=layout.encoder_prepack),
+            lambda: _session(ort, bundle, encoder_graph, _options(ort, threads, spin=False, prepack=layout.encoder_prepack),
                              enc_providers, graphs, reuse),
             lambda: _session(ort, bundle, layout.decoder, _options(ort, threads, spin=spinning == "decoder"),
                              dec_providers, graphs, reuse))
@@ -79,7 +82,7 @@ def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None,
     heap.release_mapped(mapped)
     # ... and which of this load's mappings is the token table, to release again before every window.
     table = [m for m in heap.mappings(mapped, _table_bytes(layout)) if m not in before] if device != "cuda" else []
-    _check_io(bundle, encoder, layout.encoder_inputs, layout.encoder_outputs, layout.encoder)
+    _check_io(bundle, encoder, layout.encoder_inputs, layout.encoder_outputs, encoder_graph)
     _check_io(bundle, decoder, layout.decoder_inputs, layout.decoder_outputs, layout.decoder)
     # What the engine makes itself: features and the empty self-attention cache (the encoder's
     # outputs go to the decoder as they are, whatever their type).
@@ -88,6 +91,26 @@ def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None,
     if not types <= set(_DTYPES):
         raise BundleError(f"{bundle.path}: the graphs take {sorted(types - set(_DTYPES))}; this edgeq reads float32/float16")
     return OnnxEngine(encoder, decoder, layout, device, table)
+
+
+# Flags (Linux /proc/cpuinfo names) under which ONNX Runtime's MLAS multiplies uint8 activations
+# by int8 weights with a VNNI instruction (AvxVnni, Avx512Vnni kernels) or AMX, exactly and faster
+# than uint8 weights (backends.onnx_vnni has why and how much).
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def cpu_has_vnni() -> bool:
+    """An x86-64 CPU with VNNI, by its flags (none read, as where there is no /proc/cpuinfo: no)."""
+    return platform.machine().lower() in ("x86_64", "amd64") and bool(VNNI_FLAGS & set(cpuinfo()[1]))
+
+
+def _encoder_graph(layout: OnnxLayout, device: str) -> str:
+    """The bundle's encoder graph for this CPU: the one reading int8 weights on an x86-64 CPU with
+    VNNI, else the portable one (ARM's kernels take either alike). EDGEQ_VNNI=0 keeps the portable
+    one (to measure one against the other)."""
+    if not layout.encoder_vnni or device == "cuda" or os.environ.get("EDGEQ_VNNI", "1") == "0":
+        return layout.encoder
+    return layout.encoder_vnni if cpu_has_vnni() else layout.encoder
 
 
 def _sessions_side_by_side(make_encoder, make_decoder):

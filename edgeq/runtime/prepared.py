@@ -69,8 +69,12 @@ def _cpu() -> str:
 class PreparedGraphs:
     """Where one bundle's prepared graphs are (or are to be written) on this device."""
 
-    def __init__(self, manifest_sha256: str, ort_version: str):
-        key = hashlib.sha256(f"{manifest_sha256}|{ort_version}|{_cpu()}".encode()).hexdigest()[:24]
+    def __init__(self, manifest_sha256: str, ort_version: str, variant: str = ""):
+        # `variant`: which of a bundle's graphs a load makes sessions from, where it has a choice
+        # (encoder.vnni.onnx or, with EDGEQ_VNNI=0, encoder.onnx): a copy of its own for each, so
+        # that loads alternating between them do not replace each other's copy every time.
+        key = hashlib.sha256(f"{manifest_sha256}|{ort_version}|{_cpu()}{'|' + variant if variant else ''}"
+                             .encode()).hexdigest()[:24]
         self.root = cache_dir() / "onnxruntime"
         self.path = self.root / key
         self.staging = self.root / f".{key}.{os.getpid()}"

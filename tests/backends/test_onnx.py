@@ -20,9 +20,12 @@ pytest.importorskip("torch")
 from helpers import PROBE, REPO, each  # noqa: E402
 from helpers import outcome as _get  # noqa: E402
 
+from edgeq.backends.onnx_vnni import VNNI_ONNX  # noqa: E402
 from edgeq.errors import BundleError, RecipeError  # noqa: E402
 from edgeq.format.bundle import MANIFEST  # noqa: E402
 from edgeq.format.layout import DECODER_ONNX, ENCODER_ONNX  # noqa: E402
+from edgeq.runtime.onnx_engine import cpu_has_vnni  # noqa: E402
+from edgeq.schema import replace  # noqa: E402
 from edgeq.spec.recipe import list_recipes  # noqa: E402
 from edgeq.util import sha256_file  # noqa: E402
 
@@ -88,6 +91,7 @@ def test_recipe_builds_an_onnx_bundle(name, bundles):
     # weights beside the graphs, memory-mapped by ONNX Runtime (see onnx_quant.save_model)
     graphs = [ENCODER_ONNX, DECODER_ONNX, ENCODER_ONNX + ".data", DECODER_ONNX + ".data"]
     assert set(graphs) <= set(m["files"])
+    graphs += [VNNI_ONNX] if VNNI_ONNX in m["files"] else []  # int8 encoders (backends.onnx_vnni)
     assert m["size"]["weights_bytes"] == sum(m["files"][name]["size"] for name in graphs)
     layout = json.loads((bundle.path / "onnx.json").read_text())
     assert layout["export_check"]["decoder_step"] <= layout["export_check"]["tolerance"]
@@ -98,7 +102,7 @@ def test_graphs_pass_the_onnx_checker(name, bundles):
     import onnx
 
     bundle = _get(bundles, name)
-    for file in (ENCODER_ONNX, DECODER_ONNX):
+    for file in (ENCODER_ONNX, DECODER_ONNX, *([VNNI_ONNX] if VNNI_ONNX in bundle.manifest.files else [])):
         onnx.checker.check_model(str(bundle.path / file), full_check=True)
 
 
@@ -710,6 +714,87 @@ def test_cuda_without_onnxruntime_gpu_is_one_line(bundles, audio_dir):
 # --------------------------------------------------------------------------- threads
 
 
+# --------------------------------------------------------------------------- the encoder for VNNI CPUs
+
+
+def test_an_int8_encoder_has_a_vnni_graph_whose_folded_weights_are_its_uint8_ones_minus_128(bundles, tmp_path):
+    """Host-independent: what ONNX Runtime makes of encoder.vnni.onnx when it folds its casts is the
+    encoder's uint8 weights and zero points, each less 128, as int8, and nothing else changed."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    with_vnni = {n for n in ONNX_RECIPES if json.loads((_get(bundles, n).path / "onnx.json").read_text()).get("encoder_vnni")}
+    assert with_vnni == {"onnx-int8-dynamic", "onnx-int8-static"}  # static: its dynamic fc2
+    path = _get(bundles, "onnx-int8-dynamic").path
+    assert VNNI_ONNX in _get(bundles, "onnx-int8-dynamic").manifest.files
+    assert not (path / f"{VNNI_ONNX}.data").exists()  # it reads encoder.onnx.data: the bundle grows by the graph
+    assert (path / VNNI_ONNX).stat().st_size < 2 * (path / ENCODER_ONNX).stat().st_size
+    encoder = onnx.load(str(path / ENCODER_ONNX))
+    inits = {t.name: numpy_helper.to_array(t) for t in encoder.graph.initializer}
+    readers = [n for n in encoder.graph.node if n.op_type == "MatMulInteger" and inits.get(n.input[1]) is not None]
+    expected = sorted((inits[name].astype(np.int16) - 128).astype(np.int8).tobytes()
+                      for name in {i for n in readers for i in (n.input[1], n.input[3]) if i})
+    assert expected
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # folding, not fusing
+    options.optimized_model_filepath = str(tmp_path / "folded.onnx")
+    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "folded.onnx.data")
+    session = ort.InferenceSession(str(path / VNNI_ONNX), options, providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input_features"]
+    folded = onnx.load(str(tmp_path / "folded.onnx"))
+    signed = sorted(numpy_helper.to_array(t).tobytes() for t in folded.graph.initializer if t.data_type == onnx.TensorProto.INT8)
+    assert signed == expected
+    assert not [n for n in folded.graph.node if any(i.endswith(("_i16", "_m128")) for i in n.input)]  # all folded
+
+
+@pytest.mark.skipif(not cpu_has_vnni(), reason="this CPU has no VNNI: the runtime runs encoder.onnx here, not encoder.vnni.onnx")
+@pytest.mark.parametrize("name", ["onnx-int8-dynamic", "onnx-int8-static"])
+def test_on_a_vnni_cpu_the_int8_weights_graph_runs_and_changes_no_number(name, bundles, audio_dir, monkeypatch):
+    import edgeq
+    from edgeq.runtime import onnx_engine
+    from edgeq.runtime.audio import load_audio
+    from edgeq.runtime.features import log_mel_spectrogram
+
+    monkeypatch.setenv("EDGEQ_ORT_CACHE", "0")
+    path = _get(bundles, name).path
+    features = log_mel_spectrogram(load_audio(str(audio_dir / "a_16k.wav")))
+    chosen = []
+    choose = onnx_engine._encoder_graph
+    monkeypatch.setattr(onnx_engine, "_encoder_graph", lambda *a: chosen.append(choose(*a)) or chosen[-1])
+    signed = edgeq.load(path, threads=2, language="en")
+    monkeypatch.setenv("EDGEQ_VNNI", "0")
+    portable = edgeq.load(path, threads=2, language="en")
+    assert chosen == [VNNI_ONNX, ENCODER_ONNX]
+    one, two = signed.engine.encode(features), portable.engine.encode(features)
+    for key in one:
+        np.testing.assert_array_equal(one[key].numpy(), two[key].numpy())
+
+
+@pytest.mark.parametrize("machine, flags, device, env, expected", [
+    ("x86_64", ["avx2", "avx512_vnni"], "cpu", "1", VNNI_ONNX),
+    ("x86_64", ["avx2", "avx_vnni"], "cpu", "1", VNNI_ONNX),
+    ("AMD64", ["avx2", "amx_int8"], "cpu", "1", VNNI_ONNX),
+    ("x86_64", ["avx2", "avx512f", "avx512bw"], "cpu", "1", ENCODER_ONNX),  # u8 x s8 would saturate
+    ("x86_64", [], "cpu", "1", ENCODER_ONNX),  # flags unknown: the graph exact everywhere
+    ("aarch64", ["asimd", "asimddp", "i8mm"], "cpu", "1", ENCODER_ONNX),
+    ("x86_64", ["avx512_vnni"], "cuda", "1", ENCODER_ONNX),
+    ("x86_64", ["avx512_vnni"], "cpu", "0", ENCODER_ONNX),  # EDGEQ_VNNI=0
+])
+def test_the_runtime_picks_the_int8_weights_graph_only_on_x86_with_vnni(machine, flags, device, env, expected,
+                                                                        monkeypatch):
+    from edgeq.format.layout import OnnxLayout
+    from edgeq.runtime import onnx_engine
+
+    layout = OnnxLayout.for_dims(n_mels=80, n_audio_ctx=1500, n_layers=1, heads=1, head_dim=8, vocab_size=10,
+                                 max_target_positions=8)
+    monkeypatch.setattr(onnx_engine.platform, "machine", lambda: machine)
+    monkeypatch.setattr(onnx_engine, "cpuinfo", lambda: ("a CPU", flags))
+    monkeypatch.setenv("EDGEQ_VNNI", env)
+    assert onnx_engine._encoder_graph(layout, device) == ENCODER_ONNX  # a bundle without the graph
+    assert onnx_engine._encoder_graph(replace(layout, encoder_vnni=VNNI_ONNX), device) == expected
+
+
 def _spins(session) -> tuple[str, str]:
     options = session.get_session_options()
     return (options.get_session_config_entry("session.intra_op.allow_spinning"),
@@ -918,6 +1003,15 @@ def sessions(monkeypatch, tmp_path):
     return made
 
 
+def _encoder_here(bundle_path) -> str:
+    """The encoder graph the runtime makes its session from on this CPU (encoder.vnni.onnx with VNNI)."""
+    from edgeq.format.bundle import open_bundle
+    from edgeq.format.layout import read_layout
+    from edgeq.runtime.onnx_engine import _encoder_graph
+
+    return _encoder_graph(read_layout(open_bundle(bundle_path)), "cpu")
+
+
 def _prepared_copies(tmp_path) -> list[Path]:
     root = tmp_path / "cache" / "onnxruntime"
     return sorted(p for p in root.iterdir()) if root.exists() else []
@@ -929,8 +1023,9 @@ def test_a_second_load_uses_the_graphs_the_first_prepared_with_the_same_logits(n
     path = _get(bundles, name).path
     first = _first_logits(path, audio_dir)
     (copy,) = _prepared_copies(tmp_path)
+    encoder = _encoder_here(path)
     assert sorted(p.name for p in copy.iterdir()) == sorted(
-        [ENCODER_ONNX, f"{ENCODER_ONNX}.data", DECODER_ONNX, f"{DECODER_ONNX}.data", "hashes.json"])
+        [encoder, f"{encoder}.data", DECODER_ONNX, f"{DECODER_ONNX}.data", "hashes.json"])
     again = _first_logits(path, audio_dir)
     assert [how for _, how in sessions] == ["bundle", "bundle", "prepared", "prepared"]
     monkeypatch.setenv("EDGEQ_ORT_CACHE", "0")
@@ -938,6 +1033,20 @@ def test_a_second_load_uses_the_graphs_the_first_prepared_with_the_same_logits(n
     assert sessions[-1] == (DECODER_ONNX, "bundle")
     np.testing.assert_array_equal(again, first)
     np.testing.assert_array_equal(again, plain)
+
+
+def test_loads_alternating_between_the_encoder_graphs_keep_a_prepared_copy_each(bundles, audio_dir, sessions,
+                                                                                  tmp_path, monkeypatch):
+    from edgeq.runtime import onnx_engine
+
+    monkeypatch.setattr(onnx_engine, "cpu_has_vnni", lambda: True)  # the choice, not the numbers, is tested
+    path = _get(bundles, "onnx-int8-dynamic").path
+    for vnni in ("1", "0", "1", "0"):
+        monkeypatch.setenv("EDGEQ_VNNI", vnni)
+        _first_logits(path, audio_dir)
+    assert len(_prepared_copies(tmp_path)) == 2
+    assert sessions[::2] == [(VNNI_ONNX, "bundle"), (ENCODER_ONNX, "bundle"), (VNNI_ONNX, "prepared"),
+                             (ENCODER_ONNX, "prepared")]
 
 
 def test_a_changed_prepared_copy_is_made_again_not_used(bundles, audio_dir, sessions, tmp_path, caplog):
@@ -949,12 +1058,13 @@ def test_a_changed_prepared_copy_is_made_again_not_used(bundles, audio_dir, sess
     time.sleep(2.1)  # older than verified.RACY_S: the next load stamps the copy, then hashes nothing
     _first_logits(path, audio_dir)
     assert sessions[-1] == (DECODER_ONNX, "prepared")
-    data = bytearray((copy / f"{ENCODER_ONNX}.data").read_bytes())
+    encoder = _encoder_here(path)
+    data = bytearray((copy / f"{encoder}.data").read_bytes())
     data[len(data) // 2] ^= 0xFF
-    (copy / f"{ENCODER_ONNX}.data").write_bytes(bytes(data))
+    (copy / f"{encoder}.data").write_bytes(bytes(data))
     with caplog.at_level("WARNING", logger="edgeq.runtime.prepared"):
         logits = _first_logits(path, audio_dir)
-    assert sessions[-2:] == [(ENCODER_ONNX, "bundle"), (DECODER_ONNX, "bundle")]
+    assert sessions[-2:] == [(encoder, "bundle"), (DECODER_ONNX, "bundle")]
     assert "was changed; making it again" in caplog.text
     np.testing.assert_array_equal(logits, reference)
     _first_logits(path, audio_dir)

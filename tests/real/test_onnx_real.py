@@ -4,12 +4,15 @@
   keys/values as int8 codes, as shipped, and as float32, options.cross_kv = "float32"),
   onnx-int4 within 1.5;
 * their weights take at most 35 % (int8) and 25 % (int4) of the fp32 bundle's;
-* every transcript is real (not empty, not a loop), and torch is never imported to produce them.
+* every transcript is real (not empty, not a loop), and torch is never imported to produce them;
+* on an x86 CPU with VNNI, onnx-int8-dynamic's int8-weights encoder (backends.onnx_vnni) gives the
+  portable encoder's transcripts word for word.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -21,6 +24,8 @@ from helpers import outcome as _get
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
 pytest.importorskip("onnxruntime")
+
+from edgeq.runtime.onnx_engine import cpu_has_vnni  # noqa: E402
 
 # recipe -> (WER budget in points over onnx-fp32, max weights bytes / fp32 weights bytes)
 # (a recipe with overrides is written "name[key=value]")
@@ -61,13 +66,25 @@ def results(tmp_path_factory):
         recipe = apply_overrides(load_recipe(recipe), [override]) if override else recipe
         bundle = edgeq.build(recipe, model=str(WHISPER_BASE), out=root / re.sub(r"[^\w.-]", "-", name),
                               language="en")
-        proc = subprocess.run([sys.executable, "-c", EVALUATE, str(bundle.path), str(SPEECH_DEV / "LibriSpeech")],
-                              capture_output=True, text=True, timeout=1800)
-        if proc.returncode:
-            raise RuntimeError(proc.stderr[-2000:])
-        return {"bundle": bundle, **json.loads(proc.stdout.splitlines()[-1])}
+        return {"bundle": bundle, **_evaluate(bundle.path)}
 
-    return each(("onnx-fp32", *LIMITS), one)
+    out = each(("onnx-fp32", *LIMITS), one)
+    return {**out, **each(["onnx-int8-dynamic@portable"] if cpu_has_vnni() else [], lambda n: _evaluate(
+        _get(out, n.split("@")[0])["bundle"].path, {**os.environ, "EDGEQ_VNNI": "0"}))}
+
+
+def _evaluate(path, env=None) -> dict:
+    proc = subprocess.run([sys.executable, "-c", EVALUATE, str(path), str(SPEECH_DEV / "LibriSpeech")],
+                          capture_output=True, text=True, timeout=1800, env=env)
+    if proc.returncode:
+        raise RuntimeError(proc.stderr[-2000:])
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+@pytest.mark.skipif(not cpu_has_vnni(), reason="this CPU has no VNNI: the runtime runs encoder.onnx here, not encoder.vnni.onnx")
+def test_on_a_vnni_cpu_the_int8_weights_encoder_transcribes_word_for_word_as_the_portable_one(results):
+    signed, portable = _get(results, "onnx-int8-dynamic"), _get(results, "onnx-int8-dynamic@portable")
+    assert signed["texts"] == portable["texts"]
 
 
 def test_fp32_reference(results):
