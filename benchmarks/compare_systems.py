@@ -50,7 +50,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from _common import SPEECH_DEV, WHISPER_BASE, compile_edgeq, whisper_small_random, write_json
+from _common import REPO, SPEECH_DEV, WHISPER_BASE, compile_edgeq, whisper_small_random, write_json
 
 
 def _dir_mb(path: Path, suffixes=(".safetensors", ".onnx", ".onnx.data", ".bin")) -> float:
@@ -276,9 +276,28 @@ def ensure_bundle(model: Path, recipe: str, cache: Path) -> Path:
     # if it were the current recipe. The bundle's recipe.toml was written resolved, so it is
     # compared as stored: resolving it again would fill an option added since (ffn_blocks) with
     # today's default, and a bundle built without it would pass for one built with it.
-    if not is_bundle(out) or open_bundle(out, verify_hashes=False).recipe != load_recipe(recipe).resolved():
+    # Nor one built by other code under the same recipe (int8 bundles gained encoder.vnni.onnx without a
+    # recipe change): the hash of the edgeq sources that built it is kept beside it.
+    source = cache / f"{out.name}.edgeq-source"
+    stamp = edgeq_source_hash()
+    if (not is_bundle(out) or open_bundle(out, verify_hashes=False).recipe != load_recipe(recipe).resolved()
+            or not source.is_file() or source.read_text() != stamp):
         edgeq.build(recipe, model=str(model), out=out, language="en", force=True)
+        source.write_text(stamp)
     return out
+
+
+def edgeq_source_hash() -> str:
+    """sha256 over the edgeq package's Python sources, recipes and targets, as they are now."""
+    import hashlib
+
+    import edgeq
+
+    package = Path(edgeq.__file__).parent
+    h = hashlib.sha256()
+    for path in sorted([*package.rglob("*.py"), *(REPO / "recipes").glob("*.toml"), *(REPO / "targets").glob("*.toml")]):
+        h.update(f"{path.parent.name}/{path.name}\0".encode() + path.read_bytes())
+    return h.hexdigest()
 
 
 def ensure_ggml(model: Path, cache: Path) -> dict[str, Path]:

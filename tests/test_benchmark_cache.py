@@ -1,5 +1,5 @@
 """benchmarks/compare_systems.py reuses a bundle it built before only if it holds what the recipe asks
-for now: a run that measured a stale bundle under the current recipe's name would credit (or
+for now, built by the edgeq code there is now: a run that measured a stale bundle under the current recipe's name would credit (or
 blame) a change for numbers it did not make."""
 
 import hashlib
@@ -45,3 +45,22 @@ def test_a_bundle_built_before_an_option_existed_is_rebuilt(tiny_model, tmp_path
     assert open_bundle(out).recipe.options.get("ffn_blocks") is None  # consistent, hashes included
     ensure_bundle(tiny_model, "onnx-fp32", tmp_path)
     assert "ffn_blocks = 4" in recipe.read_text(), "a bundle without ffn_blocks was measured as the current recipe"
+
+
+def test_a_bundle_built_by_other_edgeq_code_is_rebuilt(tiny_model, tmp_path):
+    """The same recipe, built by different code (int8 bundles gained encoder.vnni.onnx that way):
+    the hash of the sources that built it, kept beside it, no longer matches."""
+    ensure_bundle = _ensure_bundle()
+    out = ensure_bundle(tiny_model, "onnx-fp32", tmp_path)
+    source = tmp_path / f"{out.name}.edgeq-source"
+    built = (out / "manifest.json").stat().st_mtime_ns
+    assert ensure_bundle(tiny_model, "onnx-fp32", tmp_path) == out
+    assert (out / "manifest.json").stat().st_mtime_ns == built, "an up-to-date bundle was rebuilt"
+    current = source.read_text()
+    source.write_text("0" * 64)  # as if an older edgeq had built it
+    ensure_bundle(tiny_model, "onnx-fp32", tmp_path)
+    assert (out / "manifest.json").stat().st_mtime_ns != built, "a bundle built by other code was measured as current"
+    assert source.read_text() == current
+    source.unlink()  # a bundle cached before the stamp existed
+    ensure_bundle(tiny_model, "onnx-fp32", tmp_path)
+    assert source.read_text() == current
