@@ -15,7 +15,9 @@ int8 w - 128 (z - 128) with Cast -> Sub -> Cast nodes, which ONNX Runtime's cons
 computes once when the session is made. w - 128 against z - 128 is the same number as w against z,
 so the result is exact: whisper-base's encoder outputs were bit-identical, and a padded window took
 0.298 instead of 0.465 s in a raw ONNX Runtime session (AVX-512 VNNI host, 2 threads). The runtime
-picks the graph by the CPU's flags (edgeq.runtime.onnx_engine); the bundle grows by the graph only.
+picks the graph where the CPU's flags list VNNI and ONNX Runtime's u8 x s8 product checks exact
+(edgeq.runtime.int8_kernels: under an emulator the flags are the host's); the bundle grows by the
+graph only.
 """
 
 from __future__ import annotations

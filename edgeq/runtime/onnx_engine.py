@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import platform
 import threading
 from typing import Any
 
@@ -22,9 +21,9 @@ import numpy as np
 from edgeq.errors import BundleError, DeviceError
 from edgeq.format.bundle import Bundle
 from edgeq.format.layout import LAYOUT_FILE, PAST_LENGTH, OnnxLayout, read_layout
-from edgeq.runtime import heap, prepared
+from edgeq.runtime import heap, int8_kernels, prepared
 from edgeq.spec.protocols import Spinning
-from edgeq.util import cache_dir, cpuinfo
+from edgeq.util import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -93,24 +92,14 @@ def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None,
     return OnnxEngine(encoder, decoder, layout, device, table)
 
 
-# Flags (Linux /proc/cpuinfo names) under which ONNX Runtime's MLAS multiplies uint8 activations
-# by int8 weights with a VNNI instruction (AvxVnni, Avx512Vnni kernels) or AMX, exactly and faster
-# than uint8 weights (backends.onnx_vnni has why and how much).
-VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
-
-
-def cpu_has_vnni() -> bool:
-    """An x86-64 CPU with VNNI, by its flags (none read, as where there is no /proc/cpuinfo: no)."""
-    return platform.machine().lower() in ("x86_64", "amd64") and bool(VNNI_FLAGS & set(cpuinfo()[1]))
-
-
 def _encoder_graph(layout: OnnxLayout, device: str) -> str:
     """The bundle's encoder graph for this CPU: the one reading int8 weights on an x86-64 CPU with
-    VNNI, else the portable one (ARM's kernels take either alike). EDGEQ_VNNI=0 keeps the portable
-    one (to measure one against the other)."""
+    VNNI whose int8 product ONNX Runtime computes exactly (runtime.int8_kernels), else the portable
+    one (ARM's kernels take either alike). EDGEQ_VNNI=0 keeps the portable one (to measure one
+    against the other)."""
     if not layout.encoder_vnni or device == "cuda" or os.environ.get("EDGEQ_VNNI", "1") == "0":
         return layout.encoder
-    return layout.encoder_vnni if cpu_has_vnni() else layout.encoder
+    return layout.encoder_vnni if int8_kernels.vnni_kernels() else layout.encoder
 
 
 def _sessions_side_by_side(make_encoder, make_decoder):

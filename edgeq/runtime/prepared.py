@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 from edgeq.format import verified
+from edgeq.runtime import int8_kernels
 from edgeq.util import cache_dir, sha256_file
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,10 @@ def _cpu() -> str:
                 flags = " ".join(sorted(value.split()))
     except OSError:
         pass
-    return f"{platform.machine()}|{platform.processor()}|{model}|{flags}"
+    key = f"{platform.machine()}|{platform.processor()}|{model}|{flags}"
+    # The flags stand for the kernels ONNX Runtime picks (and packs weights for), except under an
+    # emulator that shows the host's flags (int8_kernels): its copies must not be the host's.
+    return key + "|u8s8 saturates" if int8_kernels.flags_overstate_vnni() else key
 
 
 class PreparedGraphs:

@@ -24,7 +24,7 @@ from edgeq.backends.onnx_vnni import VNNI_ONNX  # noqa: E402
 from edgeq.errors import BundleError, RecipeError  # noqa: E402
 from edgeq.format.bundle import MANIFEST  # noqa: E402
 from edgeq.format.layout import DECODER_ONNX, ENCODER_ONNX  # noqa: E402
-from edgeq.runtime.onnx_engine import cpu_has_vnni  # noqa: E402
+from edgeq.runtime.int8_kernels import vnni_kernels  # noqa: E402
 from edgeq.schema import replace  # noqa: E402
 from edgeq.spec.recipe import list_recipes  # noqa: E402
 from edgeq.util import sha256_file  # noqa: E402
@@ -748,7 +748,7 @@ def test_an_int8_encoder_has_a_vnni_graph_whose_folded_weights_are_its_uint8_one
     assert not [n for n in folded.graph.node if any(i.endswith(("_i16", "_m128")) for i in n.input)]  # all folded
 
 
-@pytest.mark.skipif(not cpu_has_vnni(), reason="this CPU has no VNNI: the runtime runs encoder.onnx here, not encoder.vnni.onnx")
+@pytest.mark.skipif(not vnni_kernels(), reason="this CPU has no VNNI: the runtime runs encoder.onnx here, not encoder.vnni.onnx")
 @pytest.mark.parametrize("name", ["onnx-int8-dynamic", "onnx-int8-static"])
 def test_on_a_vnni_cpu_the_int8_weights_graph_runs_and_changes_no_number(name, bundles, audio_dir, monkeypatch):
     import edgeq
@@ -771,25 +771,27 @@ def test_on_a_vnni_cpu_the_int8_weights_graph_runs_and_changes_no_number(name, b
         np.testing.assert_array_equal(one[key].numpy(), two[key].numpy())
 
 
-@pytest.mark.parametrize("machine, flags, device, env, expected", [
-    ("x86_64", ["avx2", "avx512_vnni"], "cpu", "1", VNNI_ONNX),
-    ("x86_64", ["avx2", "avx_vnni"], "cpu", "1", VNNI_ONNX),
-    ("AMD64", ["avx2", "amx_int8"], "cpu", "1", VNNI_ONNX),
-    ("x86_64", ["avx2", "avx512f", "avx512bw"], "cpu", "1", ENCODER_ONNX),  # u8 x s8 would saturate
-    ("x86_64", [], "cpu", "1", ENCODER_ONNX),  # flags unknown: the graph exact everywhere
-    ("aarch64", ["asimd", "asimddp", "i8mm"], "cpu", "1", ENCODER_ONNX),
-    ("x86_64", ["avx512_vnni"], "cuda", "1", ENCODER_ONNX),
-    ("x86_64", ["avx512_vnni"], "cpu", "0", ENCODER_ONNX),  # EDGEQ_VNNI=0
+@pytest.mark.parametrize("machine, flags, exact, device, env, expected", [
+    ("x86_64", ["avx2", "avx512_vnni"], True, "cpu", "1", VNNI_ONNX),
+    ("x86_64", ["avx2", "avx_vnni"], True, "cpu", "1", VNNI_ONNX),
+    ("AMD64", ["avx2", "amx_int8"], True, "cpu", "1", VNNI_ONNX),
+    ("x86_64", ["avx2", "avx512_vnni"], False, "cpu", "1", ENCODER_ONNX),  # an emulator's flags: the probe saturated
+    ("x86_64", ["avx2", "avx512f", "avx512bw"], False, "cpu", "1", ENCODER_ONNX),  # u8 x s8 would saturate
+    ("x86_64", [], True, "cpu", "1", ENCODER_ONNX),  # flags unknown: the graph exact everywhere
+    ("aarch64", ["asimd", "asimddp", "i8mm"], True, "cpu", "1", ENCODER_ONNX),
+    ("x86_64", ["avx512_vnni"], True, "cuda", "1", ENCODER_ONNX),
+    ("x86_64", ["avx512_vnni"], True, "cpu", "0", ENCODER_ONNX),  # EDGEQ_VNNI=0
 ])
-def test_the_runtime_picks_the_int8_weights_graph_only_on_x86_with_vnni(machine, flags, device, env, expected,
+def test_the_runtime_picks_the_int8_weights_graph_only_on_x86_with_vnni(machine, flags, exact, device, env, expected,
                                                                         monkeypatch):
     from edgeq.format.layout import OnnxLayout
-    from edgeq.runtime import onnx_engine
+    from edgeq.runtime import int8_kernels, onnx_engine
 
     layout = OnnxLayout.for_dims(n_mels=80, n_audio_ctx=1500, n_layers=1, heads=1, head_dim=8, vocab_size=10,
                                  max_target_positions=8)
-    monkeypatch.setattr(onnx_engine.platform, "machine", lambda: machine)
-    monkeypatch.setattr(onnx_engine, "cpuinfo", lambda: ("a CPU", flags))
+    monkeypatch.setattr(int8_kernels.platform, "machine", lambda: machine)
+    monkeypatch.setattr(int8_kernels, "cpuinfo", lambda: ("a CPU", flags))
+    monkeypatch.setattr(int8_kernels, "signed_weights_exact", lambda: exact)
     monkeypatch.setenv("EDGEQ_VNNI", env)
     assert onnx_engine._encoder_graph(layout, device) == ENCODER_ONNX  # a bundle without the graph
     assert onnx_engine._encoder_graph(replace(layout, encoder_vnni=VNNI_ONNX), device) == expected
@@ -1037,9 +1039,9 @@ def test_a_second_load_uses_the_graphs_the_first_prepared_with_the_same_logits(n
 
 def test_loads_alternating_between_the_encoder_graphs_keep_a_prepared_copy_each(bundles, audio_dir, sessions,
                                                                                   tmp_path, monkeypatch):
-    from edgeq.runtime import onnx_engine
+    from edgeq.runtime import int8_kernels
 
-    monkeypatch.setattr(onnx_engine, "cpu_has_vnni", lambda: True)  # the choice, not the numbers, is tested
+    monkeypatch.setattr(int8_kernels, "vnni_kernels", lambda: True)  # the choice, not the numbers, is tested
     path = _get(bundles, "onnx-int8-dynamic").path
     for vnni in ("1", "0", "1", "0"):
         monkeypatch.setenv("EDGEQ_VNNI", vnni)
