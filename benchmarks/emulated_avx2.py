@@ -70,6 +70,8 @@ def run(bundle: str, dataset: str, limit: int, emulated: bool, force: bool, qemu
 
 def main() -> None:
     from edgeq.bench.env import fingerprint
+    from edgeq.format.bundle import open_bundle
+    from edgeq.format.layout import read_layout
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundles", nargs="+", required=True)
@@ -83,7 +85,7 @@ def main() -> None:
     results = {"env": fingerprint(), "emulator": f"{qemu} -cpu Haswell", "dataset": args.dataset,
                "clips": args.limit, "rows": []}
     for bundle in args.bundles:
-        vnni = json.loads((Path(bundle) / "onnx.json").read_text()).get("encoder_vnni")
+        vnni = read_layout(open_bundle(bundle)).encoder_vnni
         runs = [("host", False, False), ("emulated AVX2", True, False)]
         if vnni:
             runs.append(("emulated AVX2, vnni forced", True, True))

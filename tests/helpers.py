@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +19,10 @@ SHARED = Path(os.environ.get("EDGEQ_SHARED", REPO.parent / "shared"))
 WHISPER_BASE = SHARED / "models" / "whisper-base"
 SPEECH_DEV = SHARED / "data" / "speech-dev"
 PROBE = TESTS / "probe.py"
+# The emulated AVX2 CPU (qemu-x86_64-static -cpu Haswell) of the int8-kernel tests
+QEMU = shutil.which("qemu-x86_64-static")
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+NO_EMULATED_AVX2 = "needs an x86-64 host with qemu-x86_64-static (apt-get install qemu-user-static)"
 
 
 def real_data_available() -> bool:

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
-import shutil
 import subprocess
 import sys
 
 import pytest
-from helpers import SPEECH_DEV, WHISPER_BASE, each
+from helpers import NO_EMULATED_AVX2, QEMU, SPEECH_DEV, WHISPER_BASE, X86, each
 from helpers import outcome as _get
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
@@ -29,9 +27,6 @@ pytestmark = [pytest.mark.real, pytest.mark.slow]
 pytest.importorskip("onnxruntime")
 
 from edgeq.runtime.int8_kernels import vnni_kernels  # noqa: E402
-
-QEMU = shutil.which("qemu-x86_64-static")
-X86 = platform.machine().lower() in ("x86_64", "amd64")
 
 # recipe -> (WER budget in points over onnx-fp32, max weights bytes / fp32 weights bytes)
 # (a recipe with overrides is written "name[key=value]")
@@ -93,7 +88,7 @@ def test_on_a_vnni_cpu_the_int8_weights_encoder_transcribes_word_for_word_as_the
     assert signed["texts"] == portable["texts"]
 
 
-@pytest.mark.skipif(not (QEMU and X86), reason="needs an x86-64 host with qemu-x86_64-static (apt-get install qemu-user-static)")
+@pytest.mark.skipif(not (QEMU and X86), reason=NO_EMULATED_AVX2)
 def test_on_an_emulated_avx2_cpu_the_int8_bundle_transcribes_as_on_this_one(results):
     # ONNX Runtime's AVX2 kernels (qemu -cpu Haswell) under this host's /proc/cpuinfo: the runtime
     # must see through the flags (runtime.int8_kernels), or a VNNI host's flags take the int8-weights

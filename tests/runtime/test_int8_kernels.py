@@ -8,22 +8,18 @@ one case where the flags and the kernels disagree (installed by .ci/run; skipped
 from __future__ import annotations
 
 import os
-import platform
-import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from helpers import NO_EMULATED_AVX2, QEMU, X86
 
 pytest.importorskip("onnxruntime")
 
 from edgeq.runtime import int8_kernels  # noqa: E402
 
-QEMU = shutil.which("qemu-x86_64-static")
-X86 = platform.machine().lower() in ("x86_64", "amd64")
-needs_qemu = pytest.mark.skipif(not (QEMU and X86), reason="needs an x86-64 host with qemu-x86_64-static "
-                                                           "(apt-get install qemu-user-static)")
+needs_qemu = pytest.mark.skipif(not (QEMU and X86), reason=NO_EMULATED_AVX2)
 
 
 def emulated_avx2(code: str, env: dict | None = None, timeout: float = 300) -> str:
