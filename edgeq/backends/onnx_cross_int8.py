@@ -13,7 +13,11 @@ How the scales are chosen so that one uint8 code per number is enough:
   is first divided by its largest magnitude over the window (`<k>_channel`, [1, H, 1, Dh]; the
   decoder multiplies its query by it instead, which leaves q.k unchanged), then each frame's key
   gets its own scale (`<k>_row`, [1, H, 1, F]: a column of the scores, applied after the product).
-  Stored transposed, [1, H, Dh, F], codes 1..255 around 128.
+  Codes 1..255 around 128, stored as computed, [1, H, F, Dh]: the keys are the product's *first*
+  operand, keys · queryᵀ → [1, H, F, T], transposed to scores afterwards (T is one token a step).
+  MLAS copies a MatMulInteger's second operand into its packed layout on every call when it is
+  not a constant; as the second operand ([1, H, Dh, F], the layout up to this version) each
+  layer's keys were packed again every step. As the first, only the query is (Dh × T bytes).
 * values [1, H, F, Dh]: one scale per head and channel (`<v>_scale`, [1, H, 1, Dh]), a column of
   the output, codes around 128.
 * the query (per head and token) and the attention probabilities (per head and token, 0..255, the
@@ -29,7 +33,11 @@ vs 2.65 %; whisper-small's shape, 2 clips, 460 vs 522-524 MB (whisper.cpp q8_0: 
 58-65 vs 67-72 tokens/s: each MatMulInteger takes ~0.19 ms of a ~17 ms step (ONNX Runtime packs
 a B that is not a constant on every call), and the query/probability quantization adds ~20 small
 nodes per layer. A per-tensor DynamicQuantizeLinear for the query instead was no faster and one
-word worse on speech-dev (2.65 %).
+word worse on speech-dev (2.65 %). The keys as the first operand (this layout; the same codes and
+int32 dots, so bit-identical logits): a profiled step of the small shape's full window spent 2.69
+instead of 3.64 ms in its MatMulIntegers and 0.5 ms more in the Transposes it adds;
+benchmarks/decoder_step.py, 6 rounds in alternation, 11.65-12.07 against 12.57-13.29 ms a step
+(whisper-base 4.38-4.62 against 4.60-4.81 ms), faster in every round.
 """
 
 from __future__ import annotations
@@ -93,9 +101,7 @@ def _scale_infos(name: str, heads, frames, head_dim) -> list[onnx.ValueInfoProto
 
 
 def _code_info(name: str, heads, frames, head_dim) -> onnx.ValueInfoProto:
-    # keys stored transposed, [1, H, Dh, F], so that MatMulInteger reads them as they are
-    dims = [1, heads, head_dim, frames] if "_k_" in name else [1, heads, frames, head_dim]
-    return _info(name, TensorProto.UINT8, dims)
+    return _info(name, TensorProto.UINT8, [1, heads, frames, head_dim])
 
 
 def _dims(info: onnx.ValueInfoProto) -> list:
@@ -124,7 +130,7 @@ def int8_cross_attention(encoder: onnx.ModelProto, decoder: onnx.ModelProto, cro
             channel = _abs_max(n, c, x, "frames", f"{name}_channel")  # [1, H, 1, Dh]
             normal = n("Div", [x, channel])
             row = n("Div", [_abs_max(n, c, normal, "last"), c["c127"]])  # [1, H, F, 1]
-            n("Transpose", [_codes(n, c, normal, row, offset=True)], name, perm=[0, 1, 3, 2])
+            _codes(n, c, normal, row, offset=True, out=name)
             n("Transpose", [row], f"{name}_row", perm=[0, 1, 3, 2])
         else:
             scale = n("Div", [_abs_max(n, c, x, "frames"), c["c127"]], f"{name}_scale")  # [1, H, 1, Dh]
@@ -144,7 +150,8 @@ def int8_cross_attention(encoder: onnx.ModelProto, decoder: onnx.ModelProto, cro
         n = _Nodes(f"{k}_scores")
         query = n("Mul", [scores.input[0], f"{k}_channel"])
         q_scale = n("Div", [_abs_max(n, c, query, "last"), c["c127"]])  # [1, H, T, 1]
-        dots = n("MatMulInteger", [_codes(n, c, query, q_scale, offset=True), k, c["zp128"], c["zp128"]])
+        q_codes = n("Transpose", [_codes(n, c, query, q_scale, offset=True)], perm=[0, 1, 3, 2])  # [1, H, Dh, T]
+        dots = n("Transpose", [n("MatMulInteger", [k, q_codes, c["zp128"], c["zp128"]])], perm=[0, 1, 3, 2])
         n("Mul", [n("Mul", [n("Cast", [dots], to=TensorProto.FLOAT), q_scale]), f"{k}_row"], scores.output[0])
         replace[scores.output[0]] = n.nodes
         # p.v: the probabilities in 0..255 per head and token (the largest is 255), the values' codes.

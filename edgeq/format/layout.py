@@ -17,8 +17,9 @@ a float32 bundle (recipe option cross_kv; `quantization.cross_kv` says so). No v
 that: the reader binds the encoder's outputs to the decoder's inputs as they are, whatever their
 type. (An edgeq that predates the option still refuses the bundle: its manifest's recipe lists
 the option, which that edgeq's schema does not know.) With cross_kv = "int8" (`cross_int8`) the
-cross_* are uint8 codes, keys transposed to [1, H, Dh, F / 2], and the encoder outputs, and the
-decoder takes, their float32 scales after them (cross_scale_names).
+cross_* are uint8 codes, and the encoder outputs, and the decoder takes, their float32 scales after
+them (cross_scale_names). (Bundles of edgeq 0.1.0 before the keys-first product have the key
+codes transposed, [1, H, Dh, F / 2]; their own decoder reads them so, and they load as they are.)
 
 With `self_cache = "shared"` (the default since layout files have the field; absent means
 "concat") the decoder's past_k_i/past_v_i are buffers of max_target_positions rows that the

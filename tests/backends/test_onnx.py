@@ -278,7 +278,7 @@ def test_float16_cross_attention_keys_values_give_the_float32_logits(bundles, ti
 
 
 def test_int8_cross_attention_keys_values_are_codes_multiplied_as_they_are(bundles, tiny_model, audio_dir, tmp_path):
-    # options.cross_kv = "int8": the encoder outputs uint8 codes (keys transposed) and their float32
+    # options.cross_kv = "int8": the encoder outputs uint8 codes and their float32
     # scales after them; each decoder layer multiplies the codes with two MatMulIntegers. On float
     # weights the first-step logits stay within 1 % of float32's (measured 0.09 %) and greedy
     # decoding gives the same tokens.
@@ -304,7 +304,8 @@ def test_int8_cross_attention_keys_values_are_codes_multiplied_as_they_are(bundl
     assert {types[n] for n in cross} == {onnx.TensorProto.UINT8}
     assert {types[n] for n in cross_scale_names(cross)} == {onnx.TensorProto.FLOAT}
     shape = {i.name: [d.dim_value or d.dim_param for d in i.type.tensor_type.shape.dim] for i in dec.graph.input}
-    assert shape["cross_k_0"][2] == shape["cross_v_0"][3] == config["d_model"] // config["decoder_attention_heads"]
+    # keys as computed, [1, H, F, Dh]: the first operand of their product (onnx_cross_int8)
+    assert shape["cross_k_0"][3] == shape["cross_v_0"][3] == config["d_model"] // config["decoder_attention_heads"]
     ops = [n.op_type for n in dec.graph.node]
     assert ops.count("MatMulInteger") == 2 * config["decoder_layers"]
 
