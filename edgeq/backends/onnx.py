@@ -59,7 +59,8 @@ def write(model, recipe, calibration, folder: Path, progress) -> None:
     from edgeq.backends.onnx_cross_int8 import int8_cross_attention
     from edgeq.backends.onnx_export import export_float
     from edgeq.backends.onnx_ffn_blocks import FfnBlockError, blocked_ffn
-    from edgeq.backends.onnx_fusion import half_cross_attention
+    from edgeq.backends.onnx_fusion import FusionError, half_cross_attention
+    from edgeq.backends.onnx_int8_attention import QUERY_BLOCKS, int8_self_attention
     from edgeq.backends.onnx_quant import save_model
     from edgeq.backends.onnx_self_cache import shared_self_cache
     from edgeq.backends.onnx_vnni import VNNI_ONNX, signed_weights_graph
@@ -101,7 +102,16 @@ def write(model, recipe, calibration, folder: Path, progress) -> None:
             save_model(graph, folder / name)
         # After save_model: `encoder`'s weights now point into encoder.onnx.data, and so do the copy's.
         vnni, shifted = signed_weights_graph(encoder)
+        if opts.vnni_attention == "int8" and not shifted:
+            raise RecipeError(f"recipe {recipe.name}: options.vnni_attention = 'int8' rewrites the encoder graph for "
+                              "CPUs with VNNI, which only an int8 encoder has (onnx-int8-dynamic, onnx-int8-static)")
         if shifted:
+            if opts.vnni_attention == "int8":
+                found = int8_self_attention(vnni)
+                if found != model.config.encoder_layers:
+                    raise FusionError(f"found {found} fused encoder self-attentions to make int8, the model has "
+                                      f"{model.config.encoder_layers} layers")
+                quantization["vnni_attention"] = f"int8 QK and PV, per head in {QUERY_BLOCKS} query blocks"
             onnx.save(vnni, str(folder / VNNI_ONNX))
             layout = replace(layout, encoder_vnni=VNNI_ONNX)
             quantization["encoder_vnni"] = f"{shifted} uint8 weights read as int8, for CPUs with VNNI"
@@ -135,6 +145,12 @@ def _check_recipe(recipe) -> None:
             f"recipe {recipe.name}: the ONNX backend computes in float32, or float16 with weights.format "
             f"float16; dtype {recipe.dtype} is not supported"
         )
+    if recipe.typed_options.vnni_attention == "int8" and recipe.weights.format != "int8":
+        raise RecipeError(f"recipe {recipe.name}: options.vnni_attention = 'int8' rewrites the encoder graph for "
+                          "CPUs with VNNI, which only an int8 encoder has (onnx-int8-dynamic, onnx-int8-static)")
+    if recipe.typed_options.vnni_attention == "int8" and recipe.typed_options.attention != "fused":
+        raise RecipeError(f"recipe {recipe.name}: options.vnni_attention = 'int8' rewrites the fused attention; "
+                          "it needs options.attention = 'fused'")
     if recipe.typed_options.cross_kv == "int8" and _float16_graphs(recipe):
         raise RecipeError(f"recipe {recipe.name}: options.cross_kv = 'int8' needs float32 graphs, not float16 weights")
     if recipe.scheme != "none" and w.granularity != "group" and _uses_nbits(recipe):

@@ -129,6 +129,11 @@ class OnnxOptions(_Strict):
     # attention on CPU), or "blocks" of queries, which peak higher on whisper-base and on
     # whisper-small's shape (the measurements are in edgeq/backends/onnx_fusion.py).
     attention: Literal["blocks", "fused"] = "fused"
+    # The encoder's self-attention in the graph for CPUs with VNNI (encoder.vnni.onnx, int8 encoders
+    # only): "int8" computes QKᵀ and PV as uint8 x int8 products, head by head in query blocks
+    # (backends.onnx_int8_attention); every other CPU runs encoder.onnx's float32 attention. Needs
+    # attention = "fused". Measured in README "Where the time goes".
+    vnni_attention: Literal["float32", "int8"] = "float32"
     # The cross-attention keys/values the encoder hands the decoder, held for a whole window:
     # float16 halves them (110 -> 55 MB on a full window of whisper-small's shape) but ONNX Runtime
     # 1.32 has no float16 attention kernel on CPU, so each decoder step casts them back to float32
