@@ -102,16 +102,15 @@ def write(model, recipe, calibration, folder: Path, progress) -> None:
             save_model(graph, folder / name)
         # After save_model: `encoder`'s weights now point into encoder.onnx.data, and so do the copy's.
         vnni, shifted = signed_weights_graph(encoder)
-        if opts.vnni_attention == "int8" and not shifted:
-            raise RecipeError(f"recipe {recipe.name}: options.vnni_attention = 'int8' rewrites the encoder graph for "
-                              "CPUs with VNNI, which only an int8 encoder has (onnx-int8-dynamic, onnx-int8-static)")
+        if opts.vnni_attention == "int8":
+            if not shifted:  # an int8 recipe whose encoder has no MatMulInteger (weight-only: MatMulNBits)
+                raise _needs_int8_encoder(recipe)
+            found = int8_self_attention(vnni)
+            if found != model.config.encoder_layers:
+                raise FusionError(f"found {found} fused encoder self-attentions to make int8, the model has "
+                                  f"{model.config.encoder_layers} layers")
+            quantization["vnni_attention"] = f"int8 QK and PV, per head in {QUERY_BLOCKS} query blocks"
         if shifted:
-            if opts.vnni_attention == "int8":
-                found = int8_self_attention(vnni)
-                if found != model.config.encoder_layers:
-                    raise FusionError(f"found {found} fused encoder self-attentions to make int8, the model has "
-                                      f"{model.config.encoder_layers} layers")
-                quantization["vnni_attention"] = f"int8 QK and PV, per head in {QUERY_BLOCKS} query blocks"
             onnx.save(vnni, str(folder / VNNI_ONNX))
             layout = replace(layout, encoder_vnni=VNNI_ONNX)
             quantization["encoder_vnni"] = f"{shifted} uint8 weights read as int8, for CPUs with VNNI"
@@ -138,6 +137,11 @@ def write(model, recipe, calibration, folder: Path, progress) -> None:
     (folder / LAYOUT_FILE).write_text(json.dumps(layout.to_dict(), indent=1) + "\n")
 
 
+def _needs_int8_encoder(recipe) -> RecipeError:
+    return RecipeError(f"recipe {recipe.name}: options.vnni_attention = 'int8' rewrites the encoder graph for "
+                       "CPUs with VNNI, which only an int8 encoder has (onnx-int8-dynamic, onnx-int8-static)")
+
+
 def _check_recipe(recipe) -> None:
     w = recipe.weights
     if recipe.dtype != "float32" and not (recipe.scheme == "none" and w.format == recipe.dtype == "float16"):
@@ -145,9 +149,8 @@ def _check_recipe(recipe) -> None:
             f"recipe {recipe.name}: the ONNX backend computes in float32, or float16 with weights.format "
             f"float16; dtype {recipe.dtype} is not supported"
         )
-    if recipe.typed_options.vnni_attention == "int8" and recipe.weights.format != "int8":
-        raise RecipeError(f"recipe {recipe.name}: options.vnni_attention = 'int8' rewrites the encoder graph for "
-                          "CPUs with VNNI, which only an int8 encoder has (onnx-int8-dynamic, onnx-int8-static)")
+    if recipe.typed_options.vnni_attention == "int8" and recipe.weights.format != "int8":  # before the export
+        raise _needs_int8_encoder(recipe)
     if recipe.typed_options.vnni_attention == "int8" and recipe.typed_options.attention != "fused":
         raise RecipeError(f"recipe {recipe.name}: options.vnni_attention = 'int8' rewrites the fused attention; "
                           "it needs options.attention = 'fused'")

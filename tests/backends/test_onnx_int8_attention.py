@@ -68,8 +68,8 @@ def test_a_fusion_it_does_not_know_is_refused():
 
 
 def test_on_any_cpu_the_int8_graph_runs_and_keeps_the_output_shape():
-    # Shapes, reshapes and the head/block order are checked wherever ONNX Runtime runs (an AVX2
-    # CPU's u8 x s8 products may saturate, so its numbers are only compared on VNNI, below).
+    # Shapes and reshapes are checked wherever ONNX Runtime runs; the numbers and the head/block
+    # order only on VNNI, below (an AVX2 CPU's u8 x s8 products may saturate).
     model = _attention_graph()
     feeds = _feeds()
     reference = _run(model, feeds)
