@@ -243,6 +243,7 @@ TABLES = {
     "RECIPES_TABLE": recipes,
     "SMALL_TABLE": lambda: compare("compare_systems_whisper-small-random.json", wer=False),
     "COMPARE_TABLE": lambda: compare("compare_systems.json"),
+    "COMPARE_VNNI_TABLE": lambda: compare("compare_systems_vnni_full.json"),
     "AUTO_TABLE": auto_front,
     "CPU_LIMITS": cpu_limits,
     "LONGFORM_TABLE": longform,

@@ -137,9 +137,10 @@ def int8_cross_attention(encoder: onnx.ModelProto, decoder: onnx.ModelProto, cro
             _codes(n, c, x, scale, offset=True, out=name)
         codes.append(_code_info(name, heads, frames, head_dim))
         scales += _scale_infos(name, heads, frames, head_dim)
-    g.node.extend(n.nodes)
     del g.output[:]
     g.output.extend(codes + scales)
+    # (and drops the constants only the decoder's side reads, which ONNX Runtime warned about at every load)
+    _keep_needed(encoder, [*g.node, *n.nodes])
 
     g = decoder.graph
     c = _constants(g, "cross_int8")
