@@ -139,7 +139,8 @@ def int8_cross_attention(encoder: onnx.ModelProto, decoder: onnx.ModelProto, cro
         scales += _scale_infos(name, heads, frames, head_dim)
     del g.output[:]
     g.output.extend(codes + scales)
-    # (and drops the constants only the decoder's side reads, which ONNX Runtime warned about at every load)
+    # The encoder keeps every node (the new outputs need them all); what this drops is the constants of
+    # _constants() that only the decoder's side reads, which ONNX Runtime removed with a warning at every load.
     _keep_needed(encoder, [*g.node, *n.nodes])
 
     g = decoder.graph
