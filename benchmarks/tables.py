@@ -244,6 +244,7 @@ TABLES = {
     "SMALL_TABLE": lambda: compare("compare_systems_whisper-small-random.json", wer=False),
     "COMPARE_TABLE": lambda: compare("compare_systems.json"),
     "COMPARE_VNNI_TABLE": lambda: compare("compare_systems_vnni_full.json"),
+    "COMPARE_SCAN_TABLE": lambda: compare("compare_systems_vnni_scan.json"),
     "AUTO_TABLE": auto_front,
     "CPU_LIMITS": cpu_limits,
     "LONGFORM_TABLE": longform,

@@ -109,7 +109,7 @@ def write(model, recipe, calibration, folder: Path, progress) -> None:
             if found != model.config.encoder_layers:
                 raise FusionError(f"found {found} fused encoder self-attentions to make int8, the model has "
                                   f"{model.config.encoder_layers} layers")
-            quantization["vnni_attention"] = f"int8 QK and PV, per head in {QUERY_BLOCKS} query blocks"
+            quantization["vnni_attention"] = f"int8 QK and PV, per head (a Scan) in {QUERY_BLOCKS} query blocks"
         if shifted:
             onnx.save(vnni, str(folder / VNNI_ONNX))
             layout = replace(layout, encoder_vnni=VNNI_ONNX)

@@ -12,10 +12,13 @@ attention kernel on x86 CPUs, so this composes one from its operators:
     p  -> uint8 codes of 1/255 (p is in [0, 1])
     out = MatMulIntegerToFloat(p, v)
 
-head by head and in QUERY_BLOCKS blocks of queries, so that one block's [F / 4, F] scores are
-alive at a time (all heads at once held the [H, F, F] scores, probabilities and codes: whisper-base
-peaked at 347-349 MB against 265-266 MB with float32 attention, both sessions made from the graph
-file). The products are uint8 x int8, which VNNI's
+head by head (one iteration of an ONNX Scan per head) and in QUERY_BLOCKS blocks of queries, so
+that one block's [F / QUERY_BLOCKS, F] scores are alive at a time and each head's scratch is freed
+before the next head's is made. (All heads at once held the [H, F, F] scores, probabilities and
+codes: whisper-base peaked at 347-349 MB against 265-266 MB with float32 attention, both sessions
+made from the graph file. The heads unrolled, each block's small output lived until the heads'
+Concat and split the freed score blocks, so new ones came from the top of the heap: 228-271 MB
+in the pipeline, 217-237 MB with the Scan and 8 blocks.) The products are uint8 x int8, which VNNI's
 `vpdpbusd` computes exactly and AVX2's `vpmaddubsw` saturates (255 * 127 * 2 > 32767): so only
 encoder.vnni.onnx, the graph the runtime runs where ONNX Runtime's u8 x s8 product checks exact
 (runtime.int8_kernels), is rewritten; encoder.onnx keeps float32 attention. The two graphs then no
@@ -24,21 +27,24 @@ with float32 attention (README, "Where the time goes", has both WERs).
 
 Probabilities under 1/510 become 0: a frame that gets less than that of a query's attention drops
 out of its average. On real speech that cost one word of 453 on speech-dev (README, "Where the time goes": WER 2.87
-against 2.65 % on padded windows; the encoder's window 0.61-0.91x as long; peak 10-25 MB higher).
+against 2.65 % on padded windows; the README has its speed and memory).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from edgeq.backends.onnx_fusion import MS_DOMAIN, FusionError
 
-# Per head, the queries in this many blocks: whisper-base's full window then holds [375, 1500]
-# float32 scores (2.25 MB) at a time, under the encoder's mmap threshold (runtime.heap), so the
-# blocks are reused from the heap instead of being mapped and faulted in anew.
-QUERY_BLOCKS = 4
+# Per head, the queries in this many blocks: whisper-base's full window then holds [188, 1500]
+# float32 scores (1.1 MB) at a time. With 4 blocks (2.25 MB each) the blocks did not fit the holes
+# the window's other tensors leave in the heap and took new memory at its top: the encoder's heap
+# spanned 54-58 against 40-41 MB (LD_PRELOAD trace, 3 padded windows), the process peaked at
+# 223-263 against 217-237 MB, for a window 3 % faster (0.272 against 0.279 s, one process, 12
+# alternating calls; whisper-base, AVX-512 VNNI, README "Where the time goes").
+QUERY_BLOCKS = 8
 
 
 class _Graph:
@@ -80,7 +86,7 @@ def _replacement(node: onnx.NodeProto) -> _Graph:
     c127, zero8 = n.const("c127", np.float32(127)), n.const("zero8", np.int8(0))
     scales = {"p": n.const("p_scale", np.float32(1 / 255)), "p_zero": n.const("p_zero", np.uint8(0))}
 
-    def headed(x: str, perm: list[int]) -> str:  # [1, F, H * Dh] -> [1, H, F, Dh] or [1, H, Dh, F]
+    def headed(x: str, perm: list[int]) -> str:  # [B, F, H * Dh] -> [B, F, H, Dh], then transposed by perm
         return n("Transpose", [n("Reshape", [x, split], f"{x}_split")], f"{x}_heads", perm=perm)
 
     def symmetric(x: str, key: str) -> str:
@@ -92,18 +98,27 @@ def _replacement(node: onnx.NodeProto) -> _Graph:
     # bytes, gave the same numbers but peaked higher: 268-274 against 241-253 MB, whisper-base, 3
     # runs each; the float32 copies, 3 MB each, are mapped and unmapped (runtime.heap), the codes
     # came from the heap and grew it.)
-    qq, scales["q"], scales["q_zero"] = n("DynamicQuantizeLinear", [headed(q, [0, 2, 1, 3])], ["q_codes", "q_scale", "q_zero"])
-    kq = symmetric(headed(k, [0, 2, 3, 1]), "k")
-    vq = symmetric(headed(v, [0, 2, 1, 3]), "v")
-    per_head = [n("Split", [x], [f"{name}_h{h}" for h in range(heads)], axis=1, num_outputs=heads)
-                for x, name in ((qq, "q"), (kq, "k"), (vq, "v"))]
-    rows = []
-    for h in range(heads):
-        blocks = n("Split", [per_head[0][h]], [f"q_h{h}_b{b}" for b in range(QUERY_BLOCKS)], axis=2,
-                   num_outputs=QUERY_BLOCKS)
-        mixed = [_attend(n, blocks[b], per_head[1][h], per_head[2][h], scales, f"h{h}_b{b}_") for b in range(QUERY_BLOCKS)]
-        rows.append(n("Concat", mixed, f"h{h}_mixed", axis=2))
-    out = n("Transpose", [n("Concat", rows, "mixed", axis=1)], "mixed_frames", perm=[0, 2, 1, 3])
+    # Heads first ([H, B, F, Dh]; k as [H, B, Dh, F]): the Scan below iterates over axis 0, which it
+    # slices in place; over another axis ONNX Runtime transposes its inputs and output first.
+    qq, scales["q"], scales["q_zero"] = n("DynamicQuantizeLinear", [headed(q, [2, 0, 1, 3])], ["q_codes", "q_scale", "q_zero"])
+    kq = symmetric(headed(k, [2, 0, 3, 1]), "k")
+    vq = symmetric(headed(v, [2, 0, 1, 3]), "v")
+    # One head per iteration of a Scan: its scratch (scores, probabilities, codes and the query blocks'
+    # outputs) is freed at the end of each iteration and the next one's comes from the same heap
+    # blocks. Unrolled, the small per-block outputs stayed alive until the heads' Concat and split
+    # the freed score blocks, so each new one came from the top of the heap (why, and what it cost:
+    # the README's "Where the time goes").
+    body = _Graph(n.prefix + "head_")
+    inputs = {x: helper.make_tensor_value_info(body.prefix + x, dtype, None)
+              for x, dtype in (("q", TensorProto.UINT8), ("k", TensorProto.INT8), ("v", TensorProto.INT8))}
+    blocks = body("Split", [body.prefix + "q"], [f"q_b{b}" for b in range(QUERY_BLOCKS)], axis=1,
+                  num_outputs=QUERY_BLOCKS)
+    mixed = [_attend(body, blocks[b], body.prefix + "k", body.prefix + "v", scales, f"b{b}_") for b in range(QUERY_BLOCKS)]
+    head_out = body("Concat", mixed, "mixed", axis=1)
+    graph = helper.make_graph(body.nodes, f"{n.prefix}head", list(inputs.values()),
+                              [helper.make_tensor_value_info(head_out, TensorProto.FLOAT, None)])
+    heads_out = n("Scan", [qq, kq, vq], "heads_mixed", body=graph, num_scan_inputs=3)
+    out = n("Transpose", [heads_out], "mixed_frames", perm=[1, 2, 0, 3])  # [B, F, H, Dh]
     n.nodes.append(helper.make_node("Reshape", [out, merged], [node.output[0]], name=f"{n.prefix}merge_node"))
     return n
 

@@ -19,7 +19,9 @@ stat stamps of edgeq.format.verified (size, mtime, ctime, inode), or, until thos
 (a file written less than RACY_S ago), its hashes. A copy that does not match is made again.
 
 Cost: disk. The copy holds the original weights and the prepacked ones (about twice the bundle's
-ONNX files); the MAX_COPIES most recently loaded bundles keep theirs. CPU only: CUDA and TensorRT
+ONNX files); the MAX_COPIES most recently loaded bundles keep theirs (EDGEQ_ORT_CACHE_COPIES=N
+keeps N: a benchmark alternating more bundles than that would otherwise load each one cold, making
+its copy again every time). CPU only: CUDA and TensorRT
 build their own engines. EDGEQ_ORT_CACHE=0 turns it off.
 """
 
@@ -45,6 +47,16 @@ STALE_S = 3600.0  # a staging directory this old belongs to a load that did not 
 # Copies kept, the most recently used: each rebuilt bundle has a new manifest hash and so a new copy
 # (506 MB for whisper-small int8), which would otherwise pile up on a device's SD card.
 MAX_COPIES = 3
+
+
+def max_copies() -> int:
+    """MAX_COPIES, or EDGEQ_ORT_CACHE_COPIES where that is a positive number."""
+    value = os.environ.get("EDGEQ_ORT_CACHE_COPIES", "").strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    if value:
+        log.warning("EDGEQ_ORT_CACHE_COPIES=%r is not a positive number: keeping %d copies", value, MAX_COPIES)
+    return MAX_COPIES
 
 
 def enabled() -> bool:
@@ -113,17 +125,17 @@ class PreparedGraphs:
         return True
 
     def _touch(self) -> None:
-        """Mark the copy as just used (its folder's mtime), for MAX_COPIES."""
+        """Mark the copy as just used (its folder's mtime), for max_copies()."""
         try:
             os.utime(self.path)
         except OSError:
             pass
 
     def _evict(self) -> None:
-        """Remove all but the MAX_COPIES most recently used copies."""
+        """Remove all but the max_copies() most recently used copies."""
         copies = sorted((p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")),
                         key=lambda p: p.stat().st_mtime, reverse=True)
-        for old in copies[MAX_COPIES:]:
+        for old in copies[max_copies():]:
             log.info("removing ONNX Runtime's prepared graphs of a bundle not loaded lately: %s", old)
             shutil.rmtree(old, ignore_errors=True)
 

@@ -106,8 +106,22 @@ def test_graphs_pass_the_onnx_checker(name, bundles):
         onnx.checker.check_model(str(bundle.path / file), full_check=True)
         # no constant that no node reads (ONNX Runtime drops each at every load, with a warning)
         graph = onnx.load(str(bundle.path / file), load_external_data=False).graph
-        read = {i for node in graph.node for i in node.input}
+        read = _inputs_read(graph)
         assert [t.name for t in graph.initializer if t.name not in read] == [], file
+
+
+def _inputs_read(graph) -> set[str]:
+    """The names `graph`'s nodes read, in their subgraphs too (a Scan's body reads outer constants)."""
+    from onnx import AttributeProto
+
+    read = set()
+    for node in graph.node:
+        read.update(node.input)
+        for a in node.attribute:
+            subgraphs = [a.g] if a.type == AttributeProto.GRAPH else list(a.graphs)
+            for sub in subgraphs:
+                read |= _inputs_read(sub)
+    return read
 
 
 # First-step logits vs the torch fp32 bundle, relative L2 error, by recipe (measured on the tiny
@@ -1054,6 +1068,22 @@ def test_loads_alternating_between_the_encoder_graphs_keep_a_prepared_copy_each(
     assert len(_prepared_copies(tmp_path)) == 2
     assert sessions[::2] == [(VNNI_ONNX, "bundle"), (ENCODER_ONNX, "bundle"), (VNNI_ONNX, "prepared"),
                              (ENCODER_ONNX, "prepared")]
+
+
+def test_how_many_prepared_copies_are_kept_can_be_set(bundles, audio_dir, sessions, tmp_path, monkeypatch, caplog):
+    from edgeq.runtime import int8_kernels, prepared
+
+    monkeypatch.setattr(int8_kernels, "vnni_kernels", lambda: True)
+    monkeypatch.setenv("EDGEQ_ORT_CACHE_COPIES", "1")
+    path = _get(bundles, "onnx-int8-dynamic").path
+    for vnni in ("1", "0"):
+        monkeypatch.setenv("EDGEQ_VNNI", vnni)
+        _first_logits(path, audio_dir)
+    assert len(_prepared_copies(tmp_path)) == 1  # the second graph's copy evicted the first's
+    monkeypatch.setenv("EDGEQ_ORT_CACHE_COPIES", "all")
+    with caplog.at_level("WARNING", logger="edgeq.runtime.prepared"):
+        assert prepared.max_copies() == prepared.MAX_COPIES
+    assert "not a positive number" in caplog.text
 
 
 def test_a_changed_prepared_copy_is_made_again_not_used(bundles, audio_dir, sessions, tmp_path, caplog):

@@ -42,7 +42,14 @@ def _feeds(seed=0):
     return {"q": q * np.float32(2.0 / np.sqrt(HEAD_DIM)), "k": k, "v": v}
 
 
-def test_the_rewrite_replaces_every_fused_attention_with_int8_products_head_by_head_in_query_blocks():
+def _scan_bodies(graph):
+    from onnx import helper
+
+    return [helper.get_attribute_value(a) for n in graph.node if n.op_type == "Scan" for a in n.attribute
+            if a.name == "body"]
+
+
+def test_the_rewrite_replaces_every_fused_attention_with_a_scan_over_heads_of_int8_products_in_query_blocks():
     import onnx
 
     model = _attention_graph()
@@ -50,8 +57,11 @@ def test_the_rewrite_replaces_every_fused_attention_with_int8_products_head_by_h
     onnx.checker.check_model(model, full_check=True)
     ops = [n.op_type for n in model.graph.node]
     assert "MultiHeadAttention" not in ops
-    assert ops.count("MatMulIntegerToFloat") == 2 * HEADS * QUERY_BLOCKS
-    assert ops.count("Softmax") == HEADS * QUERY_BLOCKS
+    assert ops.count("Scan") == 1  # one iteration per head
+    [body] = _scan_bodies(model.graph)
+    body_ops = [n.op_type for n in body.node]
+    assert body_ops.count("MatMulIntegerToFloat") == 2 * QUERY_BLOCKS
+    assert body_ops.count("Softmax") == QUERY_BLOCKS
     assert int8_self_attention(model) == 0  # nothing left to rewrite
 
 
@@ -107,12 +117,13 @@ def test_the_option_builds_an_int8_bundle_whose_portable_encoder_keeps_float32_a
     config = json.loads((tiny_model / "config.json").read_text())
     recipe = apply_overrides(load_recipe("onnx-int8-dynamic"), ["options.vnni_attention=int8"])
     bundle = edgeq.build(recipe, model=str(tiny_model), out=tmp_path / "b", language="en")
-    ops = {name: [n.op_type for n in onnx.load(str(bundle.path / name), load_external_data=False).graph.node]
-           for name in (ENCODER_ONNX, VNNI_ONNX)}
+    graphs = {name: onnx.load(str(bundle.path / name), load_external_data=False).graph for name in (ENCODER_ONNX, VNNI_ONNX)}
+    ops = {name: [n.op_type for n in g.node] for name, g in graphs.items()}
     assert ops[ENCODER_ONNX].count("MultiHeadAttention") == config["encoder_layers"]
     assert "MultiHeadAttention" not in ops[VNNI_ONNX]
-    assert ops[VNNI_ONNX].count("MatMulIntegerToFloat") == (
-        2 * config["encoder_layers"] * config["encoder_attention_heads"] * QUERY_BLOCKS)
+    assert ops[VNNI_ONNX].count("Scan") == config["encoder_layers"]
+    assert sum([n.op_type for n in body.node].count("MatMulIntegerToFloat")
+               for body in _scan_bodies(graphs[VNNI_ONNX])) == 2 * config["encoder_layers"] * QUERY_BLOCKS
     layout = json.loads((bundle.path / "onnx.json").read_text())
     assert "vnni_attention" in layout["quantization"]
     assert bundle.recipe.options["vnni_attention"] == "int8"
