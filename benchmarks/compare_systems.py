@@ -490,8 +490,9 @@ def main() -> None:
                "rounds": args.rounds, "systems": systems, "rows": []}
     # Every bundle keeps its prepared graphs through the rounds (each one made once, below): with
     # more bundles than edgeq keeps copies of, every load made its copy again, cold (4 whisper-base
-    # bundles: load 0.44 s and peak 300 MB instead of 0.13 s and 216 MB). Twice: a bundle with a VNNI
-    # encoder graph has a copy per graph where EDGEQ_VNNI switches between them.
+    # bundles: the default one loaded in 0.44 s and peaked at 300 MB, against 0.13-0.14 s and 229-234
+    # MB with its copy kept). Twice: a bundle with a VNNI encoder graph has a copy per graph where
+    # EDGEQ_VNNI switches between them.
     bundles = {s["ref"] for s in systems if s["kind"] == "edgeq"}
     os.environ["EDGEQ_ORT_CACHE_COPIES"] = str(max(len(bundles) * 2, prepared.MAX_COPIES))
     for system in systems:

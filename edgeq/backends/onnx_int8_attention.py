@@ -109,13 +109,13 @@ def _replacement(node: onnx.NodeProto) -> _Graph:
     # the freed score blocks, so each new one came from the top of the heap (why, and what it cost:
     # the README's "Where the time goes").
     body = _Graph(n.prefix + "head_")
-    inputs = {x: helper.make_tensor_value_info(body.prefix + x, dtype, None)
-              for x, dtype in (("q", TensorProto.UINT8), ("k", TensorProto.INT8), ("v", TensorProto.INT8))}
+    inputs = [helper.make_tensor_value_info(body.prefix + x, dtype, None)
+              for x, dtype in (("q", TensorProto.UINT8), ("k", TensorProto.INT8), ("v", TensorProto.INT8))]
     blocks = body("Split", [body.prefix + "q"], [f"q_b{b}" for b in range(QUERY_BLOCKS)], axis=1,
                   num_outputs=QUERY_BLOCKS)
     mixed = [_attend(body, blocks[b], body.prefix + "k", body.prefix + "v", scales, f"b{b}_") for b in range(QUERY_BLOCKS)]
     head_out = body("Concat", mixed, "mixed", axis=1)
-    graph = helper.make_graph(body.nodes, f"{n.prefix}head", list(inputs.values()),
+    graph = helper.make_graph(body.nodes, f"{n.prefix}head", inputs,
                               [helper.make_tensor_value_info(head_out, TensorProto.FLOAT, None)])
     heads_out = n("Scan", [qq, kq, vq], "heads_mixed", body=graph, num_scan_inputs=3)
     out = n("Transpose", [heads_out], "mixed_frames", perm=[1, 2, 0, 3])  # [B, F, H, Dh]
