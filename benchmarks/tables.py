@@ -246,6 +246,7 @@ TABLES = {
     "COMPARE_VNNI_TABLE": lambda: compare("compare_systems_vnni_full.json"),
     "COMPARE_SCAN_TABLE": lambda: compare("compare_systems_vnni_scan.json"),
     "COMPARE_SCAN_SMALL_TABLE": lambda: compare("compare_systems_vnni_scan_whisper-small-random.json", wer=False),
+    "COMPARE_COPIES_TABLE": lambda: compare("compare_systems_vnni_copies.json"),
     "AUTO_TABLE": auto_front,
     "CPU_LIMITS": cpu_limits,
     "LONGFORM_TABLE": longform,

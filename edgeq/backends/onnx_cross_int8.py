@@ -66,7 +66,7 @@ def _constants(graph: onnx.GraphProto, prefix: str) -> dict[str, str]:
     values = {
         "last": np.array([-1], np.int64), "frames": np.array([2], np.int64),
         "tiny": np.array(1e-30, np.float32), "c127": np.array(127.0, np.float32),
-        "c128": np.array(128.0, np.float32), "c255": np.array(255.0, np.float32),
+        "one": np.array(1.0, np.float32), "c255": np.array(255.0, np.float32),
         "zp128": np.array(128, np.uint8), "zp0": np.array(0, np.uint8),
     }
     names = {}
@@ -77,16 +77,21 @@ def _constants(graph: onnx.GraphProto, prefix: str) -> dict[str, str]:
 
 
 def _codes(n: _Nodes, c: dict[str, str], x: str, scale: str, offset: bool, out: str | None = None) -> str:
-    """uint8 codes of x / scale, rounded (+128 when `offset`, for a signed x)."""
-    code = n("Round", [n("Div", [x, scale])])
-    if offset:
-        code = n("Add", [code, c["c128"]])
-    return n("Cast", [code], out, to=TensorProto.UINT8)
+    """uint8 codes of x / scale, rounded (+128 when `offset`, for a signed x).
+
+    QuantizeLinear by 1 rounds half to even and adds the zero point, as Round, Add and Cast did, on
+    numbers already in 0..255 (|x / scale| <= 127, or 255 for probabilities): the same codes, and no
+    Round and Add outputs, two float32 copies of x (3 MB each per key and value of whisper-base's full
+    window, 24 a window, each a fresh mapping with its page faults: runtime.heap)."""
+    return n("QuantizeLinear", [n("Div", [x, scale]), c["one"], c["zp128" if offset else "zp0"]], out)
 
 
 def _abs_max(n: _Nodes, c: dict[str, str], x: str, axis: str, out: str | None = None) -> str:
-    """The largest magnitude of x along `axis` (kept), never 0 (an all-zero row divides by it)."""
-    return n("Max", [n("ReduceMax", [n("Abs", [x]), c[axis]], keepdims=1), c["tiny"]], out)
+    """The largest magnitude of x along `axis` (kept), never 0 (an all-zero row divides by it).
+    From the largest and the smallest: Abs would write a float32 copy of x to take its maximum."""
+    largest = n("ReduceMax", [x, c[axis]], keepdims=1)
+    smallest = n("ReduceMin", [x, c[axis]], keepdims=1)
+    return n("Max", [largest, n("Neg", [smallest]), c["tiny"]], out)
 
 
 def _info(name: str, kind: int, dims: list) -> onnx.ValueInfoProto:

@@ -332,6 +332,44 @@ def test_int8_cross_attention_keys_values_are_codes_multiplied_as_they_are(bundl
     assert tokens[0] == tokens[1]
 
 
+def test_int8_cross_keys_values_are_the_documented_codes_without_float_copies(bundles, tiny_model, audio_dir, tmp_path):
+    # The encoder's codes, against onnx_cross_int8's formula applied in numpy to the float32 encoder's
+    # keys/values: keys divided by their channels' largest magnitude, then per frame to +-127 around
+    # 128; values per channel. Rounded half to even (QuantizeLinear by 1, which replaced Round, Add and
+    # Cast), and no Abs or Round in the graph: each wrote a float32 copy of a window's keys or values.
+    import onnxruntime as ort
+
+    import edgeq
+    from edgeq.runtime.audio import load_audio
+    from edgeq.runtime.features import log_mel_spectrogram
+    from edgeq.spec.recipe import apply_overrides, load_recipe
+
+    codes = edgeq.build(apply_overrides(load_recipe("onnx-fp32"), ["options.cross_kv=int8"]),
+                        model=str(tiny_model), out=tmp_path / "codes", language="en")
+    enc, _ = _graphs(codes)
+    assert not {"Abs", "Round"} & {n.op_type for n in enc.graph.node}
+    features = log_mel_spectrogram(load_audio(audio_dir / "a_16k.wav"))[None]
+
+    def outputs(bundle):
+        session = ort.InferenceSession(str(bundle.path / ENCODER_ONNX), providers=["CPUExecutionProvider"])
+        return dict(zip([o.name for o in session.get_outputs()], session.run(None, {"input_features": features})))
+
+    got, floats = outputs(codes), outputs(_get(bundles, "onnx-fp32"))
+    tiny = np.float32(1e-30)
+    for name in (n for n in floats if n.startswith("cross_")):
+        x = floats[name]
+        if "_k_" in name:
+            normal = x / np.maximum(np.abs(x).max(axis=2, keepdims=True), tiny)
+            scaled = normal / (np.maximum(np.abs(normal).max(axis=3, keepdims=True), tiny) / np.float32(127))
+        else:
+            scaled = x / (np.maximum(np.abs(x).max(axis=2, keepdims=True), tiny) / np.float32(127))
+        expected = np.rint(scaled) + 128
+        # the same float32 encoder up to its last bits: a code may differ by one where x / scale
+        # falls within rounding of a half
+        assert np.abs(got[name].astype(np.int32) - expected).max() <= 1, name
+        assert np.mean(got[name] == expected) > 0.999, name
+
+
 def test_encoder_feed_forward_runs_in_frame_blocks_with_the_same_numbers(bundles, tiny_model, audio_dir, tmp_path):
     # options.ffn_blocks (default 4): each encoder layer's feed-forward block is Split over frames,
     # run block by block, and Concatenated. Every operator in it works frame by frame, so on float
