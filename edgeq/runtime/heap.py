@@ -19,7 +19,8 @@ alone, onnx-int8-dynamic peaks at 281-287 MB against 305-313 MB untuned; speed i
 Both settings are process-wide, which is why edgeq applies them only around loading a bundle for
 inference; EDGEQ_HEAP_TUNING=0 turns them off. Elsewhere (macOS, musl) this does nothing.
 
-`large_blocks_mapped()` lowers the threshold around an encoder run (to `encoder_threshold()`), and
+`large_blocks_mapped()` lowers the threshold around an encoder run (to `encoder_threshold()`; only
+for an encoder session without ONNX Runtime's arena, EDGEQ_ENCODER_ARENA=0: runtime.onnx_engine), and
 `release_mapped(files)` is the same idea for memory-mapped weights, `release()` for one mapping
 found by `mappings()` again later (the token table, before every window): see their docstrings.
 """
@@ -93,7 +94,10 @@ def encoder_threshold(activation_bytes: int) -> int:
 @contextlib.contextmanager
 def large_blocks_mapped(threshold: int = ENCODER_MMAP_THRESHOLD):
     """Run an encoder inside this block: blocks of `threshold` bytes or more are mapped for the
-    call and unmapped when freed, instead of coming from the heap.
+    call and unmapped when freed, instead of coming from the heap. (The ONNX engine's encoder now
+    keeps its activations in ONNX Runtime's arena and runs outside this block unless
+    EDGEQ_ENCODER_ARENA=0: mapped afresh every window, they cost whisper-base 12,000-54,000 page
+    faults per padded window; runtime.onnx_engine.load_engine has the numbers.)
 
     Why: a full 30 s window of the whisper-small shape allocates its activations (4.6 MB per
     [1500, 768] float tensor, 18 MB in the MLP) from the heap, then its 24 cross-attention outputs

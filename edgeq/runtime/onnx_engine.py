@@ -53,16 +53,22 @@ def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None,
     if reuse:
         mapped += [graphs.file(f"{name}.data") for name in (encoder_graph, layout.decoder)]
     before = set(heap.mappings(mapped))
-    # Neither session uses ONNX Runtime's CPU arena or memory patterns: they keep the largest
-    # allocation ever made reserved for the whole run. The encoder runs once per 30 s window on
-    # large activations: without them whisper-base onnx-int8-dynamic peaked at 319 MB instead of
-    # 412 MB (4 utterances, 2 threads). The decoder's grow with its cache: without them peak RSS
-    # fell from 265-268 to 256-261 MB on whisper-base (speech-dev, 3 alternating pairs) and from
-    # 727-739 to 670-673 MB on the whisper-small shape (2 clips of 224 tokens, 2 pairs), at the
-    # same speed (5.26-5.76 vs 5.37-5.69 s; 13.8-14.1 s both).
+    # Neither session uses memory patterns (one planned block per input shape, kept for the run:
+    # whisper-base's encoder peaked at 248-271 MB with them against 218-221 MB without, padded
+    # windows of speech-dev, 2 threads). The decoder uses no arena either: its allocations grow
+    # with its cache; without the arena peak RSS fell from 265-268 to 256-261 MB on whisper-base
+    # (speech-dev, 3 alternating pairs) and from 727-739 to 670-673 MB on the whisper-small shape
+    # (2 clips of 224 tokens, 2 pairs), at the same speed (5.26-5.76 vs 5.37-5.69 s; 13.8-14.1 s).
+    # The encoder on a CPU does use ONNX Runtime's arena (EDGEQ_ENCODER_ARENA=0: not), which keeps
+    # a window's activations for the next window. Without it, every window's blocks of a window's
+    # size were new mappings (runtime.heap), 12,000-54,000 page faults and 50-96 ms of kernel time
+    # per padded window of whisper-base: with it, no faults after the first window, and the encoder
+    # took 0.295 against 0.357 s per window in the pipeline (peak 220-221 against 214-215 MB).
+    arena = device != "cuda" and os.environ.get("EDGEQ_ENCODER_ARENA", "1") != "0"
     try:
         encoder, decoder = _sessions_side_by_side(
-            lambda: _session(ort, bundle, encoder_graph, _options(ort, threads, spin=False, prepack=layout.encoder_prepack),
+            lambda: _session(ort, bundle, encoder_graph,
+                             _options(ort, threads, spin=False, prepack=layout.encoder_prepack, arena=arena),
                              enc_providers, graphs, reuse),
             lambda: _session(ort, bundle, layout.decoder, _options(ort, threads, spin=spinning == "decoder"),
                              dec_providers, graphs, reuse))
@@ -135,12 +141,12 @@ def _table_bytes(layout: OnnxLayout) -> list[int]:
     return [cells // 2, cells, cells * 2, cells * 4]
 
 
-def _options(ort, threads: int | None, spin: bool, prepack: bool = True):
+def _options(ort, threads: int | None, spin: bool, prepack: bool = True, arena: bool = False):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's default (physical cores)
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: the library never prints
-    options.enable_cpu_mem_arena = False  # see load_engine
+    options.enable_cpu_mem_arena = arena  # see load_engine
     options.enable_mem_pattern = False
     # Between operators, idle worker threads spin for work (`spin`: the decoder's, on request) or
     # sleep. A decoder step is ~60 small operators of 2-15 ms in all, and waking a sleeping thread
@@ -180,8 +186,11 @@ class OnnxEngine:
         self._buffer_shape = (1, layout.heads, layout.max_target_positions, layout.head_dim)
         self._kv_dtype = kv_dtype
         self._ort = ort
-        # On a CPU the encoder's large activations are mapped and given back (heap.large_blocks_mapped).
-        self._encoding = heap.large_blocks_mapped if self._device == "cpu" else contextlib.nullcontext
+        # On a CPU without the encoder's arena (load_engine), its large activations are mapped and
+        # given back (heap.large_blocks_mapped). With the arena that made no difference (peak 217
+        # against 218 MB, the same speed): the arena keeps them.
+        arena = encoder.get_session_options().enable_cpu_mem_arena
+        self._encoding = heap.large_blocks_mapped if self._device == "cpu" and not arena else contextlib.nullcontext
         # The decoder reads the token table a row per step, but every row it reads faults in the
         # page-cache folio around it (256 KB here, 500 rows of whisper-base): over speech-dev's 24
         # clips 21 of its 26 MB became resident. Its pages go back before each window is encoded

@@ -909,6 +909,36 @@ def test_only_the_int8_dynamic_encoder_is_made_without_prepacking_and_no_number_
     assert unpacked.transcribe(audio).tokens == packed.transcribe(audio).tokens
 
 
+def test_the_encoder_arena_keeps_a_window_s_outputs_and_changes_no_number(bundles, audio_dir, monkeypatch):
+    # On a CPU the encoder session uses ONNX Runtime's arena (its activations are reused window to
+    # window instead of mapped afresh: onnx_engine.load_engine); EDGEQ_ENCODER_ARENA=0 turns it off.
+    # A window's outputs must stay as they were while the next window reuses the arena's memory.
+    import edgeq
+    from edgeq.runtime import heap
+    from edgeq.runtime.audio import load_audio
+    from edgeq.runtime.features import log_mel_spectrogram
+
+    path = _get(bundles, "onnx-int8-dynamic").path
+    audio = load_audio(str(audio_dir / "a_16k.wav"))
+    first, second = log_mel_spectrogram(audio), log_mel_spectrogram(audio[: len(audio) // 2])
+    pooled = edgeq.load(path, threads=2, language="en")
+    assert pooled.engine._encoder.get_session_options().enable_cpu_mem_arena
+    assert not pooled.engine._decoder.get_session_options().enable_cpu_mem_arena
+    monkeypatch.setenv("EDGEQ_ENCODER_ARENA", "0")
+    mapped = edgeq.load(path, threads=2, language="en")
+    assert not mapped.engine._encoder.get_session_options().enable_cpu_mem_arena
+    assert mapped.engine._encoding is heap.large_blocks_mapped  # what the arena replaces
+    held = pooled.engine.encode(first)
+    copies = {name: value.numpy().copy() for name, value in held.items()}
+    later = pooled.engine.encode(second)
+    for name, value in held.items():
+        np.testing.assert_array_equal(value.numpy(), copies[name])
+    for features, outputs in ((first, held), (second, later)):
+        for name, value in mapped.engine.encode(features).items():
+            np.testing.assert_array_equal(outputs[name].numpy(), value.numpy())
+    assert pooled.transcribe(audio).tokens == mapped.transcribe(audio).tokens
+
+
 def test_spinning_with_more_threads_than_cpus_is_turned_off_with_a_warning(bundles, caplog):
     import edgeq
     from edgeq.util import usable_cpus
