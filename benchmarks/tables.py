@@ -247,6 +247,8 @@ TABLES = {
     "COMPARE_SCAN_TABLE": lambda: compare("compare_systems_vnni_scan.json"),
     "COMPARE_SCAN_SMALL_TABLE": lambda: compare("compare_systems_vnni_scan_whisper-small-random.json", wer=False),
     "COMPARE_COPIES_TABLE": lambda: compare("compare_systems_vnni_copies.json"),
+    "COMPARE_ARENA_TABLE": lambda: compare("compare_systems_encoder_arena.json"),
+    "COMPARE_ARENA_SMALL_TABLE": lambda: compare("compare_systems_encoder_arena_whisper-small-random.json", wer=False),
     "AUTO_TABLE": auto_front,
     "CPU_LIMITS": cpu_limits,
     "LONGFORM_TABLE": longform,
