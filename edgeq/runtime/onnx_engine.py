@@ -63,7 +63,9 @@ def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None,
     # a window's activations for the next window. Without it, every window's blocks of a window's
     # size were new mappings (runtime.heap), 12,000-54,000 page faults and 50-96 ms of kernel time
     # per padded window of whisper-base: with it, no faults after the first window, and the encoder
-    # took 0.295 against 0.357 s per window in the pipeline (peak 220-221 against 214-215 MB).
+    # took 0.294-0.298 against 0.355-0.544 s per window in the pipeline, peak 218 against 209-214 MB
+    # (benchmarks/padded_window.py, speech-dev, 3 rounds; README "edgeq against what users would
+    # pick instead" has the comparison with the peers).
     arena = device != "cuda" and os.environ.get("EDGEQ_ENCODER_ARENA", "1") != "0"
     try:
         encoder, decoder = _sessions_side_by_side(
