@@ -56,14 +56,14 @@ def write(model, recipe, calibration, folder: Path, progress) -> None:
     of the onnxruntime runtime, catalogue.RUNTIMES["onnxruntime"].writer)."""
     import onnx
 
-    from edgeq.backends.onnx_cross_int8 import int8_cross_attention
+    from edgeq.backends.onnx_cross_int8 import int8_cross_attention, signed_cross_codes
     from edgeq.backends.onnx_export import export_float
     from edgeq.backends.onnx_ffn_blocks import FfnBlockError, blocked_ffn
     from edgeq.backends.onnx_fusion import FusionError, half_cross_attention
     from edgeq.backends.onnx_int8_attention import QUERY_BLOCKS, int8_self_attention
     from edgeq.backends.onnx_quant import save_model
     from edgeq.backends.onnx_self_cache import shared_self_cache
-    from edgeq.backends.onnx_vnni import VNNI_ONNX, signed_weights_graph
+    from edgeq.backends.onnx_vnni import DECODER_VNNI_ONNX, VNNI_ONNX, signed_weights_graph
 
     _check_recipe(recipe)
     opts = recipe.typed_options
@@ -86,6 +86,7 @@ def write(model, recipe, calibration, folder: Path, progress) -> None:
                 raise FfnBlockError(f"found {found} encoder feed-forward blocks to split, the model has "
                                     f"{model.config.encoder_layers} layers (options.ffn_blocks = 1 keeps them whole)")
             quantization["ffn_blocks"] = opts.ffn_blocks  # what the graph holds (older bundles: one block)
+        cross = list(layout.encoder_outputs)
         if opts.cross_kv == "float16" and not _float16_graphs(recipe):  # float16 graphs hold them so already
             half_cross_attention(encoder, decoder, list(layout.encoder_outputs), layout.heads)
             quantization["cross_kv"] = "float16"
@@ -110,12 +111,21 @@ def write(model, recipe, calibration, folder: Path, progress) -> None:
                 raise FusionError(f"found {found} fused encoder self-attentions to make int8, the model has "
                                   f"{model.config.encoder_layers} layers")
             quantization["vnni_attention"] = f"int8 QK and PV, per head (a Scan) in {QUERY_BLOCKS} query blocks"
+        if shifted and layout.cross_int8:
+            # The decoder picked with encoder.vnni.onnx (it reads the int8 value codes that graph
+            # writes); its weights stay in decoder.onnx.data, which the copy points at.
+            decoder_vnni = onnx.ModelProto()
+            decoder_vnni.CopyFrom(decoder)
+            signed_cross_codes(vnni, decoder_vnni, cross)
+            onnx.save(decoder_vnni, str(folder / DECODER_VNNI_ONNX))
+            layout = replace(layout, decoder_vnni=DECODER_VNNI_ONNX)
+            quantization["decoder_vnni"] = "cross-attention products uint8 x int8, for CPUs with VNNI"
         if shifted:
             onnx.save(vnni, str(folder / VNNI_ONNX))
             layout = replace(layout, encoder_vnni=VNNI_ONNX)
             quantization["encoder_vnni"] = f"{shifted} uint8 weights read as int8, for CPUs with VNNI"
     progress("checking the graphs", 0, 1)
-    for name in filter(None, (layout.encoder, layout.decoder, layout.encoder_vnni)):
+    for name in filter(None, (layout.encoder, layout.decoder, layout.encoder_vnni, layout.decoder_vnni)):
         onnx.checker.check_model(str(folder / name), full_check=True)
     layout = replace(layout, **{
         "dtype": "float16" if recipe.weights.format == "float16" else "float32",
@@ -291,11 +301,12 @@ def _plan(model, recipe) -> dict:
 def _planned_nodes(model, recipe, encoder, decoder) -> tuple[dict, dict]:
     """For each graph: weight MatMul node -> the transformers Linear it quantizes, or None when
     the recipe's plan (encoder/decoder switches, include/exclude) leaves it float."""
+    from edgeq.backends.onnx_export import exported_linear_weights
     from edgeq.backends.onnx_quant import node_modules
-    from edgeq.builder.plan import linear_names, quantization_plan
+    from edgeq.builder.plan import quantization_plan
 
     plan = quantization_plan(model, recipe)
-    linears = {n: model.get_submodule(n).weight.detach().float().numpy() for n in linear_names(model)}
+    linears = exported_linear_weights(model)
     out = []
     for graph in (encoder, decoder):
         mapping = node_modules(graph, linears)

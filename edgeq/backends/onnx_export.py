@@ -73,8 +73,39 @@ def _activation(model):
     return model.model.decoder.layers[0].activation_fn
 
 
+class _ScaledQuery(nn.Module):
+    """An attention's q_proj with Whisper's query scaling (head_dim ** -0.5) folded into its weight
+    and bias, so that the graphs hold no Mul after each query projection (one per encoder layer on
+    [frames, d_model], two per decoder layer and step). Every Whisper checkpoint has 64-wide heads,
+    a scaling of 1/8: a power of two, so the products are exact and the quantizers' codes the same
+    as for the unscaled weight, each scale multiplied by 1/8 (`exported_linear_weights`)."""
+
+    def __init__(self, attention):
+        super().__init__()
+        q = attention.q_proj
+        self.weight = nn.Parameter(q.weight.detach() * attention.scaling, requires_grad=False)
+        self.bias = None if q.bias is None else nn.Parameter(q.bias.detach() * attention.scaling, requires_grad=False)
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+
+def exported_linear_weights(model) -> dict:
+    """Each Linear layer's weight (numpy float32) as the exported graphs hold it: query projections
+    scaled as `_ScaledQuery` does. onnx_quant.node_modules finds the layers in the graphs by it."""
+    from edgeq.builder.plan import linear_names
+
+    out = {}
+    for name in linear_names(model):
+        weight = model.get_submodule(name).weight.detach().float()
+        if name.endswith(".q_proj"):
+            weight = weight * model.get_submodule(name.rsplit(".", 1)[0]).scaling
+        out[name] = weight.numpy()
+    return out
+
+
 def _attend(q, k, v, mask=None):
-    # q is already scaled, as in Whisper (q_proj(x) * head_dim**-0.5).
+    # q is already scaled, as in Whisper (q_proj(x) * head_dim**-0.5; _ScaledQuery).
     w = q @ k.transpose(-1, -2)
     if mask is not None:
         w = w + mask
@@ -86,6 +117,7 @@ class EncoderGraph(nn.Module):
         super().__init__()
         self.encoder = model.model.encoder
         self.cross = nn.ModuleList(layer.encoder_attn for layer in model.model.decoder.layers)
+        self.queries = nn.ModuleList(_ScaledQuery(layer.self_attn) for layer in self.encoder.layers)
         self.enc_heads = model.config.encoder_attention_heads
         self.dec_heads = model.config.decoder_attention_heads
         self.query_chunks = query_chunks
@@ -96,10 +128,10 @@ class EncoderGraph(nn.Module):
         x = _gelu(e.conv1(input_features))
         x = _gelu(e.conv2(x)).permute(0, 2, 1)
         x = x + e.embed_positions.weight[: x.shape[1]]
-        for layer in e.layers:
+        for layer, query in zip(e.layers, self.queries):
             a = layer.self_attn
             h = layer.self_attn_layer_norm(x)
-            q = _heads(a.q_proj(h) * a.scaling, self.enc_heads)
+            q = _heads(query(h), self.enc_heads)
             k, v = _heads(a.k_proj(h), self.enc_heads), _heads(a.v_proj(h), self.enc_heads)
             if self.query_chunks:
                 # A fixed number of slices of ceil(frames / n) queries (the last ones may be empty):
@@ -125,6 +157,8 @@ class DecoderGraph(nn.Module):
         self.heads = model.config.decoder_attention_heads
         self.n_layers = len(self.decoder.layers)
         self.act = _activation(model)
+        self.queries = nn.ModuleList(_ScaledQuery(layer.self_attn) for layer in self.decoder.layers)
+        self.cross_queries = nn.ModuleList(_ScaledQuery(layer.encoder_attn) for layer in self.decoder.layers)
         head = model.proj_out.weight
         self.tied = head is self.decoder.embed_tokens.weight
         # An untied head (some fine-tunes) is its own matrix; a tied one must not be registered twice.
@@ -143,13 +177,13 @@ class DecoderGraph(nn.Module):
         for i, layer in enumerate(d.layers):
             sa = layer.self_attn
             h = layer.self_attn_layer_norm(x)
-            q = _heads(sa.q_proj(h) * sa.scaling, self.heads)
+            q = _heads(self.queries[i](h), self.heads)
             k = torch.cat([past[2 * i], _heads(sa.k_proj(h), self.heads)], dim=2)
             v = torch.cat([past[2 * i + 1], _heads(sa.v_proj(h), self.heads)], dim=2)
             present += [k, v]
             x = x + sa.out_proj(_merge(_attend(q, k, v, mask)))
             ca = layer.encoder_attn
-            q = _heads(ca.q_proj(layer.encoder_attn_layer_norm(x)) * ca.scaling, self.heads)
+            q = _heads(self.cross_queries[i](layer.encoder_attn_layer_norm(x)), self.heads)
             x = x + ca.out_proj(_merge(_attend(q, cross[2 * i], cross[2 * i + 1])))
             x = x + layer.fc2(self.act(layer.fc1(layer.final_layer_norm(x))))
         # Last position only, as a 2-D input: F.linear becomes Gemm(transB=1) on the shared table.

@@ -18,6 +18,12 @@ so the result is exact: whisper-base's encoder outputs were bit-identical, and a
 picks the graph where the CPU's flags list VNNI and ONNX Runtime's u8 x s8 product checks exact
 (edgeq.runtime.int8_kernels: under an emulator the flags are the host's); the bundle grows by the
 graph only.
+
+With int8 cross-attention (recipe option cross_kv = "int8") the pair goes further: the VNNI encoder
+writes the cross-attention value codes as int8, and a second decoder graph, `decoder.vnni.onnx`
+(again reading the portable decoder's weights file), quantizes its query to int8, so that both
+cross-attention products of every step are u8 x s8 as well (backends.onnx_cross_int8.
+signed_cross_codes; the runtime runs it only with encoder.vnni.onnx).
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 VNNI_ONNX = "encoder.vnni.onnx"
+# With int8 cross-attention, the decoder that goes with it (onnx_cross_int8.signed_cross_codes).
+DECODER_VNNI_ONNX = "decoder.vnni.onnx"
 _OFFSET = "edgeq_vnni_128"
 
 

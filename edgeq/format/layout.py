@@ -29,6 +29,9 @@ many rows are filled (backends.onnx_self_cache).
 
 With `encoder_vnni` (int8 encoders) a second encoder graph, with the same inputs and outputs and
 reading the same weights file, takes its uint8 weights as int8 for CPUs with VNNI (backends.onnx_vnni).
+With `decoder_vnni` as well (int8 cross-attention), that encoder writes the value codes cross_v_i as
+int8 (v / scale, without the +128) and is run only with decoder_vnni, a second decoder graph reading
+decoder's weights file (backends.onnx_cross_int8.signed_cross_codes).
 """
 
 from __future__ import annotations
@@ -96,6 +99,10 @@ class OnnxLayout(Schema, kw_only=True):
     # The encoder with its uint8 weights read as int8, for x86 CPUs with VNNI (backends.onnx_vnni);
     # it shares encoder's weights file. Absent (older bundles, float encoders): encoder everywhere.
     encoder_vnni: GraphName | None = None
+    # With encoder_vnni and int8 cross-attention: the decoder run with it, whose cross-attention
+    # products are uint8 x int8 (encoder_vnni then writes the value codes as int8); it shares
+    # decoder's weights file. Absent (older bundles): decoder with either encoder.
+    decoder_vnni: GraphName | None = None
     n_layers: Positive
     heads: Positive
     head_dim: Positive
@@ -182,5 +189,5 @@ def read_layout(bundle) -> OnnxLayout:
 def graph_files(bundle, layout: OnnxLayout) -> list[str]:
     """The graphs and, where present, their external weights: ONNX Runtime reads `NAME.onnx.data`
     from beside the graph (the graph's own, hashed, bytes name it), so it must be verified too."""
-    names = [layout.encoder, layout.decoder, *([layout.encoder_vnni] if layout.encoder_vnni else [])]
+    names = [layout.encoder, layout.decoder, *filter(None, (layout.encoder_vnni, layout.decoder_vnni))]
     return names + [f"{n}.data" for n in names if (bundle.path / f"{n}.data").exists()]

@@ -38,12 +38,13 @@ def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None,
     layout = read_layout(bundle)
     enc_providers, dec_providers = _providers(ort, device, layout, bundle)
     encoder_graph = _encoder_graph(layout, device)
+    decoder_graph = _decoder_graph(layout, encoder_graph)
     # On a CPU: the graphs as ONNX Runtime optimized and prepacked them the first time this bundle
     # loaded on this device, or they are written now (edgeq.runtime.prepared).
     graphs = prepared.PreparedGraphs(bundle.manifest_sha256, ort.__version__,
                                      encoder_graph if encoder_graph != layout.encoder else "") \
         if device != "cuda" and prepared.enabled() else None
-    reuse = graphs is not None and graphs.usable([encoder_graph, layout.decoder])
+    reuse = graphs is not None and graphs.usable([encoder_graph, decoder_graph])
     if graphs is not None and not reuse and not graphs.start():
         graphs = None
     writing = graphs is not None and not reuse
@@ -51,7 +52,7 @@ def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None,
     # engine of this bundle in this process): see the end of this function.
     mapped = [bundle.path / name for name in bundle.manifest.files if name.endswith(".onnx.data")]
     if reuse:
-        mapped += [graphs.file(f"{name}.data") for name in (encoder_graph, layout.decoder)]
+        mapped += [graphs.file(f"{name}.data") for name in (encoder_graph, decoder_graph)]
     before = set(heap.mappings(mapped))
     # Neither session uses memory patterns (one planned block per input shape, kept for the run:
     # whisper-base's encoder peaked at 248-271 MB with them against 218-221 MB without, padded
@@ -72,7 +73,7 @@ def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None,
             lambda: _session(ort, bundle, encoder_graph,
                              _options(ort, threads, spin=False, prepack=layout.encoder_prepack, arena=arena),
                              enc_providers, graphs, reuse),
-            lambda: _session(ort, bundle, layout.decoder, _options(ort, threads, spin=spinning == "decoder"),
+            lambda: _session(ort, bundle, decoder_graph, _options(ort, threads, spin=spinning == "decoder"),
                              dec_providers, graphs, reuse))
     except BaseException:
         if writing:
@@ -90,7 +91,7 @@ def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None,
     # ... and which of this load's mappings is the token table, to release again before every window.
     table = [m for m in heap.mappings(mapped, _table_bytes(layout)) if m not in before] if device != "cuda" else []
     _check_io(bundle, encoder, layout.encoder_inputs, layout.encoder_outputs, encoder_graph)
-    _check_io(bundle, decoder, layout.decoder_inputs, layout.decoder_outputs, layout.decoder)
+    _check_io(bundle, decoder, layout.decoder_inputs, layout.decoder_outputs, decoder_graph)
     # What the engine makes itself: features and the empty self-attention cache (the encoder's
     # outputs go to the decoder as they are, whatever their type).
     past = set(layout.past_names)
@@ -108,6 +109,13 @@ def _encoder_graph(layout: OnnxLayout, device: str) -> str:
     if not layout.encoder_vnni or device == "cuda" or os.environ.get("EDGEQ_VNNI", "1") == "0":
         return layout.encoder
     return layout.encoder_vnni if int8_kernels.vnni_kernels() else layout.encoder
+
+
+def _decoder_graph(layout: OnnxLayout, encoder_graph: str) -> str:
+    """The decoder graph that goes with `encoder_graph`: decoder_vnni with encoder_vnni where the
+    bundle has it (that encoder writes the value codes as int8, which only decoder_vnni reads),
+    else the portable one."""
+    return layout.decoder_vnni if layout.decoder_vnni and encoder_graph == layout.encoder_vnni else layout.decoder
 
 
 def _sessions_side_by_side(make_encoder, make_decoder):

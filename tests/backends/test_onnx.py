@@ -20,7 +20,7 @@ pytest.importorskip("torch")
 from helpers import PROBE, REPO, each  # noqa: E402
 from helpers import outcome as _get  # noqa: E402
 
-from edgeq.backends.onnx_vnni import VNNI_ONNX  # noqa: E402
+from edgeq.backends.onnx_vnni import DECODER_VNNI_ONNX, VNNI_ONNX  # noqa: E402
 from edgeq.errors import BundleError, RecipeError  # noqa: E402
 from edgeq.format.bundle import MANIFEST  # noqa: E402
 from edgeq.format.layout import DECODER_ONNX, ENCODER_ONNX  # noqa: E402
@@ -91,7 +91,7 @@ def test_recipe_builds_an_onnx_bundle(name, bundles):
     # weights beside the graphs, memory-mapped by ONNX Runtime (see onnx_quant.save_model)
     graphs = [ENCODER_ONNX, DECODER_ONNX, ENCODER_ONNX + ".data", DECODER_ONNX + ".data"]
     assert set(graphs) <= set(m["files"])
-    graphs += [VNNI_ONNX] if VNNI_ONNX in m["files"] else []  # int8 encoders (backends.onnx_vnni)
+    graphs += [g for g in (VNNI_ONNX, DECODER_VNNI_ONNX) if g in m["files"]]  # int8 encoders (backends.onnx_vnni)
     assert m["size"]["weights_bytes"] == sum(m["files"][name]["size"] for name in graphs)
     layout = json.loads((bundle.path / "onnx.json").read_text())
     assert layout["export_check"]["decoder_step"] <= layout["export_check"]["tolerance"]
@@ -225,6 +225,23 @@ def test_fused_attention_is_one_multihead_node_per_layer(recipe, bundles, tiny_m
     assert _get(bundles, recipe).recipe.options["attention"] == "fused"
     assert load_recipe(str(bundle.path / "recipe.toml")).options["attention"] == "blocks"
     assert "attention" not in load_recipe(recipe).options  # the shipped file leaves it to the default
+
+
+def test_the_query_scaling_is_in_the_projection_weights_and_every_linear_layer_is_still_found(bundles, tiny_model):
+    # onnx_export._ScaledQuery: no Mul by head_dim ** -0.5 after any query projection, in either
+    # graph; the quantizer still finds every Linear layer by its (scaled) weight.
+    from onnx import numpy_helper
+
+    config = json.loads((Path(tiny_model) / "config.json").read_text())
+    scaling = np.float32((config["d_model"] // config["decoder_attention_heads"]) ** -0.5)
+    for graph in _graphs(_get(bundles, "onnx-fp32")):
+        scalars = {t.name: numpy_helper.to_array(t) for t in graph.graph.initializer if not t.dims}
+        scalars.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.graph.node
+                        if n.op_type == "Constant" and n.attribute[0].name == "value" and not n.attribute[0].t.dims})
+        assert not [n.name for n in graph.graph.node if n.op_type == "Mul"
+                    and any(i in scalars and np.isclose(scalars[i], scaling) for i in n.input)]
+    for name in ("onnx-int8-dynamic", "onnx-int8-static", "onnx-int4"):
+        assert json.loads((_get(bundles, name).path / "onnx.json").read_text())["quantization"]["float_layers"] == 0
 
 
 def test_an_attention_chain_the_fusion_cannot_follow_is_an_error(bundles):
@@ -800,9 +817,43 @@ def test_an_int8_encoder_has_a_vnni_graph_whose_folded_weights_are_its_uint8_one
     session = ort.InferenceSession(str(path / VNNI_ONNX), options, providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["input_features"]
     folded = onnx.load(str(tmp_path / "folded.onnx"))
-    signed = sorted(numpy_helper.to_array(t).tobytes() for t in folded.graph.initializer if t.data_type == onnx.TensorProto.INT8)
+    signed = sorted(numpy_helper.to_array(t).tobytes() for t in folded.graph.initializer
+                    if t.data_type == onnx.TensorProto.INT8 and not t.name.startswith("cross_int8_"))  # value codes' zero
     assert signed == expected
     assert not [n for n in folded.graph.node if any(i.endswith(("_i16", "_m128")) for i in n.input)]  # all folded
+
+
+def test_with_int8_cross_attention_the_vnni_graphs_pass_value_codes_as_int8_to_a_decoder_of_their_own(bundles):
+    """Host-independent: encoder.vnni.onnx writes the value codes as int8 and decoder.vnni.onnx (its
+    weights in decoder.onnx.data) multiplies both cross-attention products as uint8 x int8; the
+    portable pair keeps uint8, and a bundle without int8 cross-attention has no second decoder."""
+    import onnx
+
+    T = onnx.TensorProto
+    bundle = _get(bundles, "onnx-int8-dynamic")
+    layout = json.loads((bundle.path / "onnx.json").read_text())
+    assert (layout["encoder_vnni"], layout["decoder_vnni"]) == (VNNI_ONNX, DECODER_VNNI_ONNX)
+    assert DECODER_VNNI_ONNX in bundle.manifest.files and not (bundle.path / f"{DECODER_VNNI_ONNX}.data").exists()
+    assert (bundle.path / DECODER_VNNI_ONNX).stat().st_size < (bundle.path / DECODER_ONNX).stat().st_size + 100_000
+    assert json.loads((_get(bundles, "onnx-int8-static").path / "onnx.json").read_text()).get("decoder_vnni") is None
+
+    def types(path, io):
+        graph = onnx.load(str(bundle.path / path), load_external_data=False).graph
+        return {v.name: v.type.tensor_type.elem_type for v in getattr(graph, io) if v.name.startswith("cross_")
+                and not v.name.endswith(("_channel", "_row", "_scale"))}
+
+    for encoder, decoder, values in ((ENCODER_ONNX, DECODER_ONNX, T.UINT8), (VNNI_ONNX, DECODER_VNNI_ONNX, T.INT8)):
+        written, read = types(encoder, "output"), types(decoder, "input")
+        assert written == read
+        assert {t for n, t in written.items() if "_v_" in n} == {values}
+        assert {t for n, t in written.items() if "_k_" in n} == {T.UINT8}  # the keys are the uint8 operand
+    graph = onnx.load(str(bundle.path / DECODER_VNNI_ONNX), load_external_data=False).graph
+    inits = {t.name: t.data_type for t in graph.initializer}
+    cross = [n for n in graph.node if n.op_type == "MatMulInteger"]
+    assert len(cross) == 2 * layout["n_layers"]
+    assert {(inits.get(n.input[2]), inits.get(n.input[3])) for n in cross} == {(T.UINT8, T.INT8)}
+    ints = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[2] and inits.get(n.input[2]) == T.INT8]
+    assert len(ints) == layout["n_layers"]  # each layer's query
 
 
 @pytest.mark.skipif(not vnni_kernels(), reason="this CPU has no VNNI: the runtime runs encoder.onnx here, not encoder.vnni.onnx")
@@ -824,8 +875,17 @@ def test_on_a_vnni_cpu_the_int8_weights_graph_runs_and_changes_no_number(name, b
     portable = edgeq.load(path, threads=2, language="en")
     assert chosen == [VNNI_ONNX, ENCODER_ONNX]
     one, two = signed.engine.encode(features), portable.engine.encode(features)
+    with_decoder = DECODER_VNNI_ONNX in _get(bundles, name).manifest.files  # int8 cross-attention
     for key in one:
-        np.testing.assert_array_equal(one[key].numpy(), two[key].numpy())
+        a, b = one[key].numpy(), two[key].numpy()
+        if with_decoder and key.startswith("cross_v_") and a.dtype != np.float32:  # int8 codes, v / scale
+            assert (a.dtype, b.dtype) == (np.int8, np.uint8)
+            a, b = a.astype(np.int16), b.astype(np.int16) - 128
+        np.testing.assert_array_equal(a, b)
+    # ... and the decoder that goes with each: uint8 x int8 cross-attention products give the same logits.
+    prompt = signed.settings.prompt("en")
+    logits = [t.engine.step(t.engine.start(e), prompt)[0] for t, e in ((signed, one), (portable, two))]
+    np.testing.assert_array_equal(logits[0], logits[1])
 
 
 @pytest.mark.parametrize("machine, flags, exact, device, env, expected", [
@@ -852,6 +912,12 @@ def test_the_runtime_picks_the_int8_weights_graph_only_on_x86_with_vnni(machine,
     monkeypatch.setenv("EDGEQ_VNNI", env)
     assert onnx_engine._encoder_graph(layout, device) == ENCODER_ONNX  # a bundle without the graph
     assert onnx_engine._encoder_graph(replace(layout, encoder_vnni=VNNI_ONNX), device) == expected
+    # The decoder goes with the encoder: decoder.vnni.onnx reads the int8 value codes encoder.vnni.onnx writes.
+    both = replace(layout, encoder_vnni=VNNI_ONNX, decoder_vnni=DECODER_VNNI_ONNX)
+    encoder = onnx_engine._encoder_graph(both, device)
+    assert (encoder, onnx_engine._decoder_graph(both, encoder)) == \
+        (expected, DECODER_VNNI_ONNX if expected == VNNI_ONNX else DECODER_ONNX)
+    assert onnx_engine._decoder_graph(replace(layout, encoder_vnni=VNNI_ONNX), expected) == DECODER_ONNX  # older bundles
 
 
 def _spins(session) -> tuple[str, str]:
@@ -1092,13 +1158,16 @@ def sessions(monkeypatch, tmp_path):
     return made
 
 
-def _encoder_here(bundle_path) -> str:
-    """The encoder graph the runtime makes its session from on this CPU (encoder.vnni.onnx with VNNI)."""
+def _graphs_here(bundle_path) -> tuple[str, str]:
+    """The encoder and decoder graphs the runtime makes its sessions from on this CPU (the .vnni.onnx
+    ones with VNNI)."""
     from edgeq.format.bundle import open_bundle
     from edgeq.format.layout import read_layout
-    from edgeq.runtime.onnx_engine import _encoder_graph
+    from edgeq.runtime.onnx_engine import _decoder_graph, _encoder_graph
 
-    return _encoder_graph(read_layout(open_bundle(bundle_path)), "cpu")
+    layout = read_layout(open_bundle(bundle_path))
+    encoder = _encoder_graph(layout, "cpu")
+    return encoder, _decoder_graph(layout, encoder)
 
 
 def _prepared_copies(tmp_path) -> list[Path]:
@@ -1112,14 +1181,14 @@ def test_a_second_load_uses_the_graphs_the_first_prepared_with_the_same_logits(n
     path = _get(bundles, name).path
     first = _first_logits(path, audio_dir)
     (copy,) = _prepared_copies(tmp_path)
-    encoder = _encoder_here(path)
+    encoder, decoder = _graphs_here(path)
     assert sorted(p.name for p in copy.iterdir()) == sorted(
-        [encoder, f"{encoder}.data", DECODER_ONNX, f"{DECODER_ONNX}.data", "hashes.json"])
+        [encoder, f"{encoder}.data", decoder, f"{decoder}.data", "hashes.json"])
     again = _first_logits(path, audio_dir)
     assert [how for _, how in sessions] == ["bundle", "bundle", "prepared", "prepared"]
     monkeypatch.setenv("EDGEQ_ORT_CACHE", "0")
     plain = _first_logits(path, audio_dir)
-    assert sessions[-1] == (DECODER_ONNX, "bundle")
+    assert sessions[-1] == (decoder, "bundle")
     np.testing.assert_array_equal(again, first)
     np.testing.assert_array_equal(again, plain)
 
@@ -1158,27 +1227,28 @@ def test_a_changed_prepared_copy_is_made_again_not_used(bundles, audio_dir, sess
     import time
 
     path = _get(bundles, "onnx-int8-dynamic").path
+    encoder, decoder = _graphs_here(path)
     reference = _first_logits(path, audio_dir)
     (copy,) = _prepared_copies(tmp_path)
     time.sleep(2.1)  # older than verified.RACY_S: the next load stamps the copy, then hashes nothing
     _first_logits(path, audio_dir)
-    assert sessions[-1] == (DECODER_ONNX, "prepared")
-    encoder = _encoder_here(path)
+    assert sessions[-1] == (decoder, "prepared")
     data = bytearray((copy / f"{encoder}.data").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (copy / f"{encoder}.data").write_bytes(bytes(data))
     with caplog.at_level("WARNING", logger="edgeq.runtime.prepared"):
         logits = _first_logits(path, audio_dir)
-    assert sessions[-2:] == [(encoder, "bundle"), (DECODER_ONNX, "bundle")]
+    assert sessions[-2:] == [(encoder, "bundle"), (decoder, "bundle")]
     assert "was changed; making it again" in caplog.text
     np.testing.assert_array_equal(logits, reference)
     _first_logits(path, audio_dir)
-    assert sessions[-1] == (DECODER_ONNX, "prepared")  # the copy made again is used
+    assert sessions[-1] == (decoder, "prepared")  # the copy made again is used
 
 
 def test_no_prepared_copy_when_turned_off_or_the_cache_is_unwritable(bundles, audio_dir, sessions, tmp_path,
                                                                       monkeypatch, caplog):
     path = _get(bundles, "onnx-int8-dynamic").path
+    _, decoder = _graphs_here(path)
     monkeypatch.setenv("EDGEQ_ORT_CACHE", "0")
     _first_logits(path, audio_dir)
     assert _prepared_copies(tmp_path) == []
@@ -1188,7 +1258,7 @@ def test_no_prepared_copy_when_turned_off_or_the_cache_is_unwritable(bundles, au
     monkeypatch.setenv("EDGEQ_CACHE", str(blocked))
     with caplog.at_level("WARNING"):
         logits = _first_logits(path, audio_dir)  # loads all the same, from the bundle
-    assert np.isfinite(logits).all() and sessions[-1] == (DECODER_ONNX, "bundle")
+    assert np.isfinite(logits).all() and sessions[-1] == (decoder, "bundle")
 
 
 def test_the_prepared_copy_belongs_to_one_bundle_onnxruntime_and_cpu(monkeypatch, tmp_path):
