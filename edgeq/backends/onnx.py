@@ -88,14 +88,13 @@ def write(model, recipe, calibration, folder: Path, progress) -> None:
             quantization["ffn_blocks"] = opts.ffn_blocks  # what the graph holds (older bundles: one block)
         cross = list(layout.encoder_outputs)
         if opts.cross_kv == "float16" and not _float16_graphs(recipe):  # float16 graphs hold them so already
-            half_cross_attention(encoder, decoder, list(layout.encoder_outputs), layout.heads)
+            half_cross_attention(encoder, decoder, cross, layout.heads)
             quantization["cross_kv"] = "float16"
         elif opts.cross_kv == "int8":
-            int8_cross_attention(encoder, decoder, list(layout.encoder_outputs))
+            int8_cross_attention(encoder, decoder, cross)
             quantization["cross_kv"] = "int8"
-            layout = replace(layout, cross_int8=True,
-                             encoder_outputs=[*layout.encoder_outputs, *cross_scale_names(layout.encoder_outputs)],
-                             decoder_inputs=[*layout.decoder_inputs, *cross_scale_names(layout.encoder_outputs)])
+            layout = replace(layout, cross_int8=True, encoder_outputs=[*cross, *cross_scale_names(cross)],
+                             decoder_inputs=[*layout.decoder_inputs, *cross_scale_names(cross)])
         if opts.self_cache == "shared":  # last: past_length comes after every other input
             shared_self_cache(decoder, layout.past_names, layout.present_names, layout.heads)
             layout = replace(layout, self_cache="shared", decoder_inputs=[*layout.decoder_inputs, PAST_LENGTH])
@@ -111,16 +110,16 @@ def write(model, recipe, calibration, folder: Path, progress) -> None:
                 raise FusionError(f"found {found} fused encoder self-attentions to make int8, the model has "
                                   f"{model.config.encoder_layers} layers")
             quantization["vnni_attention"] = f"int8 QK and PV, per head (a Scan) in {QUERY_BLOCKS} query blocks"
-        if shifted and layout.cross_int8:
-            # The decoder picked with encoder.vnni.onnx (it reads the int8 value codes that graph
-            # writes); its weights stay in decoder.onnx.data, which the copy points at.
-            decoder_vnni = onnx.ModelProto()
-            decoder_vnni.CopyFrom(decoder)
-            signed_cross_codes(vnni, decoder_vnni, cross)
-            onnx.save(decoder_vnni, str(folder / DECODER_VNNI_ONNX))
-            layout = replace(layout, decoder_vnni=DECODER_VNNI_ONNX)
-            quantization["decoder_vnni"] = "cross-attention products uint8 x int8, for CPUs with VNNI"
         if shifted:
+            if layout.cross_int8:
+                # The decoder picked with encoder.vnni.onnx (it reads the int8 value codes that graph
+                # writes); its weights stay in decoder.onnx.data, which the copy points at.
+                decoder_vnni = onnx.ModelProto()
+                decoder_vnni.CopyFrom(decoder)
+                signed_cross_codes(vnni, decoder_vnni, cross)
+                onnx.save(decoder_vnni, str(folder / DECODER_VNNI_ONNX))
+                layout = replace(layout, decoder_vnni=DECODER_VNNI_ONNX)
+                quantization["decoder_vnni"] = "cross-attention products uint8 x int8, for CPUs with VNNI"
             onnx.save(vnni, str(folder / VNNI_ONNX))
             layout = replace(layout, encoder_vnni=VNNI_ONNX)
             quantization["encoder_vnni"] = f"{shifted} uint8 weights read as int8, for CPUs with VNNI"

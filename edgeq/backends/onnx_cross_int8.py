@@ -201,21 +201,18 @@ def signed_cross_codes(encoder: onnx.ModelProto, decoder: onnx.ModelProto, cross
     g = encoder.graph
     names = set(cross)
     values = {n for n in names if "_v_" in n}
-    zero = "cross_int8_zp0_s8"
-    g.initializer.append(numpy_helper.from_array(np.array(0, np.int8), zero))
+    zero = _int8_zero(g)
     written = 0
     for node in g.node:
         if node.op_type == "QuantizeLinear" and node.output[0] in values:
             node.input[2] = zero
             written += 1
-    for o in g.output:
-        if o.name in values:
-            o.type.tensor_type.elem_type = TensorProto.INT8
+    _as_int8(g.output, values)
     if written != len(values):
         raise FusionError(f"the encoder quantizes {written} of {len(values)} cross-attention values")
 
     g = decoder.graph
-    g.initializer.append(numpy_helper.from_array(np.array(0, np.int8), zero))
+    zero = _int8_zero(g)
     links = _Links(g)
     rewritten = 0
     for node in g.node:
@@ -228,9 +225,21 @@ def signed_cross_codes(encoder: onnx.ModelProto, decoder: onnx.ModelProto, cross
             continue
         node.input[3] = zero
         rewritten += 1
-    for i in g.input:
-        if i.name in values:
-            i.type.tensor_type.elem_type = TensorProto.INT8
+    _as_int8(g.input, values)
     if rewritten != len(names):
         raise FusionError(f"found {rewritten} cross-attention products in the decoder, expected {len(names)}")
     return rewritten
+
+
+def _int8_zero(graph: onnx.GraphProto) -> str:
+    """An int8 scalar 0 in `graph`'s initializers, a zero point that makes QuantizeLinear write int8."""
+    name = "cross_int8_zp0_s8"
+    graph.initializer.append(numpy_helper.from_array(np.array(0, np.int8), name))
+    return name
+
+
+def _as_int8(infos, names: set[str]) -> None:
+    """Declare the graph inputs or outputs among `infos` named in `names` int8."""
+    for info in infos:
+        if info.name in names:
+            info.type.tensor_type.elem_type = TensorProto.INT8

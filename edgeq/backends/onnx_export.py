@@ -82,12 +82,18 @@ class _ScaledQuery(nn.Module):
 
     def __init__(self, attention):
         super().__init__()
-        q = attention.q_proj
-        self.weight = nn.Parameter(q.weight.detach() * attention.scaling, requires_grad=False)
-        self.bias = None if q.bias is None else nn.Parameter(q.bias.detach() * attention.scaling, requires_grad=False)
+        bias = attention.q_proj.bias
+        self.weight = nn.Parameter(_scaled(attention.q_proj.weight, attention), requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(_scaled(bias, attention), requires_grad=False)
 
     def forward(self, x):
         return F.linear(x, self.weight, self.bias)
+
+
+def _scaled(tensor, attention):
+    """`tensor` (of `attention`'s q_proj) times the attention's query scaling, in float32: the one
+    computation behind both the exported weights and the weights the quantizer looks them up by."""
+    return tensor.detach().float() * attention.scaling
 
 
 def exported_linear_weights(model) -> dict:
@@ -97,10 +103,11 @@ def exported_linear_weights(model) -> dict:
 
     out = {}
     for name in linear_names(model):
-        weight = model.get_submodule(name).weight.detach().float()
+        weight = model.get_submodule(name).weight
         if name.endswith(".q_proj"):
-            weight = weight * model.get_submodule(name.rsplit(".", 1)[0]).scaling
-        out[name] = weight.numpy()
+            out[name] = _scaled(weight, model.get_submodule(name.rsplit(".", 1)[0])).numpy()
+        else:
+            out[name] = weight.detach().float().numpy()
     return out
 
 
