@@ -166,7 +166,8 @@ BACKENDS: dict[str, BackendSpec] = {
             runtime="onnxruntime",
             supports=frozenset(
                 _pairs("none", "float32", "float16")
-                | _pairs("dynamic", "int8")
+                # dynamic int4: int8 encoder, 4-bit decoder (backends/onnx.py)
+                | _pairs("dynamic", "int8", "int4")
                 | _pairs("static", "int8")
                 | _pairs("weight-only", "int4", "int8", "int2")
             ),

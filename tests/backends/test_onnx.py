@@ -128,7 +128,7 @@ def _inputs_read(graph) -> set[str]:
 # model: fp32 7e-7, fp16 8e-4, int8 dynamic 0.026 / static 0.023, int4 0.22). On a random model
 # near-ties make quantized greedy paths part after a few tokens; only float recipes must match.
 LOGITS_REL = {"onnx-fp32": 1e-5, "onnx-fp16": 5e-3, "onnx-int8-dynamic": 0.1, "onnx-int8-static": 0.1,
-              "onnx-int4": 0.5}
+              "onnx-int4": 0.5, "onnx-int8-dynamic-int4-decoder": 0.5}
 
 
 @pytest.mark.parametrize("name", ONNX_RECIPES)
@@ -140,7 +140,7 @@ def test_bundle_transcribes_without_torch(name, bundles, probed, torch_reference
     assert np.linalg.norm(logits - ref) / np.linalg.norm(ref) <= LOGITS_REL[name]
     if name in ("onnx-fp32", "onnx-fp16"):
         assert p["tokens"] == torch_reference["tokens"]
-    elif name != "onnx-int4":
+    elif name not in ("onnx-int4", "onnx-int8-dynamic-int4-decoder"):
         assert p["tokens"][0] == torch_reference["tokens"][0]
 
 
@@ -199,10 +199,33 @@ def test_quantized_graphs_use_the_recipes_operators(bundles):
     assert [name for name in ops if not json.loads((_get(bundles, name).path / "onnx.json").read_text())[
         "variable_frames"]] == ["onnx-int8-static"]
     assert "MatMulNBits" in ops["onnx-int4"][0]
-    for name in ("onnx-int8-dynamic", "onnx-int8-static", "onnx-int4"):
+    for name in ("onnx-int8-dynamic", "onnx-int8-static", "onnx-int4", "onnx-int8-dynamic-int4-decoder"):
         assert {"MatMulNBits", "GatherBlockQuantized"} <= ops[name][1], name
+    assert ops["onnx-int8-dynamic-int4-decoder"][0] == ops["onnx-int8-dynamic"][0]
     enc, _ = _graphs(_get(bundles, "onnx-fp16"))
     assert any(t.data_type == 10 for t in enc.graph.initializer)  # FLOAT16 weights
+
+
+def test_an_int8_scheme_s_weights_format_is_its_decoder_s_and_its_encoder_stays_int8(bundles):
+    # onnx-int8-dynamic-int4-decoder: the same int8 encoder as onnx-int8-dynamic, the decoder's
+    # Linear layers as 4-bit MatMulNBits blocks of 128 with zero points, the tied table 8-bit.
+    from onnx import helper
+
+    def nbits(graph):
+        return sorted((helper.get_attribute_value(next(a for a in n.attribute if a.name == "bits")),
+                       helper.get_attribute_value(next(a for a in n.attribute if a.name == "block_size")),
+                       len(n.input) > 3 and bool(n.input[3]))
+                      for n in graph.graph.node if n.op_type == "MatMulNBits")
+
+    mixed, int8 = _get(bundles, "onnx-int8-dynamic-int4-decoder"), _get(bundles, "onnx-int8-dynamic")
+    (enc4, dec4), (enc8, dec8) = _graphs(mixed), _graphs(int8)
+    assert nbits(enc4) == nbits(enc8) == []
+    table = 1  # the tied table's MatMulNBits (logits)
+    assert [b for b in nbits(dec8)] == [(8, 128, False)] * len(nbits(dec8))
+    assert nbits(dec4).count((8, 128, False)) == table
+    assert nbits(dec4).count((4, 128, True)) == len(nbits(dec8)) - table > 0
+    assert json.loads((mixed.path / "onnx.json").read_text())["quantization"]["decoder"] == "MatMulNBits 4-bit"
+    assert mixed.manifest.size.weights_bytes < int8.manifest.size.weights_bytes
 
 
 @pytest.mark.parametrize("recipe", ["onnx-fp32", "onnx-int8-dynamic"])
@@ -240,7 +263,7 @@ def test_the_query_scaling_is_in_the_projection_weights_and_every_linear_layer_i
                         if n.op_type == "Constant" and n.attribute[0].name == "value" and not n.attribute[0].t.dims})
         assert not [n.name for n in graph.graph.node if n.op_type == "Mul"
                     and any(i in scalars and np.isclose(scalars[i], scaling) for i in n.input)]
-    for name in ("onnx-int8-dynamic", "onnx-int8-static", "onnx-int4"):
+    for name in ("onnx-int8-dynamic", "onnx-int8-static", "onnx-int4", "onnx-int8-dynamic-int4-decoder"):
         assert json.loads((_get(bundles, name).path / "onnx.json").read_text())["quantization"]["float_layers"] == 0
 
 
@@ -571,7 +594,7 @@ def test_tied_table_stored_once_float(bundles):
     assert _users(dec, table.name) == ["Gather", "Gemm"]
 
 
-@pytest.mark.parametrize("name,bits", [("onnx-int8-dynamic", 8), ("onnx-int4", 4)])
+@pytest.mark.parametrize("name,bits", [("onnx-int8-dynamic", 8), ("onnx-int4", 4), ("onnx-int8-dynamic-int4-decoder", 8)])
 def test_tied_table_stored_once_quantized(name, bits, bundles):
     from tiny import VOCAB_SIZE
 
@@ -799,7 +822,7 @@ def test_an_int8_encoder_has_a_vnni_graph_whose_folded_weights_are_its_uint8_one
     from onnx import numpy_helper
 
     with_vnni = {n for n in ONNX_RECIPES if json.loads((_get(bundles, n).path / "onnx.json").read_text()).get("encoder_vnni")}
-    assert with_vnni == {"onnx-int8-dynamic", "onnx-int8-static"}  # static: its dynamic fc2
+    assert with_vnni == {"onnx-int8-dynamic", "onnx-int8-dynamic-int4-decoder", "onnx-int8-static"}  # static: its dynamic fc2
     path = _get(bundles, "onnx-int8-dynamic").path
     assert VNNI_ONNX in _get(bundles, "onnx-int8-dynamic").manifest.files
     assert not (path / f"{VNNI_ONNX}.data").exists()  # it reads encoder.onnx.data: the bundle grows by the graph
@@ -1042,6 +1065,11 @@ def test_recipe_checks(tmp_path):
     low_opset.write_text('backend = "onnx"\nscheme = "none"\n[weights]\nformat = "float32"\n[options]\nopset = 17\n')
     with pytest.raises(RecipeError, match=r"opset"):
         load_recipe(str(low_opset))
+    static4 = tmp_path / "s4.toml"  # a 4-bit decoder is the dynamic scheme's only (not calibrated, not tested)
+    static4.write_text('backend = "onnx"\nscheme = "static"\n[weights]\nformat = "int4"\ngranularity = "group"\n'
+                       'group_size = 128\n[activations]\nformat = "int8"\n')
+    with pytest.raises(RecipeError, match=r"has no static/int4; it supports dynamic/int4, dynamic/int8"):
+        load_recipe(str(static4))
 
 
 def test_per_channel_dynamic_recipe_is_refused_before_export(tiny_model, tmp_path):
