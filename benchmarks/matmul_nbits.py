@@ -29,13 +29,17 @@ SHAPES = {"small": (768, 3072, 12, 51865), "base": (512, 2048, 6, 51865)}
 CONFIGS = [(8, 128, False), (8, 256, False), (4, 32, True), (4, 64, True), (4, 128, True), (4, 128, False)]
 
 
+def step_products(d: int, ffn: int, layers: int, vocab: int) -> list[tuple[int, int]]:
+    """(K, N) of every weight product of one decoder step, in order."""
+    per_layer = [(d, d)] * 6 + [(d, ffn), (ffn, d)]
+    return [p for _ in range(layers) for p in per_layer] + [(d, vocab)]
+
+
 def step_graph(d: int, ffn: int, layers: int, vocab: int, bits: int, block: int, zero_points: bool, rng):
     from onnx import TensorProto, helper, numpy_helper
 
-    products = [(d, d)] * 6 + [(d, ffn), (ffn, d)]
-    products = [p for _ in range(layers) for p in products] + [(d, vocab)]
     nodes, inits, outs = [], [], []
-    for i, (k, n) in enumerate(products):
+    for i, (k, n) in enumerate(step_products(d, ffn, layers, vocab)):
         blocks = -(-k // block)
         inputs = [f"x{k}", f"w{i}", f"s{i}"]
         inits += [numpy_helper.from_array(rng.integers(0, 256, (n, blocks, block * bits // 8), dtype=np.uint8), f"w{i}"),
@@ -81,9 +85,9 @@ def main() -> None:
             ms = (time.perf_counter() - start) / args.calls * 1e3
             rows.append({"round": r, "bits": bits, "block": block, "zero_points": zp, "ms_per_step": ms})
             print(f"round {r}  {bits}-bit blocks of {block:3d}{' + zero points' if zp else ''}: {ms:6.2f} ms")
-    weights_mb = sum(k * n for k, n in [(d, d)] * 6 * layers + [(d, ffn), (ffn, d)] * layers + [(d, vocab)]) / 1e6
+    weights = sum(k * n for k, n in step_products(d, ffn, layers, vocab))
     write_json(args.out, {"env": fingerprint(), "shape": args.shape, "threads": args.threads,
-                          "weights_millions": weights_mb, "rows": rows})
+                          "weights_millions": weights / 1e6, "rows": rows})
 
 
 if __name__ == "__main__":

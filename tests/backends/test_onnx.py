@@ -221,7 +221,7 @@ def test_an_int8_scheme_s_weights_format_is_its_decoder_s_and_its_encoder_stays_
     (enc4, dec4), (enc8, dec8) = _graphs(mixed), _graphs(int8)
     assert nbits(enc4) == nbits(enc8) == []
     table = 1  # the tied table's MatMulNBits (logits)
-    assert [b for b in nbits(dec8)] == [(8, 128, False)] * len(nbits(dec8))
+    assert nbits(dec8) == [(8, 128, False)] * len(nbits(dec8))
     assert nbits(dec4).count((8, 128, False)) == table
     assert nbits(dec4).count((4, 128, True)) == len(nbits(dec8)) - table > 0
     assert json.loads((mixed.path / "onnx.json").read_text())["quantization"]["decoder"] == "MatMulNBits 4-bit"
