@@ -409,6 +409,21 @@ def test_int8_cross_keys_values_are_the_documented_codes_without_float_copies(bu
         assert np.abs(got[name].astype(np.int32) - expected).max() <= 1, name
         assert np.mean(got[name] == expected) > 0.999, name
 
+    # As ONNX Runtime runs them after its optimizer (ORT_ENABLE_ALL, as edgeq loads): every reduction
+    # over frames reads a [H, F, Dh] view, never a 4-D tensor. On [1, H, F, Dh] the optimizer moves the
+    # head transpose past the reductions and they reduce the first axis of [F, H x Dh], ONNX Runtime's
+    # slow column-by-column kernel (onnx_cross_int8._abs_max_over_frames).
+    options = ort.SessionOptions()
+    options.enable_profiling, options.profile_file_prefix = True, str(tmp_path / "profile")
+    session = ort.InferenceSession(str(codes.path / ENCODER_ONNX), options, providers=["CPUExecutionProvider"])
+    session.run(None, {"input_features": features})
+    events = json.loads(Path(session.end_profiling()).read_text())
+    frames = features.shape[-1] // 2
+    reduced = [(e["args"]["input_type_shape"][0]["float"], e["args"]["output_type_shape"][0]["float"]) for e in events
+               if e.get("cat") == "Node" and e["args"].get("op_name") in ("ReduceMax", "ReduceMin")]
+    over_frames = [shape for shape, out in reduced if frames in shape and frames not in out]
+    assert over_frames and all(len(shape) == 3 and shape[1] == frames for shape in over_frames), over_frames
+
 
 def test_encoder_feed_forward_runs_in_frame_blocks_with_the_same_numbers(bundles, tiny_model, audio_dir, tmp_path):
     # options.ffn_blocks (default 4): each encoder layer's feed-forward block is Split over frames,
