@@ -162,9 +162,9 @@ def auto_front() -> str | None:
                     + f"{scan}; machine: {machine(data['env'])}\n")
 
 
-def cpu_limits() -> str | None:
+def cpu_limits(name: str = "cpu_limits.json") -> str | None:
     """benchmarks/cpu_limits.py: what the CPU can do against what edgeq takes, per phase."""
-    d = _load("cpu_limits.json")
+    d = _load(name)
     if not d:
         return None
     b = d.get("bundle") or {}
@@ -179,6 +179,24 @@ def cpu_limits() -> str | None:
     return (_table(["phase", "floor on this CPU", "edgeq onnx-int8-dynamic", "above the floor"], rows)
             + f"\nGEMM at the encoder's shapes through ONNX Runtime, {d['threads']} threads — {gemm}; memory read one "
               f"thread; machine: {machine(d['env'])}\n")
+
+
+def encoder_ops(name: str, top: int = 6) -> str | None:
+    """benchmarks/encoder_ops.py: a bundle's encoder per window, its wall time and its costliest operators."""
+    d = _load(name)
+    if not d:
+        return None
+    rows = []
+    for system, s in d["summary"].items():
+        wall = s["wall_ms"]
+        ops = ", ".join(f"{op} {ms:.1f}" for op, ms in list(s["ops_ms"].items())[:top])
+        reductions = sum(ms for op, ms in s["ops_ms"].items() if op in ("ReduceMax", "ReduceMin"))
+        rows.append([system, f"{wall['median']:.0f} ({wall['min']:.0f}–{wall['max']:.0f})", f"{reductions:.1f}", ops])
+    rounds = 1 + max(r["round"] for r in d["rows"])
+    return (_table(["bundle / encoder graph", "ms per window (median, min–max)", "ReduceMax + ReduceMin ms",
+                    "costliest operators, ms (one profiled window, median over rounds)"], rows)
+            + f"\n{d['frames']} frames ({d['seconds']:g} s window), {d['threads']} threads, {rounds} rounds in "
+              f"alternation; machine: {machine(d['env'])}\n")
 
 
 def spinning() -> str | None:
@@ -255,6 +273,10 @@ TABLES = {
     "COMPARE_INT4_DECODER_TABLE": lambda: compare("compare_systems_int4_decoder.json"),
     "COMPARE_INT4_DECODER_SMALL_TABLE": lambda: compare("compare_systems_int4_decoder_whisper-small-random.json",
                                                         wer=False),
+    "COMPARE_AMX_TABLE": lambda: compare("compare_systems_amx.json"),
+    "COMPARE_AMX_SMALL_TABLE": lambda: compare("compare_systems_amx_whisper-small-random.json", wer=False),
+    "ENCODER_OPS_AMX_TABLE": lambda: encoder_ops("encoder_ops_cross_reductions.json"),
+    "CPU_LIMITS_AMX": lambda: cpu_limits("cpu_limits_amx.json"),
     "AUTO_TABLE": auto_front,
     "CPU_LIMITS": cpu_limits,
     "LONGFORM_TABLE": longform,

