@@ -3,9 +3,10 @@
     python benchmarks/encoder_ops.py --bundles B1 B2 ... [--graphs encoder.vnni.onnx,encoder.onnx]
                                      [--seconds 30] [--rounds 3] [--repeat 5] [--threads 2] [--out FILE]
 
-Each bundle's encoder graph is made into a session as edgeq's runtime makes it (ONNX Runtime's
-default optimization level, --threads intra-op threads, CPU execution provider; not edgeq's
-prepared-graph cache, so every bundle is optimized by the same ONNX Runtime here and now), fed the
+Each bundle's encoder graph is made into a session with the options edgeq's runtime gives its
+encoder (onnx_engine._options: --threads intra-op threads, no spinning, the bundle's
+encoder_prepack, the arena; ONNX Runtime's default optimization level, CPU execution provider; not
+edgeq's prepared-graph cache, so every bundle is optimized by the same ONNX Runtime here and now), fed the
 log-mel features of --seconds of silence padded as edgeq pads them (30 s: the full window; less:
 a fitted window of that many seconds). Round after round, the (bundle, graph) pairs run in
 alternation, so a slow phase of a shared machine slows them alike: per pair and round the best of
@@ -36,21 +37,24 @@ def _features(bundle: Path, seconds: float) -> np.ndarray:
     return log_mel_spectrogram(np.zeros(16000 * 30, dtype=np.float32), n_mels=mels)[None, :, :frames]
 
 
-def _session(path: Path, threads: int, profile: str | None = None):
+def _session(bundle: Path, graph: str, threads: int, profile: str | None = None):
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
+    from edgeq.format.bundle import open_bundle
+    from edgeq.format.layout import read_layout
+    from edgeq.runtime.onnx_engine import _options
+
+    layout = read_layout(open_bundle(bundle))
+    options = _options(ort, threads, spin=False, prepack=layout.encoder_prepack, arena=True)
     if profile:
         options.enable_profiling, options.profile_file_prefix = True, profile
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(bundle / graph), options, providers=["CPUExecutionProvider"])
 
 
-def measure(path: Path, features: np.ndarray, threads: int, repeat: int, tmp: str) -> dict:
+def measure(bundle: Path, graph: str, features: np.ndarray, threads: int, repeat: int, tmp: str) -> dict:
     """Best wall time of `repeat` windows, and one profiled window's milliseconds per operator type."""
     feed = {"input_features": features}
-    session = _session(path, threads)
+    session = _session(bundle, graph, threads)
     session.run(None, feed)  # warm-up: page faults, the arena's first blocks
     times = []
     for _ in range(repeat):
@@ -58,7 +62,7 @@ def measure(path: Path, features: np.ndarray, threads: int, repeat: int, tmp: st
         session.run(None, feed)
         times.append(time.perf_counter() - start)
     del session
-    profiled = _session(path, threads, profile=f"{tmp}/profile")
+    profiled = _session(bundle, graph, threads, profile=f"{tmp}/profile")
     profiled.run(None, feed)
     events = json.loads(Path(profiled.end_profiling()).read_text())
     ops: collections.Counter = collections.Counter()
@@ -103,7 +107,7 @@ def main() -> None:
             order = pairs[round_ % len(pairs):] + pairs[:round_ % len(pairs)]  # rotated each round
             for bundle, graph in order:
                 row = {"system": f"{bundle.name}/{graph}", "round": round_,
-                       **measure(bundle / graph, _features(bundle, args.seconds), args.threads, args.repeat, tmp)}
+                       **measure(bundle, graph, _features(bundle, args.seconds), args.threads, args.repeat, tmp)}
                 data["rows"].append(row)
                 top = sorted(row["ops_ms"].items(), key=lambda kv: -kv[1])[:4]
                 print(f"round {round_ + 1} {row['system']:60s} {row['wall_ms']:7.1f} ms  "

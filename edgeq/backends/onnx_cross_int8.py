@@ -110,8 +110,8 @@ def _abs_max_over_frames(n: _Nodes, c: dict[str, str], x: str, out: str) -> str:
     [F, H x Dh]: ONNX Runtime's ReduceMax/ReduceMin kernel for that case walks each column down the
     rows, 2.2-2.6 ms for whisper-base's 1500 x 512 against 0.1 ms with the frames in the middle
     (Eigen's row-wise maximum). whisper-base onnx-int8-dynamic, encoder.vnni.onnx, one padded
-    window, 2 threads, Xeon with AMX: 24 such reductions took 62 of 262 ms; with the view 196 ms,
-    outputs bit-identical (benchmarks/results/encoder_reductions*.json)."""
+    window, 2 threads, Xeon with AMX: the 24 reductions took 64 of 264 ms, with the view 5.7 of 209
+    ms, outputs bit-identical (benchmarks/encoder_ops.py, results/encoder_ops_cross_reductions.json)."""
     view = n("Reshape", [x, c["heads_frames_dims"]])  # [H, F, Dh]: batch 1, as the outputs' shapes say
     return n("Reshape", [_abs_max(n, c, view, "frames"), c["one_heads_one_dims"]], out)
 
