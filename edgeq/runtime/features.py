@@ -11,6 +11,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from edgeq.runtime import blas
+
 SAMPLE_RATE = 16000
 N_FFT = 400
 HOP_LENGTH = 160
@@ -91,11 +93,14 @@ def log_mel_spectrogram(audio: np.ndarray, n_mels: int = 80) -> np.ndarray:
     sounding = min(n_frames, -(-(audio.shape[0] + N_FFT // 2) // HOP_LENGTH))
     filters, window = mel_filters(n_mels), _hann()
     mel = np.zeros((n_frames, n_mels), dtype=np.float32)  # a silent frame's power is exactly 0
-    for start in range(0, sounding, BLOCK_FRAMES):
-        stop = min(start + BLOCK_FRAMES, sounding)
-        spectrum = np.fft.rfft(frames[start:stop] * window, axis=1)
-        power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
-        mel[start:stop] = power @ filters  # [frames, n_mels]
+    # One BLAS thread: NumPy's OpenBLAS would run the product on every core and leave its threads
+    # spinning into the encoder's run (edgeq.runtime.blas).
+    with blas.one_thread():
+        for start in range(0, sounding, BLOCK_FRAMES):
+            stop = min(start + BLOCK_FRAMES, sounding)
+            spectrum = np.fft.rfft(frames[start:stop] * window, axis=1)
+            power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
+            mel[start:stop] = power @ filters  # [frames, n_mels]
     log_spec = np.log10(np.maximum(mel, 1e-10)).T[:, :-1]  # Whisper drops the last frame
     log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
     return ((log_spec + 4.0) / 4.0).astype(np.float32)

@@ -97,3 +97,40 @@ def test_audio_stream_refuses_bad_files(tmp_path):
     (tmp_path / "empty.wav").write_bytes(b"")
     with pytest.raises(AudioError, match="cannot decode audio"):
         AudioStream(tmp_path / "empty.wav")
+
+
+def _blas_threads() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [i["num_threads"] for i in threadpool_info() if i.get("user_api") == "blas"]
+
+
+def test_mel_product_runs_on_one_blas_thread_and_the_callers_setting_comes_back(monkeypatch):
+    # NumPy's OpenBLAS would run the filterbank product on every core and leave its threads spinning
+    # into the encoder's run (edgeq/runtime/blas.py): the product must see one thread, and the
+    # caller's own BLAS setting must be as it was afterwards.
+    from threadpoolctl import threadpool_limits
+
+    from edgeq.runtime import features
+
+    seen = []
+
+    class Filters(np.ndarray):
+        def __rmatmul__(self, power):  # power @ filters lands here: Filters is the right operand's subclass
+            seen.append(_blas_threads())
+            return np.matmul(power, self.view(np.ndarray))
+
+    real = features.mel_filters
+    monkeypatch.setattr(features, "mel_filters", lambda n: real(n).view(Filters))
+    audio = tone(3.0)
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = _blas_threads()
+        got = features.log_mel_spectrogram(audio)
+        after = _blas_threads()
+    if not before:
+        pytest.skip("threadpoolctl finds no BLAS library in this NumPy")
+    assert seen and all(threads == [1] * len(before) for threads in seen)
+    assert after == before
+    monkeypatch.setattr(features, "mel_filters", real)
+    expected = features.log_mel_spectrogram(audio)
+    assert np.array_equal(got, expected)
