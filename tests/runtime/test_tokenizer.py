@@ -82,3 +82,24 @@ def test_a_truncated_or_foreign_decode_table_is_one_line(tiny_model, tmp_path, c
     with pytest.raises(BundleError, match=r"not a readable edgeq decode table") as err:
         WhisperTokenizer(path)
     assert "\n" not in str(err.value)
+
+
+def test_a_decode_table_whose_offsets_go_back_is_one_line(tiny_model, tmp_path):
+    # The pieces are sliced out of the file at decode time: offsets that go backwards would make
+    # wrong pieces silently, so the load refuses them.
+    import struct
+
+    from edgeq.runtime.tokenizer import MAGIC
+
+    path = tmp_path / "t.bin"
+    write_decode_table(tiny_model / "tokenizer.json", path)
+    data = bytearray(path.read_bytes())
+    (n,) = struct.unpack_from("<I", data, len(MAGIC))
+    at = len(MAGIC) + 4 + n
+    offsets = list(struct.unpack_from(f"<{n + 1}I", data, at))
+    i = next(k for k in range(1, n) if offsets[k + 1] > offsets[k])  # a piece with bytes
+    offsets[i] = offsets[i + 1] + 1  # past the next offset: it goes back after it
+    struct.pack_into(f"<{n + 1}I", data, at, *offsets)
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"truncated or inconsistent"):
+        WhisperTokenizer(path)
