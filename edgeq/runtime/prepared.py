@@ -2,10 +2,19 @@
 
 Why: creating its two sessions is most of what loading an ONNX bundle costs. ONNX Runtime
 optimizes each graph (fusions, constant folding) and prepacks every int8 weight into the layout its
-GEMM kernels read on this CPU, every time. It can write both out: the graph as optimized, and the
-prepacked weights beside the originals in the graph's external data file
-(`session.save_external_prepacked_constant_initializers`), which a later session memory-maps
-instead of packing again. See benchmarks/results/prepared_sessions.json for what it saves.
+GEMM kernels read on this CPU, every time. It writes the graph as optimized, which a later session
+loads with no optimizing left to do. See benchmarks/results/prepared_sessions.json for what that saves.
+
+The prepacked weights are not written with it. ONNX Runtime can (`session.
+save_external_prepacked_constant_initializers`), and edgeq did until 2026-12-06, but onnxruntime
+1.32 packs every weight again when it loads such a copy, and only then takes the packed bytes from
+the file: one 8-bit MatMulNBits over whisper-base's token table took 27 ms to pack either way, and
+whisper-base onnx-int8-dynamic's decoder session 64 ms with the packed weights in the copy against
+54 ms without (median of 15, alternated, AMX Xeon). Without them a load is faster (whole
+`edgeq.load`, 6 alternated fresh processes each: onnx-int8-dynamic 0.129 -> 0.123 s, onnx-int4
+0.157 -> 0.151 s), the copy is half the size (127 -> 78 MB; 232 -> 132 MB), and the process peaks
+the same (228 / 195-196 MB, all of speech-dev on the padded window). The packed weights are then
+the process's own memory rather than file pages of the copy.
 
 What it writes is specific to this CPU's instruction set and this onnxruntime ("should only be used
 in the same environment the model was optimized in", ONNX Runtime warns), so it never goes into a
@@ -18,8 +27,8 @@ hashed when written (hashes.json), and used later only while every file is as it
 stat stamps of edgeq.format.verified (size, mtime, ctime, inode), or, until those can be taken
 (a file written less than RACY_S ago), its hashes. A copy that does not match is made again.
 
-Cost: disk. The copy holds the original weights and the prepacked ones (about twice the bundle's
-ONNX files); the MAX_COPIES most recently loaded bundles keep theirs (EDGEQ_ORT_CACHE_COPIES=N
+Cost: disk, about the bundle's ONNX files again (copies written before 2026-12-06 also hold the
+prepacked weights, twice that; they still load); the MAX_COPIES most recently loaded bundles keep theirs (EDGEQ_ORT_CACHE_COPIES=N
 keeps N: a benchmark alternating more bundles than that would otherwise load each one cold, making
 its copy again every time). CPU only: CUDA and TensorRT
 build their own engines. EDGEQ_ORT_CACHE=0 turns it off.
@@ -156,12 +165,11 @@ class PreparedGraphs:
             return False
 
     def save_options(self, options, name: str) -> None:
-        """Ask the session made with `options` to write its optimized graph `name` (and its
-        prepacked weights, in `name`.data) into the staging directory."""
+        """Ask the session made with `options` to write its optimized graph `name` (its weights in
+        `name`.data, not the prepacked ones: see the module's docstring) into the staging directory."""
         options.optimized_model_filepath = str(self.staging / name)
         options.add_session_config_entry("session.optimized_model_external_initializers_file_name", f"{name}.data")
         options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-        options.add_session_config_entry("session.save_external_prepacked_constant_initializers", "1")
 
     def commit(self) -> None:
         """Hash what the sessions wrote and move it into place in one rename: a load that stops

@@ -1227,6 +1227,11 @@ def test_a_second_load_uses_the_graphs_the_first_prepared_with_the_same_logits(n
     encoder, decoder = _graphs_here(path)
     assert sorted(p.name for p in copy.iterdir()) == sorted(
         [encoder, f"{encoder}.data", decoder, f"{decoder}.data", "hashes.json"])
+    # The copy holds the weights once: no prepacked ones, which onnxruntime would pack again anyway
+    # (runtime/prepared.py). With them each graph's data held its int8 weights twice.
+    for graph in (encoder, decoder):
+        bundle_data = (path / f"{graph.split('.')[0]}.onnx.data").stat().st_size  # encoder / decoder weights
+        assert (copy / f"{graph}.data").stat().st_size <= 1.1 * bundle_data, graph
     again = _first_logits(path, audio_dir)
     assert [how for _, how in sessions] == ["bundle", "bundle", "prepared", "prepared"]
     monkeypatch.setenv("EDGEQ_ORT_CACHE", "0")
