@@ -215,6 +215,30 @@ def spinning() -> str | None:
               f"{max(r['round'] for r in d['rows'])} rounds; machine: {machine(d['env'])}\n")
 
 
+def blas_threads(names: tuple[str, ...]) -> str | None:
+    """benchmarks/blas_threads.py: the pipeline with the mel product on one BLAS thread and on all,
+    per bundle the median over rounds and the one-thread run's ratio to the all-threads one."""
+    runs = [d for d in map(_load, names) if d and "summary" in d]
+    if not runs:
+        return None
+    rows = []
+    for d in runs:
+        what = f"{d['window']} window" + (f", {d['limit']} clips" if d.get("limit") else "") + f", {d['rounds']} rounds"
+        for bundle, v in d["summary"].items():
+            one, every = v["one"], v["all"]
+            rows.append([f"{bundle} ({what})",
+                         f"{every['encoder_s_per_window']:.3f} → **{one['encoder_s_per_window']:.3f}**",
+                         f"{every['decoder_tokens_per_s']:.0f} → {one['decoder_tokens_per_s']:.0f}",
+                         f"{every['rtf']:.4f} → {one['rtf']:.4f} ({one['rtf'] / every['rtf']:.2f} ×)"])
+    first = runs[0]
+    blas = first["rows"][0]["blas"]
+    lib = ", ".join(f"{b['internal_api']} {b['version']} ({b['architecture']})" for b in blas) or "no BLAS found"
+    return (_table(["bundle (window)", "encoder s/window, all BLAS threads → one", "decoder tokens/s",
+                    "RTF (one / all)"], rows)
+            + f"\nMedians over the rounds, the two modes in alternation, one fresh process per run, "
+              f"{first['threads']} threads, spinning decoder; NumPy's BLAS: {lib}; machine: {machine(first['env'])}\n")
+
+
 LONGFORM_JOINS = ("longform_onnx-int8-dynamic_20min.json", "longform_onnx-int8-dynamic_20min-seed1.json",
                   "longform_onnx-int8-dynamic_20min-seed2.json", "longform_onnx-int8-dynamic_20min-seed3.json")
 
@@ -275,8 +299,12 @@ TABLES = {
                                                         wer=False),
     "COMPARE_AMX_TABLE": lambda: compare("compare_systems_amx.json"),
     "COMPARE_AMX_SMALL_TABLE": lambda: compare("compare_systems_amx_whisper-small-random.json", wer=False),
+    "COMPARE_AMX_BLAS_TABLE": lambda: compare("compare_systems_amx_blas.json"),
+    "COMPARE_AMX_BLAS_SMALL_TABLE": lambda: compare("compare_systems_amx_blas_whisper-small-random.json", wer=False),
     "ENCODER_OPS_AMX_TABLE": lambda: encoder_ops("encoder_ops_cross_reductions.json"),
     "CPU_LIMITS_AMX": lambda: cpu_limits("cpu_limits_amx.json"),
+    "BLAS_THREADS_AMX": lambda: blas_threads(("blas_threads.json", "blas_threads_fit.json",
+                                              "blas_threads_whisper-small-random.json", "blas_threads_quanto.json")),
     "AUTO_TABLE": auto_front,
     "CPU_LIMITS": cpu_limits,
     "LONGFORM_TABLE": longform,
