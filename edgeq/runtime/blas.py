@@ -3,10 +3,10 @@
 Why: NumPy's wheels bring OpenBLAS, which runs a product as small as a window block's mel
 filterbank ([256, 201] x [201, 80]) on every core, and whose worker threads then keep spinning
 for work after the call returns. On a 2-core device that spin lands on the cores ONNX Runtime's
-encoder needs next: whisper-base onnx-int8-dynamic, padded windows of speech-dev, 2 threads,
-Intel Xeon (AMX), the encoder took 0.252 s a window in the pipeline against 0.207-0.208 s with
-OPENBLAS_NUM_THREADS=1, and the whole run 7.95-8.02 s against 6.81-6.87 s (two pairs, alternated;
-benchmarks/blas_threads.py measures it). On one thread the product takes the same 0.04 ms.
+encoder needs next. whisper-base onnx-int8-dynamic, padded windows of speech-dev, 2 threads,
+Intel Xeon (AMX), 3 rounds in alternation (benchmarks/blas_threads.py): the encoder took 0.240 s
+a window in the pipeline with NumPy's default against 0.198 s with this, and the whole run's RTF
+fell 0.0457 -> 0.0397. On one thread the product takes the same 0.04 ms.
 
 threadpoolctl finds whichever BLAS this NumPy loaded (OpenBLAS, MKL, BLIS, Accelerate) and sets
 its thread count through that library's own call; the limit covers only the `with` block and the

@@ -28,9 +28,9 @@ stat stamps of edgeq.format.verified (size, mtime, ctime, inode), or, until thos
 (a file written less than RACY_S ago), its hashes. A copy that does not match is made again.
 
 Cost: disk, about the bundle's ONNX files again (copies written before 2026-12-06 also hold the
-prepacked weights, twice that; they still load); the MAX_COPIES most recently loaded bundles keep theirs (EDGEQ_ORT_CACHE_COPIES=N
-keeps N: a benchmark alternating more bundles than that would otherwise load each one cold, making
-its copy again every time). CPU only: CUDA and TensorRT
+prepacked weights, twice that; they still load); the MAX_COPIES most recently loaded bundles keep
+theirs (EDGEQ_ORT_CACHE_COPIES=N keeps N: a benchmark alternating more bundles than that would
+otherwise load each one cold, making its copy again every time). CPU only: CUDA and TensorRT
 build their own engines. EDGEQ_ORT_CACHE=0 turns it off.
 """
 
