@@ -1,14 +1,14 @@
 """What keeping ONNX Runtime's prepared graphs on the device (edgeq.runtime.prepared) does to a load.
 
-    python benchmarks/prepared_sessions.py BUNDLE [BUNDLE ...] [--rounds 5] [--threads 2]
+    python benchmarks/prepared_sessions.py BUNDLE [BUNDLE ...] [--rounds 5] [--threads 2] [--out FILE]
 
 For each bundle, in alternation, each in a fresh process: the first load on a device (empty cache:
-optimizes, prepacks and writes the copy), a later load (reads the copy, stamped as unchanged by an
+optimizes, prepacks and writes the copy of the optimized graphs), a later load (reads the copy, stamped as unchanged by an
 untimed load in between), and a load with
 EDGEQ_ORT_CACHE=0 (optimizes and prepacks in memory, as before). Each worker times `edgeq.load`
 and the creation of the two sessions inside it, and reads the kernel's high-water mark of resident
 memory after the load and after transcribing one speech-dev clip. Also: the copy's size on disk.
-Writes benchmarks/results/prepared_sessions.json.
+Writes benchmarks/results/prepared_sessions.json (or --out).
 """
 
 from __future__ import annotations
@@ -87,6 +87,7 @@ def main() -> None:
     ap.add_argument("bundles", nargs="+")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="prepared_sessions.json")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -116,7 +117,7 @@ def main() -> None:
             out["bundles"][name] = {"bundle_onnx_mb": sum(p.stat().st_size for p in Path(bundle).glob("*.onnx*")) / 1e6,
                                     "copy_mb": sum(p.stat().st_size for p in copy.iterdir()) / 1e6,
                                     "same_text": same, "median": summary, "rows": rows}
-            write_json("prepared_sessions.json", out)
+            write_json(args.out, out)
             print(name, json.dumps(summary, indent=1), "same text" if same else "TEXT DIFFERS")
 
 
