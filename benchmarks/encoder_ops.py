@@ -37,24 +37,30 @@ def _features(bundle: Path, seconds: float) -> np.ndarray:
     return log_mel_spectrogram(np.zeros(16000 * 30, dtype=np.float32), n_mels=mels)[None, :, :frames]
 
 
-def _session(bundle: Path, graph: str, threads: int, profile: str | None = None):
-    import onnxruntime as ort
-
+def _encoder_prepack(bundle: Path) -> bool:
+    """The bundle's encoder_prepack (its layout file), read once per bundle: opening a bundle hashes it."""
     from edgeq.format.bundle import open_bundle
     from edgeq.format.layout import read_layout
+
+    return read_layout(open_bundle(bundle)).encoder_prepack
+
+
+def _session(bundle: Path, graph: str, prepack: bool, threads: int, profile: str | None = None):
+    import onnxruntime as ort
+
     from edgeq.runtime.onnx_engine import _options
 
-    layout = read_layout(open_bundle(bundle))
-    options = _options(ort, threads, spin=False, prepack=layout.encoder_prepack, arena=True)
+    options = _options(ort, threads, spin=False, prepack=prepack, arena=True)
     if profile:
         options.enable_profiling, options.profile_file_prefix = True, profile
     return ort.InferenceSession(str(bundle / graph), options, providers=["CPUExecutionProvider"])
 
 
-def measure(bundle: Path, graph: str, features: np.ndarray, threads: int, repeat: int, tmp: str) -> dict:
+def measure(bundle: Path, graph: str, prepack: bool, features: np.ndarray, threads: int, repeat: int,
+            tmp: str) -> dict:
     """Best wall time of `repeat` windows, and one profiled window's milliseconds per operator type."""
     feed = {"input_features": features}
-    session = _session(bundle, graph, threads)
+    session = _session(bundle, graph, prepack, threads)
     session.run(None, feed)  # warm-up: page faults, the arena's first blocks
     times = []
     for _ in range(repeat):
@@ -62,7 +68,7 @@ def measure(bundle: Path, graph: str, features: np.ndarray, threads: int, repeat
         session.run(None, feed)
         times.append(time.perf_counter() - start)
     del session
-    profiled = _session(bundle, graph, threads, profile=f"{tmp}/profile")
+    profiled = _session(bundle, graph, prepack, threads, profile=f"{tmp}/profile")
     profiled.run(None, feed)
     events = json.loads(Path(profiled.end_profiling()).read_text())
     ops: collections.Counter = collections.Counter()
@@ -100,6 +106,7 @@ def main() -> None:
     pairs = [(b, g) for b in args.bundles for g in args.graphs.split(",") if (b / g).is_file()]
     if not pairs:
         ap.error(f"none of {args.graphs} in {[str(b) for b in args.bundles]}")
+    prepack = {b: _encoder_prepack(b) for b in args.bundles}
     data = {"env": fingerprint(), "threads": args.threads, "seconds": args.seconds,
             "frames": int(round(args.seconds * 100)) // 2, "bundles": [str(b) for b in args.bundles], "rows": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -107,7 +114,8 @@ def main() -> None:
             order = pairs[round_ % len(pairs):] + pairs[:round_ % len(pairs)]  # rotated each round
             for bundle, graph in order:
                 row = {"system": f"{bundle.name}/{graph}", "round": round_,
-                       **measure(bundle, graph, _features(bundle, args.seconds), args.threads, args.repeat, tmp)}
+                       **measure(bundle, graph, prepack[bundle], _features(bundle, args.seconds), args.threads,
+                                  args.repeat, tmp)}
                 data["rows"].append(row)
                 top = sorted(row["ops_ms"].items(), key=lambda kv: -kv[1])[:4]
                 print(f"round {round_ + 1} {row['system']:60s} {row['wall_ms']:7.1f} ms  "
