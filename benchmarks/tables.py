@@ -239,6 +239,22 @@ def blas_threads(names: tuple[str, ...]) -> str | None:
               f"{first['threads']} threads, spinning decoder; NumPy's BLAS: {lib}; machine: {machine(first['env'])}\n")
 
 
+def fitted_loops() -> str | None:
+    """benchmarks/fitted_loops.py: per bundle, the fitted windows whose decode looped and was redone."""
+    d = _load("fitted_loops.json")
+    if not d:
+        return None
+    rows = []
+    for r in d["rows"]:
+        widths = ", ".join(f"{k} × {v}" for k, v in r["decoder"].items()) or "—"
+        rows.append([f"`{r['bundle']}` ({r['recipe']})", widths, f"**{r['refits']}** of {r['decodes']}",
+                     f"{r['wer_pct']:.2f}"])
+    return (_table(["bundle (recipe)", "decoder MatMulNBits (layers)", "fitted windows decoded again in full",
+                    "WER %"], rows)
+            + f"\nspeech-dev's 24 clips, each as is and in 6 variants (silence before or after, gain, noise, "
+              f"speed), greedy, 2 threads; machine: {machine(d['env'])}\n")
+
+
 LONGFORM_JOINS = ("longform_onnx-int8-dynamic_20min.json", "longform_onnx-int8-dynamic_20min-seed1.json",
                   "longform_onnx-int8-dynamic_20min-seed2.json", "longform_onnx-int8-dynamic_20min-seed3.json")
 
@@ -305,6 +321,9 @@ TABLES = {
     "CPU_LIMITS_AMX": lambda: cpu_limits("cpu_limits_amx.json"),
     "BLAS_THREADS_AMX": lambda: blas_threads(("blas_threads.json", "blas_threads_fit.json",
                                               "blas_threads_whisper-small-random.json", "blas_threads_quanto.json")),
+    "FITTED_LOOPS_TABLE": fitted_loops,
+    "COMPARE_AMX_FFN8_TABLE": lambda: compare("compare_systems_amx_ffn8.json"),
+    "COMPARE_AMX_FFN8_SMALL_TABLE": lambda: compare("compare_systems_amx_ffn8_whisper-small-random.json", wer=False),
     "AUTO_TABLE": auto_front,
     "CPU_LIMITS": cpu_limits,
     "LONGFORM_TABLE": longform,

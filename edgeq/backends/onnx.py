@@ -178,11 +178,20 @@ def _check_recipe(recipe) -> None:
     if recipe.scheme == "static" and recipe.activations.format != "int8":
         raise RecipeError(f"recipe {recipe.name}: ONNX static quantization has int8 activations only")
     formats = {o.format for o in recipe.modules.overrides.values()} - {"float"}
-    if formats and recipe.scheme != "weight-only":
+    if formats and recipe.scheme not in ("weight-only", "dynamic", "static"):
         raise RecipeError(
-            f"recipe {recipe.name}: ONNX per-layer weight formats need scheme 'weight-only' (MatMulNBits); "
-            "with other schemes only overrides with format = 'float' (keep a layer float) are supported"
+            f"recipe {recipe.name}: ONNX per-layer weight formats need MatMulNBits: scheme 'weight-only', "
+            "or the decoder of scheme 'dynamic' or 'static'"
         )
+    if formats and recipe.scheme in ("dynamic", "static"):
+        encoder_side = sorted(p for p, o in recipe.modules.overrides.items()
+                              if o.format != "float" and not p.startswith("model.decoder."))
+        if encoder_side:
+            # The int8 schemes' encoder MatMuls are uint8 (quantize_dynamic or QDQ), one format for all.
+            raise RecipeError(
+                f"recipe {recipe.name}: with scheme {recipe.scheme!r} per-layer weight formats apply to the "
+                f"decoder's MatMulNBits only; name decoder layers (model.decoder.…), not {', '.join(encoder_side)}"
+            )
     if formats - set(NBITS_FORMATS):
         raise RecipeError(
             f"recipe {recipe.name}: ONNX MatMulNBits overrides take format {', '.join(NBITS_FORMATS)} "
@@ -237,10 +246,13 @@ def quantize_graphs(model, recipe, encoder, decoder, calibration):
             if opts.dynamic:
                 info["encoder"] += f", dynamic uint8 for {', '.join(opts.dynamic)}"
         # A 4-bit decoder of whisper-base, blocks of 128 with zero points: WER 2.65 % on speech-dev,
-        # as the 8-bit one's.
-        decoder = oq.matmul_nbits(decoder, bits, block, _symmetric(bits), opts.accuracy_level, dec_skip)
+        # as the 8-bit one's. `modules.overrides` give single decoder layers another width.
+        widths = {}
+        decoder = _matmul_nbits_per_spec(decoder, dec_nodes, _plan(model, recipe), opts.accuracy_level, widths)
         info.update(decoder=f"MatMulNBits {bits}-bit", block_size=block, symmetric=_symmetric(bits),
                     accuracy_level=opts.accuracy_level)
+        if len(widths) > 1:
+            info["decoder_layers_per_format"] = dict(sorted(widths.items()))
 
     embeddings = recipe.modules.embeddings
     if embeddings != "float":

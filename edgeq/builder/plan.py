@@ -7,6 +7,7 @@ switches and per-module overrides mean the same thing whatever the library.
 from __future__ import annotations
 
 import logging
+import re
 from fnmatch import fnmatchcase
 
 from torch import nn
@@ -19,6 +20,24 @@ log = logging.getLogger(__name__)
 
 # proj_out is tied to the token embedding; `modules.embeddings` decides its format, never the plan.
 LM_HEAD = "proj_out"
+# "model.decoder.layers.-1.fc*": a layer counted from the end of its stack, so that one recipe
+# means the same layer in every Whisper size (the last decoder layer is 3 in tiny, 5 in base, 11 in small).
+_FROM_END = re.compile(r"^(?P<stack>.*?\.layers)\.-(?P<k>[0-9]+)(?=\.|$)")
+_LAYER = re.compile(r"^(?P<stack>.*?\.layers)\.(?P<i>[0-9]+)\.")
+
+
+def resolve_from_end(pattern: str, names: list[str]) -> str:
+    """`pattern` with a negative layer index (`...layers.-1...`) replaced by the index it names in
+    `names`; unchanged when it has none, or when the stack has fewer layers (it then matches nothing,
+    which quantization_plan warns about)."""
+    found = _FROM_END.match(pattern)
+    if not found:
+        return pattern
+    stack, k = found["stack"], int(found["k"])
+    indices = [int(m["i"]) for m in map(_LAYER.match, names) if m and fnmatchcase(m["stack"], stack)]
+    if not k or not indices or k > max(indices) + 1:
+        return pattern
+    return f"{stack}.{max(indices) + 1 - k}{pattern[found.end():]}"
 
 
 def linear_names(model: nn.Module) -> list[str]:
@@ -29,7 +48,10 @@ def quantization_plan(model: nn.Module, recipe: Recipe) -> dict[str, WeightSpec]
     """Module name -> the weight spec it gets; modules left out stay float."""
     spec = recipe.modules
     names = linear_names(model)
-    for kind, patterns in (("include", spec.include), ("exclude", spec.exclude), ("overrides", spec.overrides)):
+    include = [resolve_from_end(p, names) for p in spec.include]
+    exclude = [resolve_from_end(p, names) for p in spec.exclude]
+    overrides = {resolve_from_end(p, names): o for p, o in spec.overrides.items()}
+    for kind, patterns in (("include", include), ("exclude", exclude), ("overrides", overrides)):
         for pattern in patterns:
             if not any(fnmatchcase(n, pattern) for n in names):
                 log.warning("recipe %s: %s pattern %r matches no Linear layer", recipe.name, kind, pattern)
@@ -39,12 +61,12 @@ def quantization_plan(model: nn.Module, recipe: Recipe) -> dict[str, WeightSpec]
             continue
         if name.startswith("model.decoder.") and not spec.decoder:
             continue
-        if not any(fnmatchcase(name, p) for p in spec.include):
+        if not any(fnmatchcase(name, p) for p in include):
             continue
-        if any(fnmatchcase(name, p) for p in spec.exclude):
+        if any(fnmatchcase(name, p) for p in exclude):
             continue
         weights = recipe.weights
-        for pattern, override in spec.overrides.items():  # first matching pattern wins
+        for pattern, override in overrides.items():  # first matching pattern wins
             if fnmatchcase(name, pattern):
                 if override.format == "float":
                     weights = None

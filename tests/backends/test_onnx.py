@@ -220,12 +220,43 @@ def test_an_int8_scheme_s_weights_format_is_its_decoder_s_and_its_encoder_stays_
     mixed, int8 = _get(bundles, "onnx-int8-dynamic-int4-decoder"), _get(bundles, "onnx-int8-dynamic")
     (enc4, dec4), (enc8, dec8) = _graphs(mixed), _graphs(int8)
     assert nbits(enc4) == nbits(enc8) == []
-    table = 1  # the tied table's MatMulNBits (logits)
+    table, last_ffn = 1, 2  # the tied table's MatMulNBits (logits); the last layer's fc1 and fc2 (modules.overrides)
     assert nbits(dec8) == [(8, 128, False)] * len(nbits(dec8))
-    assert nbits(dec4).count((8, 128, False)) == table
-    assert nbits(dec4).count((4, 128, True)) == len(nbits(dec8)) - table > 0
-    assert json.loads((mixed.path / "onnx.json").read_text())["quantization"]["decoder"] == "MatMulNBits 4-bit"
+    assert nbits(dec4).count((8, 128, False)) == table + last_ffn
+    assert nbits(dec4).count((4, 128, True)) == len(nbits(dec8)) - table - last_ffn > 0
+    quantization = json.loads((mixed.path / "onnx.json").read_text())["quantization"]
+    assert quantization["decoder"] == "MatMulNBits 4-bit"
+    assert quantization["decoder_layers_per_format"]["int8-b128"] == last_ffn
     assert mixed.manifest.size.weights_bytes < int8.manifest.size.weights_bytes
+
+
+def test_decoder_layers_of_an_int8_scheme_take_their_own_width_and_encoder_layers_cannot(bundles, tiny_model, tmp_path):
+    # onnx-int8-dynamic-int4-decoder keeps "model.decoder.layers.-1.fc*" 8-bit: the last layer's
+    # fc1 and fc2, as MatMulNBits (K, N) = (d_model, ffn) and (ffn, d_model), the rest 4-bit.
+    import edgeq
+    from edgeq.backends.onnx import _check_recipe
+    from edgeq.spec.recipe import apply_overrides, load_recipe
+
+    config = json.loads((Path(tiny_model) / "config.json").read_text())
+    d, ffn = config["d_model"], config["decoder_ffn_dim"]
+    _, dec = _graphs(_get(bundles, "onnx-int8-dynamic-int4-decoder"))
+
+    def attr(node, name):
+        return next(a.i for a in node.attribute if a.name == name)
+
+    eight = sorted((attr(n, "K"), attr(n, "N")) for n in dec.graph.node
+                   if n.op_type == "MatMulNBits" and attr(n, "bits") == 8 and attr(n, "N") != config["vocab_size"])
+    assert eight == sorted([(d, ffn), (ffn, d)])
+    # Every decoder layer 4-bit but the first layer's self-attention queries, 8-bit: one more 8-bit node.
+    recipe = apply_overrides(load_recipe("onnx-int8-dynamic"), ["weights.format=int4",
+                             'modules.overrides."model.decoder.layers.0.self_attn.q_proj"={format="int8"}'])
+    one = edgeq.build(recipe, model=str(tiny_model), out=tmp_path / "one", language="en")
+    assert json.loads((one.path / "onnx.json").read_text())["quantization"]["decoder_layers_per_format"]["int8-b128"] == 1
+    encoder_layer = 'modules.overrides."model.encoder.layers.0.fc1"={format="int4"}'
+    with pytest.raises(RecipeError, match=r"decoder's MatMulNBits only; name decoder layers .*model\.encoder\.layers\.0\.fc1"):
+        _check_recipe(apply_overrides(load_recipe("onnx-int8-dynamic"), [encoder_layer]))
+    with pytest.raises(RecipeError, match="per-layer weight formats need MatMulNBits"):
+        _check_recipe(apply_overrides(load_recipe("onnx-fp32"), ['modules.overrides."model.decoder.*"={format="int8"}']))
 
 
 @pytest.mark.parametrize("recipe", ["onnx-fp32", "onnx-int8-dynamic"])

@@ -69,3 +69,19 @@ def test_pattern_that_matches_nothing_is_warned_about(model, caplog):
     with caplog.at_level(logging.WARNING, logger="edgeq"):
         plan_for(model, "hqq-int4-g64", 'modules.exclude=["*no_such_layer*"]')
     assert "exclude pattern '*no_such_layer*' matches no Linear layer" in caplog.text
+
+
+def test_a_negative_layer_index_counts_from_the_end_of_its_stack(model):
+    # One recipe names the same layer in every Whisper size (the last decoder layer is 3 in tiny,
+    # 5 in base, 11 in small): onnx-int8-dynamic-int4-decoder keeps "layers.-1.fc*" 8-bit.
+    plan = plan_for(model, "hqq-int4-g64", 'modules.overrides."model.decoder.layers.-1.fc*"={format="int8"}',
+                    'modules.exclude=["model.encoder.layers.-2.fc1"]')
+    assert [n for n, w in plan.items() if w.format == "int8"] == ["model.decoder.layers.1.fc1", "model.decoder.layers.1.fc2"]
+    assert "model.encoder.layers.0.fc1" not in plan and "model.encoder.layers.1.fc1" in plan
+
+
+def test_a_negative_layer_index_past_the_stack_matches_nothing_and_is_warned_about(model, caplog):
+    with caplog.at_level(logging.WARNING, logger="edgeq"):
+        plan = plan_for(model, "hqq-int4-g64", 'modules.overrides."model.decoder.layers.-3.fc*"={format="int8"}')
+    assert {w.format for w in plan.values()} == {"int4"}
+    assert "overrides pattern 'model.decoder.layers.-3.fc*' matches no Linear layer" in caplog.text
