@@ -46,18 +46,23 @@ def cpuinfo() -> tuple[str, list[str]]:
     import platform
     import subprocess
 
-    model, flags = platform.processor() or platform.machine(), []
+    model, flags, part = platform.processor() or platform.machine(), [], ""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         text = ""
+    named = False
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip().lower()
         if key in ("model name", "hardware", "cpu model") and value.strip():
-            model = value.strip()
+            model, named = value.strip(), True
         elif key in ("flags", "features") and not flags:
             flags = value.split()
+        elif key == "cpu part" and not part:
+            part = value.strip()
+    if part and not named:  # arm64 kernels often name no model, only the core's part number (0xd08: Cortex-A72)
+        model = f"{model} CPU part {part}"
     if not text and platform.system() == "Darwin":  # pragma: no cover - macOS
         try:
             model = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True,

@@ -47,7 +47,7 @@ from pathlib import Path
 
 from edgeq.format import verified
 from edgeq.runtime import int8_kernels
-from edgeq.util import cache_dir, sha256_file
+from edgeq.util import cache_dir, cpuinfo, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -74,18 +74,8 @@ def enabled() -> bool:
 
 def _cpu() -> str:
     """What decides the kernels ONNX Runtime packs for: the machine and the CPU's model and flags."""
-    model, flags = "", ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip().lower()
-            if key in ("model name", "cpu part", "hardware") and not model:
-                model = value.strip()
-            elif key in ("flags", "features") and not flags:
-                flags = " ".join(sorted(value.split()))
-    except OSError:
-        pass
-    key = f"{platform.machine()}|{platform.processor()}|{model}|{flags}"
+    model, flags = cpuinfo()
+    key = f"{platform.machine()}|{platform.processor()}|{model}|{' '.join(sorted(flags))}"
     # The flags stand for the kernels ONNX Runtime picks (and packs weights for), except under an
     # emulator that shows the host's flags (int8_kernels): its copies must not be the host's.
     return key + "|u8s8 saturates" if int8_kernels.flags_overstate_vnni() else key

@@ -1352,6 +1352,33 @@ def test_the_prepared_copy_belongs_to_one_bundle_onnxruntime_and_cpu(monkeypatch
     assert prepared.PreparedGraphs("a" * 64, "1.32.0").path != key
 
 
+def test_the_prepared_copy_s_cpu_key_is_util_cpuinfo_s_model_and_flags(monkeypatch):
+    # One /proc/cpuinfo parser (edgeq.util.cpuinfo) for the benchmarks' records and this key; the
+    # flags in any order are one CPU, other flags another (they choose the kernels packed for).
+    from edgeq.runtime import int8_kernels, prepared
+
+    monkeypatch.setattr(int8_kernels, "flags_overstate_vnni", lambda: False)
+    monkeypatch.setattr(prepared, "cpuinfo", lambda: ("A CPU", ["b", "a"]))
+    key = prepared._cpu()
+    assert key.endswith("|A CPU|a b")
+    monkeypatch.setattr(prepared, "cpuinfo", lambda: ("A CPU", ["a", "b"]))
+    assert prepared._cpu() == key
+    monkeypatch.setattr(prepared, "cpuinfo", lambda: ("A CPU", ["a", "b", "asimddp"]))
+    assert prepared._cpu() != key
+
+
+def test_an_arm64_cpuinfo_without_a_model_name_is_named_by_its_core_part(monkeypatch):
+    from pathlib import Path as P
+
+    from edgeq import util
+
+    text = "processor\t: 0\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd crc32\nCPU part\t: 0xd08\n"
+    real = P.read_text
+    monkeypatch.setattr(P, "read_text", lambda self, *a, **k: text if str(self) == "/proc/cpuinfo" else real(self, *a, **k))
+    model, flags = util.cpuinfo()
+    assert model.endswith("CPU part 0xd08") and flags == ["fp", "asimd", "crc32"]
+
+
 def test_a_staging_folder_left_by_a_killed_load_is_cleared(monkeypatch, tmp_path):
     import os
 
