@@ -222,14 +222,14 @@ def quantize_graphs(model, recipe, encoder, decoder, calibration):
             decoder = oq.to_float16(decoder, keep=["logits"])
         return encoder, decoder, info
 
-    enc_nodes, dec_nodes = _planned_nodes(model, recipe, encoder, decoder)
+    plan = _plan(model, recipe)  # once: it warns about patterns that match nothing
+    enc_nodes, dec_nodes = _planned_nodes(model, plan, encoder, decoder)
     enc_skip = sorted(n for n, m in enc_nodes.items() if m is None)
     dec_skip = sorted(n for n, m in dec_nodes.items() if m is None)
     info["float_layers"] = len(enc_skip) + len(dec_skip)
     bits = w.bits
     block = w.group_size
     if scheme == "weight-only":
-        plan = _plan(model, recipe)
         widths: dict[str, int] = {}
         encoder = _matmul_nbits_per_spec(encoder, enc_nodes, plan, opts.accuracy_level, widths)
         decoder = _matmul_nbits_per_spec(decoder, dec_nodes, plan, opts.accuracy_level, widths)
@@ -248,7 +248,7 @@ def quantize_graphs(model, recipe, encoder, decoder, calibration):
         # A 4-bit decoder of whisper-base, blocks of 128 with zero points: WER 2.65 % on speech-dev,
         # as the 8-bit one's. `modules.overrides` give single decoder layers another width.
         widths = {}
-        decoder = _matmul_nbits_per_spec(decoder, dec_nodes, _plan(model, recipe), opts.accuracy_level, widths)
+        decoder = _matmul_nbits_per_spec(decoder, dec_nodes, plan, opts.accuracy_level, widths)
         info.update(decoder=f"MatMulNBits {bits}-bit", block_size=block, symmetric=_symmetric(bits),
                     accuracy_level=opts.accuracy_level)
         if len(widths) > 1:
@@ -322,14 +322,12 @@ def _plan(model, recipe) -> dict:
     return quantization_plan(model, recipe)
 
 
-def _planned_nodes(model, recipe, encoder, decoder) -> tuple[dict, dict]:
+def _planned_nodes(model, plan: dict, encoder, decoder) -> tuple[dict, dict]:
     """For each graph: weight MatMul node -> the transformers Linear it quantizes, or None when
-    the recipe's plan (encoder/decoder switches, include/exclude) leaves it float."""
+    the recipe's `plan` (encoder/decoder switches, include/exclude) leaves it float."""
     from edgeq.backends.onnx_export import exported_linear_weights
     from edgeq.backends.onnx_quant import node_modules
-    from edgeq.builder.plan import quantization_plan
 
-    plan = quantization_plan(model, recipe)
     linears = exported_linear_weights(model)
     out = []
     for graph in (encoder, decoder):

@@ -4,6 +4,7 @@ fresh process that never imports torch -> the same greedy tokens as PyTorch."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -230,7 +231,8 @@ def test_an_int8_scheme_s_weights_format_is_its_decoder_s_and_its_encoder_stays_
     assert mixed.manifest.size.weights_bytes < int8.manifest.size.weights_bytes
 
 
-def test_decoder_layers_of_an_int8_scheme_take_their_own_width_and_encoder_layers_cannot(bundles, tiny_model, tmp_path):
+def test_decoder_layers_of_an_int8_scheme_take_their_own_width_and_encoder_layers_cannot(bundles, tiny_model, tmp_path,
+                                                                                           caplog):
     # onnx-int8-dynamic-int4-decoder keeps "model.decoder.layers.-1.fc*" 8-bit: the last layer's
     # fc1 and fc2, as MatMulNBits (K, N) = (d_model, ffn) and (ffn, d_model), the rest 4-bit.
     import edgeq
@@ -248,10 +250,14 @@ def test_decoder_layers_of_an_int8_scheme_take_their_own_width_and_encoder_layer
                    if n.op_type == "MatMulNBits" and attr(n, "bits") == 8 and attr(n, "N") != config["vocab_size"])
     assert eight == sorted([(d, ffn), (ffn, d)])
     # Every decoder layer 4-bit but the first layer's self-attention queries, 8-bit: one more 8-bit node.
+    # A pattern past the last layer matches nothing: said once, not once per look at the plan.
     recipe = apply_overrides(load_recipe("onnx-int8-dynamic"), ["weights.format=int4",
-                             'modules.overrides."model.decoder.layers.0.self_attn.q_proj"={format="int8"}'])
-    one = edgeq.build(recipe, model=str(tiny_model), out=tmp_path / "one", language="en")
+                             'modules.overrides."model.decoder.layers.0.self_attn.q_proj"={format="int8"}',
+                             'modules.overrides."model.decoder.layers.-99.fc1"={format="int8"}'])
+    with caplog.at_level(logging.WARNING, logger="edgeq"):
+        one = edgeq.build(recipe, model=str(tiny_model), out=tmp_path / "one", language="en")
     assert json.loads((one.path / "onnx.json").read_text())["quantization"]["decoder_layers_per_format"]["int8-b128"] == 1
+    assert caplog.text.count("'model.decoder.layers.-99.fc1' matches no Linear layer") == 1
     encoder_layer = 'modules.overrides."model.encoder.layers.0.fc1"={format="int4"}'
     with pytest.raises(RecipeError, match=r"decoder's MatMulNBits only; name decoder layers .*model\.encoder\.layers\.0\.fc1"):
         _check_recipe(apply_overrides(load_recipe("onnx-int8-dynamic"), [encoder_layer]))
