@@ -75,7 +75,7 @@ def enabled() -> bool:
 def _cpu() -> str:
     """What decides the kernels ONNX Runtime packs for: the machine and the CPU's model and flags."""
     model, flags = cpuinfo()
-    key = f"{platform.machine()}|{platform.processor()}|{model}|{' '.join(sorted(flags))}"
+    key = f"{platform.machine()}|{model}|{' '.join(sorted(flags))}"
     # The flags stand for the kernels ONNX Runtime picks (and packs weights for), except under an
     # emulator that shows the host's flags (int8_kernels): its copies must not be the host's.
     return key + "|u8s8 saturates" if int8_kernels.flags_overstate_vnni() else key
