@@ -51,9 +51,9 @@ def cpuinfo() -> tuple[str, list[str]]:
     except OSError:
         text = ""
     if not text:
-        # Not on Linux: platform.processor() is all there is. On Linux it is asked only where it is
-        # needed, never: it runs `uname -p` in a subprocess (5.7 ms, and 3.6 ms to import subprocess,
-        # of every edgeq.load here) and says "" or "unknown" where /proc/cpuinfo names the model.
+        # Not on Linux: platform.processor() is all there is. On Linux it is never asked: it runs
+        # `uname -p` in a subprocess (5.7 ms, and 3.6 ms to import subprocess, of every edgeq.load
+        # here) and says "" or "unknown" where /proc/cpuinfo names the model.
         model = platform.processor() or model
     named = False
     for line in text.splitlines():

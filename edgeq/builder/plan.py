@@ -50,8 +50,10 @@ def quantization_plan(model: nn.Module, recipe: Recipe) -> dict[str, WeightSpec]
     names = linear_names(model)
     include = [resolve_from_end(p, names) for p in spec.include]
     exclude = [resolve_from_end(p, names) for p in spec.exclude]
-    overrides = {resolve_from_end(p, names): o for p, o in spec.overrides.items()}
-    for kind, patterns in (("include", include), ("exclude", exclude), ("overrides", overrides)):
+    # Pairs, not a dict: "layers.-1.fc1" and "layers.5.fc1" resolve alike on whisper-base, and the
+    # first of them must still win.
+    overrides = [(resolve_from_end(p, names), o) for p, o in spec.overrides.items()]
+    for kind, patterns in (("include", include), ("exclude", exclude), ("overrides", [p for p, _ in overrides])):
         for pattern in patterns:
             if not any(fnmatchcase(n, pattern) for n in names):
                 log.warning("recipe %s: %s pattern %r matches no Linear layer", recipe.name, kind, pattern)
@@ -66,7 +68,7 @@ def quantization_plan(model: nn.Module, recipe: Recipe) -> dict[str, WeightSpec]
         if any(fnmatchcase(name, p) for p in exclude):
             continue
         weights = recipe.weights
-        for pattern, override in overrides.items():  # first matching pattern wins
+        for pattern, override in overrides:  # first matching pattern wins
             if fnmatchcase(name, pattern):
                 if override.format == "float":
                     weights = None

@@ -85,3 +85,10 @@ def test_a_negative_layer_index_past_the_stack_matches_nothing_and_is_warned_abo
         plan = plan_for(model, "hqq-int4-g64", 'modules.overrides."model.decoder.layers.-3.fc*"={format="int8"}')
     assert {w.format for w in plan.values()} == {"int4"}
     assert "overrides pattern 'model.decoder.layers.-3.fc*' matches no Linear layer" in caplog.text
+
+
+def test_a_negative_index_resolved_to_a_pattern_already_there_keeps_first_match_wins(model):
+    # "layers.-1.fc1" is "layers.1.fc1" on this 2-layer model: the override written first still decides.
+    plan = plan_for(model, "hqq-int4-g64", 'modules.overrides."model.decoder.layers.-1.fc1"={format="int8"}',
+                    'modules.overrides."model.decoder.layers.1.fc1"={format="float"}')
+    assert plan["model.decoder.layers.1.fc1"].format == "int8"
