@@ -1,13 +1,14 @@
 """What keeping ONNX Runtime's prepared graphs on the device (edgeq.runtime.prepared) does to a load.
 
-    python benchmarks/prepared_sessions.py BUNDLE [BUNDLE ...] [--rounds 5] [--threads 2] [--out FILE]
+    python benchmarks/prepared_sessions.py BUNDLE [BUNDLE ...] [--rounds 5] [--threads 2] [--modes ...] [--out FILE]
 
-For each bundle, in alternation, each in a fresh process: the first load on a device (empty cache:
-optimizes, prepacks and writes the copy of the optimized graphs), a later load (reads the copy, stamped as unchanged by an
-untimed load in between), and a load with
+Bundles in alternation, round after round; for each, each in a fresh process: the first load on
+a device (empty cache: optimizes, prepacks and writes the copy of the optimized graphs), a later
+load (reads the copy, stamped as unchanged by an untimed load in between), and a load with
 EDGEQ_ORT_CACHE=0 (optimizes and prepacks in memory, as before). Each worker times `edgeq.load`
-and the creation of the two sessions inside it, and reads the kernel's high-water mark of resident
-memory after the load and after transcribing one speech-dev clip. Also: the copy's size on disk.
+and the creation of the sessions inside it (summed over the threads that make them), and reads
+the kernel's high-water mark of resident memory after the load and after transcribing one
+speech-dev clip. Also: the copy's size on disk.
 Writes benchmarks/results/prepared_sessions.json (or --out).
 """
 
@@ -75,8 +76,12 @@ def run(bundle: str, mode: str, cache: Path, threads: int) -> dict:
     elif mode == "later" and not _copy_stamps(cache):
         # A device's later loads come seconds or days after its first: the copy is then older than
         # verified.RACY_S and gets its stat stamp at the next load, after which loads hash nothing.
+        # (With --modes later alone, the first of these untimed loads makes the copy.)
+        load = [sys.executable, "-c", "import sys, edgeq; edgeq.load(sys.argv[1])", bundle]
+        if not any((cache / "onnxruntime").glob("*/hashes.json")):
+            subprocess.run(load, env=env, check=True)
         time.sleep(2.5)
-        subprocess.run([sys.executable, "-c", "import sys, edgeq; edgeq.load(sys.argv[1])", bundle], env=env, check=True)
+        subprocess.run(load, env=env, check=True)
     proc = subprocess.run([sys.executable, __file__, "--worker", bundle, "--threads", str(threads)],
                           capture_output=True, text=True, env=env, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -88,6 +93,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="prepared_sessions.json")
+    ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
+                    help="which loads to time (later: the usual load on a device)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -95,31 +102,39 @@ def main() -> None:
         return
     from edgeq.bench.env import fingerprint
 
-    out = {"env": fingerprint(), "threads": args.threads, "rounds": args.rounds, "bundles": {}}
+    modes = tuple(m for m in MODES if m in args.modes)
+    out = {"env": fingerprint(), "threads": args.threads, "rounds": args.rounds, "modes": modes, "bundles": {}}
+    names = [Path(b).name if Path(b).name not in [Path(o).name for o in args.bundles[:i]] else f"{Path(b).name}#{i}"
+             for i, b in enumerate(args.bundles)]
+    rows: dict[str, list[dict]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory(prefix="edgeq-prepared-") as tmp:
-        cache = Path(tmp)
-        for bundle in args.bundles:
-            name = Path(bundle).name
-            compile_edgeq()  # bytecode written once, as a wheel install has it
-            rows = []
-            for i in range(args.rounds):
-                order = MODES if i % 2 == 0 else ("first", "off", "later")  # "later" needs a copy
+        compile_edgeq()  # bytecode written once, as a wheel install has it
+        # Bundles in alternation within each round, each with a cache of its own (a first load
+        # empties its cache), so that a slow phase of the machine does not fall on one bundle only.
+        for i in range(args.rounds):
+            for bundle, name in zip(args.bundles, names):
+                cache = Path(tmp) / str(names.index(name))
+                order = modes if i % 2 == 0 else tuple(m for m in ("first", "off", "later") if m in modes)
                 for mode in order:
-                    rows.append({"mode": mode, "round": i + 1, **run(bundle, mode, cache, args.threads)})
-                    r = rows[-1]
+                    rows[name].append({"mode": mode, "round": i + 1, **run(bundle, mode, cache, args.threads)})
+                    r = rows[name][-1]
                     print(f"{name} {i + 1} {mode:5} load {r['load_s']:.3f} s (sessions {r['sessions_s']:.3f}) "
                           f"RSS {r['peak_rss_after_load_mb']:.0f} / {r['peak_rss_mb']:.0f} MB", flush=True)
-            copy = next((cache / "onnxruntime").iterdir())
-            summary = {mode: {key: statistics.median(r[key] for r in rows if r["mode"] == mode)
+        for bundle, name in zip(args.bundles, names):
+            cache = Path(tmp) / str(names.index(name))
+            copy = next((cache / "onnxruntime").iterdir(), None) if (cache / "onnxruntime").exists() else None
+            summary = {mode: {key: statistics.median(r[key] for r in rows[name] if r["mode"] == mode)
                               for key in ("load_s", "sessions_s", "peak_rss_after_load_mb", "peak_rss_mb")}
-                       for mode in MODES}
-            same = len({r["text"] for r in rows}) == 1
-            out["bundles"][name] = {"bundle_onnx_mb": sum(p.stat().st_size for p in Path(bundle).glob("*.onnx*")) / 1e6,
-                                    "copy_mb": sum(p.stat().st_size for p in copy.iterdir()) / 1e6,
-                                    "same_text": same, "median": summary, "rows": rows}
+                       for mode in modes}
+            spread = {mode: [min(r["load_s"] for r in rows[name] if r["mode"] == mode),
+                             max(r["load_s"] for r in rows[name] if r["mode"] == mode)] for mode in modes}
+            same = len({r["text"] for r in rows[name]}) == 1
+            out["bundles"][name] = {"path": bundle,
+                                    "bundle_onnx_mb": sum(p.stat().st_size for p in Path(bundle).glob("*.onnx*")) / 1e6,
+                                    "copy_mb": sum(p.stat().st_size for p in copy.iterdir()) / 1e6 if copy else None,
+                                    "same_text": same, "median": summary, "load_s_range": spread, "rows": rows[name]}
             write_json(args.out, out)
             print(name, json.dumps(summary, indent=1), "same text" if same else "TEXT DIFFERS")
-
 
 if __name__ == "__main__":
     main()

@@ -289,6 +289,33 @@ def longform() -> str | None:
             f"{first['audio_s'] / 60:.0f} min per join; machine: {machine(first['env'])}\n")
 
 
+def load_pairs(name: str, pairs: list[tuple[str, str, str]]) -> str | None:
+    """prepared_sessions.py --modes later with bundles in alternation: each (label, before, after)
+    pair of bundles, the same weights in two bundle layouts, loaded on a device that has its
+    prepared copy (the usual load)."""
+    d = _load(name)
+    if not d:
+        return None
+    b = d["bundles"]
+    rows = []
+    for label, before, after in pairs:
+        x, y = b[before], b[after]
+        lo = [r * 1000 for r in x["load_s_range"]["later"]]
+        hi = [r * 1000 for r in y["load_s_range"]["later"]]
+        mx, my = x["median"]["later"], y["median"]["later"]
+        rows.append([label, f"{mx['load_s'] * 1000:.1f} ({lo[0]:.1f}–{lo[1]:.1f})",
+                     f"**{my['load_s'] * 1000:.1f}** ({hi[0]:.1f}–{hi[1]:.1f})",
+                     f"{my['load_s'] / mx['load_s']:.2f} ×",
+                     f"{mx['peak_rss_after_load_mb']:.0f} / {my['peak_rss_after_load_mb']:.0f}",
+                     f"{mx['peak_rss_mb']:.0f} / {my['peak_rss_mb']:.0f}",
+                     "yes" if x["same_text"] and y["same_text"] else "NO"])
+    return (_table(["bundle", "edgeq.load ms, projection inside the decoder (median, min–max)",
+                    "ms, projection in decoder_head.onnx", "ratio", "peak RSS after load MB, before / after",
+                    "after one clip MB", "same transcript every load"], rows)
+            + f"\n{d['rounds']} rounds, bundles in alternation, a fresh process per load, prepared copy in place; "
+              f"{d['threads']} threads; machine: {machine(d['env'])}\n")
+
+
 def overhead() -> str | None:
     data = _load("harness_overhead.json")
     return "harness overhead: " + json.dumps({k: v for k, v in data.items() if k != "env"}) + "\n" if data else None
@@ -324,6 +351,14 @@ TABLES = {
     "FITTED_LOOPS_TABLE": fitted_loops,
     "COMPARE_AMX_FFN8_TABLE": lambda: compare("compare_systems_amx_ffn8.json"),
     "COMPARE_AMX_FFN8_SMALL_TABLE": lambda: compare("compare_systems_amx_ffn8_whisper-small-random.json", wer=False),
+    "LOAD_HEAD_TABLE": lambda: load_pairs("load_head_split_amx.json", [
+        ("whisper-base onnx-int8-dynamic", "base-int8", "base-int8-head"),
+        ("whisper-base onnx-int8-dynamic-int4-decoder", "base-int4-decoder-ffn8", "base-int4-decoder-ffn8-head"),
+        ("whisper-small's shape onnx-int8-dynamic", "small-int8", "small-int8-head"),
+        ("whisper-small's shape onnx-int8-dynamic-int4-decoder", "small-int4-decoder-ffn8",
+         "small-int4-decoder-ffn8-head")]),
+    "COMPARE_AMX_HEAD_TABLE": lambda: compare("compare_systems_amx_head.json"),
+    "COMPARE_AMX_HEAD_SMALL_TABLE": lambda: compare("compare_systems_amx_head_whisper-small-random.json", wer=False),
     "AUTO_TABLE": auto_front,
     "CPU_LIMITS": cpu_limits,
     "LONGFORM_TABLE": longform,

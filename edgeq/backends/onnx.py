@@ -2,6 +2,7 @@
 write them into a bundle that `edgeq.runtime.onnx_engine` runs without PyTorch.
 
     encoder.onnx, decoder.onnx   the graphs (see onnx_export for their inputs and outputs)
+    decoder_head.onnx            the decoder's projection onto the token table (onnx_head)
     onnx.json                    what the runtime needs: names, sizes, dtype, providers, and what
                                  the export check measured
 
@@ -38,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeq.errors import RecipeError
-from edgeq.format.layout import LAYOUT_FILE, PAST_LENGTH, cross_scale_names
+from edgeq.format.layout import HIDDEN, LAYOUT_FILE, PAST_LENGTH, cross_scale_names
 from edgeq.schema import replace
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ def write(model, recipe, calibration, folder: Path, progress) -> None:
     from edgeq.backends.onnx_export import export_float
     from edgeq.backends.onnx_ffn_blocks import FfnBlockError, blocked_ffn
     from edgeq.backends.onnx_fusion import FusionError, half_cross_attention
+    from edgeq.backends.onnx_head import HEAD_ONNX, split_head
     from edgeq.backends.onnx_int8_attention import QUERY_BLOCKS, int8_self_attention
     from edgeq.backends.onnx_quant import save_model
     from edgeq.backends.onnx_self_cache import shared_self_cache
@@ -104,6 +106,12 @@ def write(model, recipe, calibration, folder: Path, progress) -> None:
             layout = replace(layout, self_cache="shared", decoder_inputs=[*layout.decoder_inputs, PAST_LENGTH])
         for graph, name in ((encoder, layout.encoder), (decoder, layout.decoder)):
             save_model(graph, folder / name)
+        # After save_model, so that the head's weights point into decoder.onnx.data like the
+        # decoder's: the tied table is stored once. The decoder's graph is written again, without it.
+        head = split_head(decoder)
+        onnx.save(decoder, str(folder / layout.decoder))
+        onnx.save(head, str(folder / HEAD_ONNX))
+        layout = replace(layout, decoder_head=HEAD_ONNX, decoder_outputs=[HIDDEN, *layout.decoder_outputs[1:]])
         # After save_model: `encoder`'s weights now point into encoder.onnx.data, and so do the copy's.
         vnni, shifted = signed_weights_graph(encoder)
         if opts.vnni_attention == "int8":
@@ -128,7 +136,8 @@ def write(model, recipe, calibration, folder: Path, progress) -> None:
             layout = replace(layout, encoder_vnni=VNNI_ONNX)
             quantization["encoder_vnni"] = f"{shifted} uint8 weights read as int8, for CPUs with VNNI"
     progress("checking the graphs", 0, 1)
-    for name in filter(None, (layout.encoder, layout.decoder, layout.encoder_vnni, layout.decoder_vnni)):
+    for name in filter(None, (layout.encoder, layout.decoder, layout.encoder_vnni, layout.decoder_vnni,
+                              layout.decoder_head)):
         onnx.checker.check_model(str(folder / name), full_check=True)
     layout = replace(layout, **{
         "dtype": "float16" if recipe.weights.format == "float16" else "float32",

@@ -12,6 +12,11 @@ another layout version, or an edited onnx.json, is refused in one line before a 
                    cross_k_i, cross_v_i [1, H, F / 2, Dh]
                    -> logits [1, vocab] (last position only), present_k_i, present_v_i [1, H, P+T, Dh]
 
+With `decoder_head` (bundles from 2026-12-06) the decoder stops before its projection onto the
+token table: it outputs `hidden` [1, d_model] in place of logits, and decoder_head.onnx, which
+reads decoder.onnx's weights file, makes the logits from it (backends.onnx_head: the runtime makes
+that session in a second thread while it makes the decoder's).
+
 Tensors are float32 (float16 in a float16 bundle, `dtype`), except that cross_* may be float16 in
 a float32 bundle (recipe option cross_kv; `quantization.cross_kv` says so). No version change for
 that: the reader binds the encoder's outputs to the decoder's inputs as they are, whatever their
@@ -49,6 +54,9 @@ LAYOUT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 # The decoder's extra input with self_cache = "shared": rows of the past buffers already filled.
 PAST_LENGTH = "past_length"
+LOGITS = "logits"
+# With decoder_head: what the decoder outputs first, and the head takes.
+HIDDEN = "hidden"
 ENCODER_ONNX = "encoder.onnx"
 DECODER_ONNX = "decoder.onnx"
 # A graph is a plain file at the top of the bundle: no folders, no "..", nothing absolute.
@@ -103,6 +111,10 @@ class OnnxLayout(Schema, kw_only=True):
     # products are uint8 x int8 (encoder_vnni then writes the value codes as int8); it shares
     # decoder's weights file. Absent (older bundles): decoder with either encoder.
     decoder_vnni: GraphName | None = None
+    # The projection onto the token table, split off the decoder (backends.onnx_head): decoder(_vnni)
+    # then outputs HIDDEN first instead of logits. Absent (older bundles): the decoder makes the
+    # logits. An edgeq without this field refuses the bundle.
+    decoder_head: GraphName | None = None
     n_layers: Positive
     heads: Positive
     head_dim: Positive
@@ -122,7 +134,7 @@ class OnnxLayout(Schema, kw_only=True):
     @classmethod
     def for_dims(cls, *, n_mels: int, n_audio_ctx: int, n_layers: int, heads: int, head_dim: int,
                  vocab_size: int, max_target_positions: int, variable_frames: bool = False,
-                 cross_int8: bool = False, self_cache: str = "concat") -> OnnxLayout:
+                 cross_int8: bool = False, self_cache: str = "concat", head: bool = False) -> OnnxLayout:
         past, present, cross = io_names(n_layers)
         if cross_int8:
             cross = cross + cross_scale_names(cross)
@@ -132,7 +144,7 @@ class OnnxLayout(Schema, kw_only=True):
             n_mels=n_mels, n_frames=2 * n_audio_ctx, n_audio_ctx=n_audio_ctx, n_layers=n_layers, heads=heads,
             head_dim=head_dim, vocab_size=vocab_size, max_target_positions=max_target_positions,
             encoder_inputs=["input_features"], encoder_outputs=cross,
-            decoder_inputs=["input_ids", *past, *cross, *length], decoder_outputs=["logits", *present],
+            decoder_inputs=["input_ids", *past, *cross, *length], decoder_outputs=[HIDDEN if head else LOGITS, *present],
         ))
 
     @property
@@ -166,7 +178,7 @@ class OnnxLayout(Schema, kw_only=True):
         expected = cls.for_dims(n_mels=layout.n_mels, n_audio_ctx=layout.n_audio_ctx, n_layers=layout.n_layers,
                                 heads=layout.heads, head_dim=layout.head_dim, vocab_size=layout.vocab_size,
                                 max_target_positions=layout.max_target_positions, cross_int8=layout.cross_int8,
-                                self_cache=layout.self_cache)
+                                self_cache=layout.self_cache, head=layout.decoder_head is not None)
         for key in ("encoder_inputs", "encoder_outputs", "decoder_inputs", "decoder_outputs"):
             if getattr(layout, key) != getattr(expected, key):
                 raise BundleError(f"{prefix}{LAYOUT_FILE}: {key} do not follow layout version {version}")
@@ -189,5 +201,6 @@ def read_layout(bundle) -> OnnxLayout:
 def graph_files(bundle, layout: OnnxLayout) -> list[str]:
     """The graphs and, where present, their external weights: ONNX Runtime reads `NAME.onnx.data`
     from beside the graph (the graph's own, hashed, bytes name it), so it must be verified too."""
-    names = [layout.encoder, layout.decoder, *filter(None, (layout.encoder_vnni, layout.decoder_vnni))]
+    names = [layout.encoder, layout.decoder,
+             *filter(None, (layout.encoder_vnni, layout.decoder_vnni, layout.decoder_head))]
     return names + [f"{n}.data" for n in names if (bundle.path / f"{n}.data").exists()]

@@ -20,7 +20,7 @@ import numpy as np
 
 from edgeq.errors import BundleError, DeviceError
 from edgeq.format.bundle import Bundle
-from edgeq.format.layout import LAYOUT_FILE, PAST_LENGTH, OnnxLayout, read_layout
+from edgeq.format.layout import HIDDEN, LAYOUT_FILE, LOGITS, PAST_LENGTH, OnnxLayout, read_layout
 from edgeq.runtime import heap, int8_kernels, prepared
 from edgeq.spec.protocols import Spinning
 from edgeq.util import cache_dir
@@ -44,7 +44,8 @@ def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None,
     graphs = prepared.PreparedGraphs(bundle.manifest_sha256, ort.__version__,
                                      encoder_graph if encoder_graph != layout.encoder else "") \
         if device != "cuda" and prepared.enabled() else None
-    reuse = graphs is not None and graphs.usable([encoder_graph, decoder_graph])
+    heads = [layout.decoder_head] if layout.decoder_head else []  # older bundles: none
+    reuse = graphs is not None and graphs.usable([encoder_graph, decoder_graph, *heads])
     if graphs is not None and not reuse and not graphs.start():
         graphs = None
     writing = graphs is not None and not reuse
@@ -52,7 +53,7 @@ def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None,
     # engine of this bundle in this process): see the end of this function.
     mapped = [bundle.path / name for name in bundle.manifest.files if name.endswith(".onnx.data")]
     if reuse:
-        mapped += [graphs.file(f"{name}.data") for name in (encoder_graph, decoder_graph)]
+        mapped += [graphs.file(f"{name}.data") for name in (encoder_graph, decoder_graph, *heads)]
     before = set(heap.mappings(mapped))
     # Neither session uses memory patterns (one planned block per input shape, kept for the run:
     # whisper-base's encoder peaked at 248-271 MB with them against 218-221 MB without, padded
@@ -68,13 +69,18 @@ def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None,
     # (benchmarks/padded_window.py, speech-dev, 3 rounds; README "edgeq against what users would
     # pick instead" has the comparison with the peers).
     arena = device != "cuda" and os.environ.get("EDGEQ_ENCODER_ARENA", "1") != "0"
+    spin = spinning == "decoder"
+    in_thread = [lambda: _session(ort, bundle, encoder_graph,
+                                  _options(ort, threads, spin=False, prepack=layout.encoder_prepack, arena=arena),
+                                  enc_providers, graphs, reuse)]
+    # The head (the decoder's projection onto the token table) after the encoder, in the second
+    # thread: its packing and the rest of the decoder's then take about as long.
+    in_thread += [lambda: _session(ort, bundle, layout.decoder_head, _options(ort, threads, spin=spin),
+                                   dec_providers, graphs, reuse)] if heads else []
     try:
-        encoder, decoder = _sessions_side_by_side(
-            lambda: _session(ort, bundle, encoder_graph,
-                             _options(ort, threads, spin=False, prepack=layout.encoder_prepack, arena=arena),
-                             enc_providers, graphs, reuse),
-            lambda: _session(ort, bundle, decoder_graph, _options(ort, threads, spin=spinning == "decoder"),
-                             dec_providers, graphs, reuse))
+        (encoder, *head), decoder = _sessions_side_by_side(
+            in_thread, lambda: _session(ort, bundle, decoder_graph, _options(ort, threads, spin=spin),
+                                        dec_providers, graphs, reuse))
     except BaseException:
         if writing:
             graphs.discard()
@@ -92,13 +98,15 @@ def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None,
     table = [m for m in heap.mappings(mapped, _table_bytes(layout)) if m not in before] if device != "cuda" else []
     _check_io(bundle, encoder, layout.encoder_inputs, layout.encoder_outputs, encoder_graph)
     _check_io(bundle, decoder, layout.decoder_inputs, layout.decoder_outputs, decoder_graph)
+    for session, name in zip(head, heads):
+        _check_io(bundle, session, [HIDDEN], [LOGITS], name)
     # What the engine makes itself: features and the empty self-attention cache (the encoder's
     # outputs go to the decoder as they are, whatever their type).
     past = set(layout.past_names)
     types = {encoder.get_inputs()[0].type, *(i.type for i in decoder.get_inputs() if i.name in past)}
     if not types <= set(_DTYPES):
         raise BundleError(f"{bundle.path}: the graphs take {sorted(types - set(_DTYPES))}; this edgeq reads float32/float16")
-    return OnnxEngine(encoder, decoder, layout, device, table)
+    return OnnxEngine(encoder, decoder, layout, device, table, head[0] if head else None)
 
 
 def _encoder_graph(layout: OnnxLayout, device: str) -> str:
@@ -118,31 +126,34 @@ def _decoder_graph(layout: OnnxLayout, encoder_graph: str) -> str:
     return layout.decoder_vnni if layout.decoder_vnni and encoder_graph == layout.encoder_vnni else layout.decoder
 
 
-def _sessions_side_by_side(make_encoder, make_decoder):
-    """Both sessions, the encoder's made in a second thread while this one makes the decoder's:
-    ONNX Runtime releases the GIL while it creates a session (reading the graph, mapping the
-    weights, making the kernels), so on two cores the two overlap. compare_systems, 3 rounds,
-    against making them one after the other in the same rounds: whisper-base onnx-int8-dynamic
-    loads in 0.19-0.22 s instead of 0.21-0.31 s, whisper-small's shape 0.35-0.47 s instead of
-    0.57-1.16 s. A bare thread rather than concurrent.futures: that import alone costs 7-9 ms here,
-    a few per cent of whisper-base's load."""
-    made: dict[str, Any] = {}
+def _sessions_side_by_side(in_thread, make_decoder):
+    """The sessions `in_thread` makes (the encoder's, then the head's), one after the other in a
+    second thread, while this one makes the decoder's: ONNX Runtime releases the GIL while it
+    creates a session (reading the graph, mapping the weights, packing them), so on two cores the
+    two threads overlap. compare_systems, 3 rounds, against making encoder and decoder one after
+    the other in the same rounds: whisper-base onnx-int8-dynamic loads in 0.19-0.22 s instead of
+    0.21-0.31 s, whisper-small's shape 0.35-0.47 s instead of 0.57-1.16 s. A bare thread rather
+    than concurrent.futures: that import alone costs 7-9 ms here, a few per cent of whisper-base's
+    load."""
+    made: list[Any] = []
+    failed: list[BaseException] = []
 
-    def encoder():
+    def work():
         try:
-            made["encoder"] = make_encoder()
+            for make in in_thread:
+                made.append(make())
         except BaseException as err:  # re-raised in the caller's thread below
-            made["error"] = err
+            failed.append(err)
 
-    worker = threading.Thread(target=encoder, name="edgeq-encoder-session", daemon=True)
+    worker = threading.Thread(target=work, name="edgeq-encoder-session", daemon=True)
     worker.start()
     try:
         decoder = make_decoder()
     finally:
         worker.join()
-    if "error" in made:
-        raise made["error"]
-    return made["encoder"], decoder
+    if failed:
+        raise failed[0]
+    return made, decoder
 
 
 def _table_bytes(layout: OnnxLayout) -> list[int]:
@@ -174,11 +185,22 @@ def _options(ort, threads: int | None, spin: bool, prepack: bool = True, arena: 
 
 
 class OnnxEngine:
-    def __init__(self, encoder, decoder, layout: OnnxLayout, device: str = "cpu", table=()):
+    def __init__(self, encoder, decoder, layout: OnnxLayout, device: str = "cpu", table=(), head=None):
         import onnxruntime as ort
 
         self._encoder, self._decoder = encoder, decoder
+        self._head = head  # the projection onto the token table, where the bundle has it apart
         self._device = "cuda" if device == "cuda" else "cpu"
+        self._head_binding = None
+        hidden, logits = (head.get_inputs()[0], head.get_outputs()[0]) if head is not None else (None, None)
+        if head is not None and self._device == "cpu" and all(isinstance(d, int) for d in hidden.shape + logits.shape):
+            # One binding for every step, onto two buffers made once: the hidden state the decoder
+            # writes and the head reads, and the logits.
+            self._hidden = ort.OrtValue.ortvalue_from_shape_and_type(hidden.shape, _DTYPES[hidden.type], "cpu", 0)
+            self._logits = np.empty(logits.shape, _DTYPES[logits.type])
+            self._head_binding = head.io_binding()
+            self._head_binding.bind_ortvalue_input(HIDDEN, self._hidden)
+            self._head_binding.bind_ortvalue_output(LOGITS, ort.OrtValue.ortvalue_from_numpy(self._logits))
         self._cross = list(layout.encoder_outputs)
         self._past = layout.past_names
         self._present = layout.present_names
@@ -259,7 +281,14 @@ class OnnxEngine:
             binding.bind_ortvalue_input(name, value)
         for name, value in cross.items():
             binding.bind_ortvalue_input(name, value)
-        binding.bind_output("logits", "cpu")
+        # Without a head graph the decoder makes the logits; with one, the hidden state it hands to
+        # the head stays where the decoder made it (the GPU on CUDA).
+        if self._head_binding is not None:
+            binding.bind_ortvalue_output(HIDDEN, self._hidden)
+        elif self._head is not None:
+            binding.bind_output(HIDDEN, self._device)
+        else:
+            binding.bind_output(LOGITS, "cpu")
         if self._shared:
             binding.bind_cpu_input(PAST_LENGTH, np.array(filled, dtype=np.int64))
             for name, value in zip(self._present, past):
@@ -269,10 +298,25 @@ class OnnxEngine:
                 binding.bind_output(name, self._device)
         self._decoder.run_with_iobinding(binding)
         outputs = binding.get_outputs()
-        logits = np.array(outputs[0].numpy()[0], dtype=np.float32)
+        if self._head_binding is not None:
+            self._head.run_with_iobinding(self._head_binding)
+            logits = self._logits[0].copy()
+        else:
+            logits = np.array(self._project(outputs[0]).numpy()[0], dtype=np.float32)
         if self._shared:
             return logits, (cross, past, filled + len(tokens), arrays)
         return logits, (cross, tuple(outputs[1:]), filled + len(tokens), None)
+
+    def _project(self, first):
+        """The logits: the decoder's first output, or what the head makes of it (on the GPU: the
+        hidden state stays there, the logits come to the host)."""
+        if self._head is None:
+            return first
+        binding = self._head.io_binding()
+        binding.bind_ortvalue_input(HIDDEN, first)
+        binding.bind_output(LOGITS, "cpu")
+        self._head.run_with_iobinding(binding)
+        return binding.get_outputs()[0]
 
 
 def _providers(ort, device: str, layout: OnnxLayout, bundle: Bundle) -> tuple[list, list]:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ pytest.importorskip("torch")
 from helpers import PROBE, REPO, each  # noqa: E402
 from helpers import outcome as _get  # noqa: E402
 
+from edgeq.backends.onnx_head import HEAD_ONNX  # noqa: E402
 from edgeq.backends.onnx_vnni import DECODER_VNNI_ONNX, VNNI_ONNX  # noqa: E402
 from edgeq.errors import BundleError, RecipeError  # noqa: E402
 from edgeq.format.bundle import MANIFEST  # noqa: E402
@@ -74,9 +76,13 @@ def torch_reference(bundles, audio_dir):
 
 
 def _graphs(bundle):
+    """The encoder and the whole decoder: decoder.onnx with the head's nodes after its own, to
+    look at (the head is a graph of its own: backends.onnx_head)."""
     import onnx
 
-    return onnx.load(str(bundle.path / ENCODER_ONNX)), onnx.load(str(bundle.path / DECODER_ONNX))
+    decoder = onnx.load(str(bundle.path / DECODER_ONNX))
+    decoder.graph.node.extend(onnx.load(str(bundle.path / HEAD_ONNX), load_external_data=False).graph.node)
+    return onnx.load(str(bundle.path / ENCODER_ONNX)), decoder
 
 
 # --------------------------------------------------------------------------- every recipe
@@ -93,6 +99,7 @@ def test_recipe_builds_an_onnx_bundle(name, bundles):
     graphs = [ENCODER_ONNX, DECODER_ONNX, ENCODER_ONNX + ".data", DECODER_ONNX + ".data"]
     assert set(graphs) <= set(m["files"])
     graphs += [g for g in (VNNI_ONNX, DECODER_VNNI_ONNX) if g in m["files"]]  # int8 encoders (backends.onnx_vnni)
+    graphs += [HEAD_ONNX]  # every ONNX decoder ends in the projection (backends.onnx_head)
     assert m["size"]["weights_bytes"] == sum(m["files"][name]["size"] for name in graphs)
     layout = json.loads((bundle.path / "onnx.json").read_text())
     assert layout["export_check"]["decoder_step"] <= layout["export_check"]["tolerance"]
@@ -103,12 +110,38 @@ def test_graphs_pass_the_onnx_checker(name, bundles):
     import onnx
 
     bundle = _get(bundles, name)
-    for file in (ENCODER_ONNX, DECODER_ONNX, *([VNNI_ONNX] if VNNI_ONNX in bundle.manifest.files else [])):
+    for file in (ENCODER_ONNX, DECODER_ONNX, HEAD_ONNX,
+                 *(g for g in (VNNI_ONNX, DECODER_VNNI_ONNX) if g in bundle.manifest.files)):
         onnx.checker.check_model(str(bundle.path / file), full_check=True)
         # no constant that no node reads (ONNX Runtime drops each at every load, with a warning)
         graph = onnx.load(str(bundle.path / file), load_external_data=False).graph
         read = _inputs_read(graph)
         assert [t.name for t in graph.initializer if t.name not in read] == [], file
+
+
+@pytest.mark.parametrize("name", ONNX_RECIPES)
+def test_the_projection_is_a_graph_of_its_own(name, bundles):
+    """decoder_head.onnx holds the projection onto the token table (and, float16, the Cast of the
+    logits), reading its weights from decoder.onnx.data: the table is stored once."""
+    import onnx
+
+    bundle = _get(bundles, name)
+    layout = json.loads((bundle.path / "onnx.json").read_text())
+    assert layout["decoder_head"] == HEAD_ONNX and layout["decoder_outputs"][0] == "hidden"
+    head = onnx.load(str(bundle.path / HEAD_ONNX), load_external_data=False).graph
+    ops = [n.op_type for n in head.node]
+    assert ops[0] in ("Gemm", "MatMul", "MatMulNBits") and ops[1:] in ([], ["Cast"]), ops
+    assert [i.name for i in head.input] == ["hidden"] and [o.name for o in head.output] == ["logits"]
+    assert not (bundle.path / f"{HEAD_ONNX}.data").exists()
+    places = {e.value for t in head.initializer for e in t.external_data if e.key == "location"}
+    assert places == {f"{DECODER_ONNX}.data"}
+    for graph in (DECODER_ONNX, DECODER_VNNI_ONNX):
+        if graph in bundle.manifest.files:
+            body = onnx.load(str(bundle.path / graph), load_external_data=False).graph
+            assert body.output[0].name == "hidden" and "logits" not in {o for n in body.node for o in n.output}
+            # ... and the table is read there only by the embedding lookup, not projected a second time
+            table = {t.name for t in head.initializer}
+            assert ops[0] not in {n.op_type for n in body.node if table & set(n.input)}
 
 
 def _inputs_read(graph) -> set[str]:
@@ -186,6 +219,40 @@ def test_a_bundle_of_layout_version_1_loads_and_encodes_full_windows(bundles, au
     full = DecodeOptions(encoder_window="full")
     # fit is asked for (the default) but the old graphs take 30 s only: the same tokens as in full
     assert t.transcribe(audio_dir / "a_16k.wav").tokens == new.transcribe(audio_dir / "a_16k.wav", options=full).tokens
+
+
+@pytest.mark.parametrize("name", ["onnx-fp16", "onnx-int8-dynamic"])
+def test_a_bundle_whose_decoder_makes_the_logits_itself_still_loads(name, bundles, audio_dir, tmp_path):
+    """Bundles built before decoder_head.onnx (the projection inside decoder.onnx, no decoder_head in
+    onnx.json) load as they are, with the same logits and tokens: the head is merged back here."""
+    import onnx
+
+    import edgeq
+
+    folder = _copy(_get(bundles, name), tmp_path)
+    head = onnx.load(str(folder / HEAD_ONNX), load_external_data=False).graph
+    (folder / HEAD_ONNX).unlink()
+    manifest = json.loads((folder / MANIFEST).read_text())
+    del manifest["files"][HEAD_ONNX]  # (the next _rehash sums the sizes again)
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    layout = json.loads((folder / "onnx.json").read_text())
+    for graph in filter(None, (layout["decoder"], layout.get("decoder_vnni"))):
+        model = onnx.load(str(folder / graph), load_external_data=False)
+        known = {t.name for t in model.graph.initializer}
+        model.graph.initializer.extend(t for t in head.initializer if t.name not in known)
+        model.graph.node.extend(head.node)
+        model.graph.output.remove(model.graph.output[0])
+        model.graph.output.insert(0, head.output[0])
+        onnx.save(model, str(folder / graph))
+        _rehash(folder, graph)
+    del layout["decoder_head"]
+    layout["decoder_outputs"][0] = "logits"
+    (folder / "onnx.json").write_text(json.dumps(layout))
+    _rehash(folder, "onnx.json")
+    assert edgeq.load(folder).engine._head is None
+    logits, tokens = _first_logits_and_tokens([SimpleNamespace(path=folder), _get(bundles, name)], audio_dir)
+    np.testing.assert_array_equal(logits[0], logits[1])
+    assert tokens[0] == tokens[1]
 
 
 def test_quantized_graphs_use_the_recipes_operators(bundles):
@@ -1243,7 +1310,8 @@ def sessions(monkeypatch, tmp_path):
 
 def _graphs_here(bundle_path) -> tuple[str, str]:
     """The encoder and decoder graphs the runtime makes its sessions from on this CPU (the .vnni.onnx
-    ones with VNNI)."""
+    ones with VNNI). Each load also makes the head's (HEAD_ONNX), in the encoder's thread: the
+    sessions of one load are listed in no fixed order, so the tests look them up by graph."""
     from edgeq.format.bundle import open_bundle
     from edgeq.format.layout import read_layout
     from edgeq.runtime.onnx_engine import _decoder_graph, _encoder_graph
@@ -1266,17 +1334,18 @@ def test_a_second_load_uses_the_graphs_the_first_prepared_with_the_same_logits(n
     (copy,) = _prepared_copies(tmp_path)
     encoder, decoder = _graphs_here(path)
     assert sorted(p.name for p in copy.iterdir()) == sorted(
-        [encoder, f"{encoder}.data", decoder, f"{decoder}.data", "hashes.json"])
+        [encoder, f"{encoder}.data", decoder, f"{decoder}.data", HEAD_ONNX, f"{HEAD_ONNX}.data", "hashes.json"])
     # The copy holds the weights once: no prepacked ones, which onnxruntime would pack again anyway
     # (runtime/prepared.py). With them each graph's data held its int8 weights twice.
     for graph in (encoder, decoder):
         bundle_data = (path / f"{graph.split('.')[0]}.onnx.data").stat().st_size  # encoder / decoder weights
         assert (copy / f"{graph}.data").stat().st_size <= 1.1 * bundle_data, graph
     again = _first_logits(path, audio_dir)
-    assert [how for _, how in sessions] == ["bundle", "bundle", "prepared", "prepared"]
+    assert [how for _, how in sessions] == ["bundle"] * 3 + ["prepared"] * 3
+    assert {graph for graph, _ in sessions} == {encoder, decoder, HEAD_ONNX}
     monkeypatch.setenv("EDGEQ_ORT_CACHE", "0")
     plain = _first_logits(path, audio_dir)
-    assert sessions[-1] == (decoder, "bundle")
+    assert dict(sessions[-3:])[decoder] == "bundle"
     np.testing.assert_array_equal(again, first)
     np.testing.assert_array_equal(again, plain)
 
@@ -1291,8 +1360,8 @@ def test_loads_alternating_between_the_encoder_graphs_keep_a_prepared_copy_each(
         monkeypatch.setenv("EDGEQ_VNNI", vnni)
         _first_logits(path, audio_dir)
     assert len(_prepared_copies(tmp_path)) == 2
-    assert sessions[::2] == [(VNNI_ONNX, "bundle"), (ENCODER_ONNX, "bundle"), (VNNI_ONNX, "prepared"),
-                             (ENCODER_ONNX, "prepared")]
+    assert [s for s in sessions if s[0] in (VNNI_ONNX, ENCODER_ONNX)] == [
+        (VNNI_ONNX, "bundle"), (ENCODER_ONNX, "bundle"), (VNNI_ONNX, "prepared"), (ENCODER_ONNX, "prepared")]
 
 
 def test_how_many_prepared_copies_are_kept_can_be_set(bundles, audio_dir, sessions, tmp_path, monkeypatch, caplog):
@@ -1320,17 +1389,17 @@ def test_a_changed_prepared_copy_is_made_again_not_used(bundles, audio_dir, sess
     (copy,) = _prepared_copies(tmp_path)
     time.sleep(2.1)  # older than verified.RACY_S: the next load stamps the copy, then hashes nothing
     _first_logits(path, audio_dir)
-    assert sessions[-1] == (decoder, "prepared")
+    assert dict(sessions[-3:])[decoder] == "prepared"
     data = bytearray((copy / f"{encoder}.data").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (copy / f"{encoder}.data").write_bytes(bytes(data))
     with caplog.at_level("WARNING", logger="edgeq.runtime.prepared"):
         logits = _first_logits(path, audio_dir)
-    assert sessions[-2:] == [(encoder, "bundle"), (decoder, "bundle")]
+    assert sorted(sessions[-3:]) == sorted([(encoder, "bundle"), (decoder, "bundle"), (HEAD_ONNX, "bundle")])
     assert "was changed; making it again" in caplog.text
     np.testing.assert_array_equal(logits, reference)
     _first_logits(path, audio_dir)
-    assert sessions[-1] == (decoder, "prepared")  # the copy made again is used
+    assert set(sessions[-3:]) == {(encoder, "prepared"), (decoder, "prepared"), (HEAD_ONNX, "prepared")}  # made again
 
 
 def test_no_prepared_copy_when_turned_off_or_the_cache_is_unwritable(bundles, audio_dir, sessions, tmp_path,
@@ -1346,7 +1415,7 @@ def test_no_prepared_copy_when_turned_off_or_the_cache_is_unwritable(bundles, au
     monkeypatch.setenv("EDGEQ_CACHE", str(blocked))
     with caplog.at_level("WARNING"):
         logits = _first_logits(path, audio_dir)  # loads all the same, from the bundle
-    assert np.isfinite(logits).all() and sessions[-1] == (decoder, "bundle")
+    assert np.isfinite(logits).all() and dict(sessions[-3:])[decoder] == "bundle"
 
 
 def test_the_prepared_copy_belongs_to_one_bundle_onnxruntime_and_cpu(monkeypatch, tmp_path):

@@ -170,8 +170,8 @@ def _nbits_per_weight(bundle) -> dict[int, int]:
     import onnx
 
     weights: dict[tuple[str, str], int] = {}
-    for name in ("encoder.onnx", "decoder.onnx"):
-        for n in onnx.load(str(bundle.path / name)).graph.node:
+    for name in ("encoder.onnx", "decoder.onnx", "decoder_head.onnx"):  # the LM head's MatMulNBits is in the last
+        for n in onnx.load(str(bundle.path / name), load_external_data=False).graph.node:
             if n.op_type == "MatMulNBits":
                 weights[name, n.input[1]] = next(a.i for a in n.attribute if a.name == "bits")
     return Counter(weights.values())
