@@ -191,16 +191,12 @@ class OnnxEngine:
         self._encoder, self._decoder = encoder, decoder
         self._head = head  # the projection onto the token table, where the bundle has it apart
         self._device = "cuda" if device == "cuda" else "cpu"
-        self._head_binding = None
-        hidden, logits = (head.get_inputs()[0], head.get_outputs()[0]) if head is not None else (None, None)
-        if head is not None and self._device == "cpu" and all(isinstance(d, int) for d in hidden.shape + logits.shape):
-            # One binding for every step, onto two buffers made once: the hidden state the decoder
-            # writes and the head reads, and the logits.
-            self._hidden = ort.OrtValue.ortvalue_from_shape_and_type(hidden.shape, _DTYPES[hidden.type], "cpu", 0)
-            self._logits = np.empty(logits.shape, _DTYPES[logits.type])
-            self._head_binding = head.io_binding()
-            self._head_binding.bind_ortvalue_input(HIDDEN, self._hidden)
-            self._head_binding.bind_ortvalue_output(LOGITS, ort.OrtValue.ortvalue_from_numpy(self._logits))
+        # On a CPU, each thread that steps gets one binding of the head onto two buffers made once
+        # (the hidden state the decoder writes and the head reads, and the logits), instead of a new
+        # binding and new outputs every step (0.09-0.14 ms a step on whisper-base). Per thread, so
+        # that decodes in several threads sharing this engine keep their own, as before.
+        self._head_local = threading.local() if head is not None and self._device == "cpu" and \
+            all(isinstance(d, int) for d in head.get_inputs()[0].shape + head.get_outputs()[0].shape) else None
         self._cross = list(layout.encoder_outputs)
         self._past = layout.past_names
         self._present = layout.present_names
@@ -283,8 +279,9 @@ class OnnxEngine:
             binding.bind_ortvalue_input(name, value)
         # Without a head graph the decoder makes the logits; with one, the hidden state it hands to
         # the head stays where the decoder made it (the GPU on CUDA).
-        if self._head_binding is not None:
-            binding.bind_ortvalue_output(HIDDEN, self._hidden)
+        buffers = self._head_buffers() if self._head_local is not None else None
+        if buffers is not None:
+            binding.bind_ortvalue_output(HIDDEN, buffers[0])
         elif self._head is not None:
             binding.bind_output(HIDDEN, self._device)
         else:
@@ -298,14 +295,29 @@ class OnnxEngine:
                 binding.bind_output(name, self._device)
         self._decoder.run_with_iobinding(binding)
         outputs = binding.get_outputs()
-        if self._head_binding is not None:
-            self._head.run_with_iobinding(self._head_binding)
-            logits = self._logits[0].copy()
+        if buffers is not None:
+            _, head_binding, out = buffers
+            self._head.run_with_iobinding(head_binding)
+            logits = out[0].copy()
         else:
             logits = np.array(self._project(outputs[0]).numpy()[0], dtype=np.float32)
         if self._shared:
             return logits, (cross, past, filled + len(tokens), arrays)
         return logits, (cross, tuple(outputs[1:]), filled + len(tokens), None)
+
+    def _head_buffers(self) -> tuple:
+        """This thread's (hidden OrtValue, head binding, logits array), made at its first step."""
+        made = getattr(self._head_local, "buffers", None)
+        if made is None:
+            ort, head = self._ort, self._head
+            hidden, logits = head.get_inputs()[0], head.get_outputs()[0]
+            value = ort.OrtValue.ortvalue_from_shape_and_type(hidden.shape, _DTYPES[hidden.type], "cpu", 0)
+            out = np.empty(logits.shape, _DTYPES[logits.type])
+            binding = head.io_binding()
+            binding.bind_ortvalue_input(HIDDEN, value)
+            binding.bind_ortvalue_output(LOGITS, ort.OrtValue.ortvalue_from_numpy(out))
+            made = self._head_local.buffers = (value, binding, out)
+        return made
 
     def _project(self, first):
         """The logits: the decoder's first output, or what the head makes of it (on the GPU: the

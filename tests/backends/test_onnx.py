@@ -255,6 +255,43 @@ def test_a_bundle_whose_decoder_makes_the_logits_itself_still_loads(name, bundle
     assert tokens[0] == tokens[1]
 
 
+def test_decodes_in_two_threads_sharing_one_engine_keep_their_own_logits(bundles, audio_dir):
+    """The head's buffers, bound once, are per thread (onnx_engine._head_buffers): two decodes of
+    different audio, stepping at once on one loaded bundle, get the logits each gets alone."""
+    import threading
+
+    import edgeq
+    from edgeq.runtime.audio import load_audio
+    from edgeq.runtime.features import log_mel_spectrogram
+
+    t = edgeq.load(_get(bundles, "onnx-int8-dynamic").path, language="en")
+    engine, prompt = t.engine, t.settings.prompt("en")
+    clips = [log_mel_spectrogram(load_audio(audio_dir / name)) for name in ("a_16k.wav", "c_8k.ogg")]
+
+    def decode(features, out, start=None):
+        state = engine.start(engine.encode(features))
+        if start is not None:
+            start.wait()
+        tokens = list(prompt)
+        for token in range(40):
+            logits, state = engine.step(state, tokens)
+            out.append(logits)
+            tokens = [100 + token]
+
+    alone = [[], []]
+    for features, out in zip(clips, alone):
+        decode(features, out)
+    assert not np.array_equal(alone[0][-1], alone[1][-1])
+    together, start = [[], []], threading.Barrier(2)
+    threads = [threading.Thread(target=decode, args=(f, out, start)) for f, out in zip(clips, together)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for a, b in zip(alone, together):
+        assert len(b) == 40 and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
 def test_quantized_graphs_use_the_recipes_operators(bundles):
     ops = {}
     for name in ONNX_RECIPES:
