@@ -7,8 +7,8 @@ activations takes 36 ms of whisper-base onnx-int8-dynamic's 63-68 ms decoder ses
 without prepacking the projection takes 61 ms a step instead of 0.56 ms, so it must be packed).
 The runtime makes the encoder's session in a second thread, done after 8 ms: with the projection in
 `decoder_head.onnx`, that thread makes the head's session after the encoder's, while the first
-makes the rest of the decoder (29-31 ms). A whole edgeq.load then took 0.84-0.88x as long on
-whisper-base and 0.72-0.73x on whisper-small's shape, steps the same within the noise
+makes the rest of the decoder (29-31 ms). A whole edgeq.load then took 0.88-0.92x as long on
+whisper-base and 0.72-0.76x on whisper-small's shape, steps the same within the noise
 (benchmarks/results/load_head_split_amx.json, decoder_step_head_amx*.json; README).
 
     decoder.onnx        ... -> hidden [1, d_model] (the last position, after the final layer norm), present_*

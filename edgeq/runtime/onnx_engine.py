@@ -45,7 +45,7 @@ def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None,
                                      encoder_graph if encoder_graph != layout.encoder else "") \
         if device != "cuda" and prepared.enabled() else None
     heads = [layout.decoder_head] if layout.decoder_head else []  # older bundles: none
-    reuse = graphs is not None and graphs.usable([encoder_graph, decoder_graph, *heads])
+    reuse = graphs is not None and graphs.usable([encoder_graph, decoder_graph])
     if graphs is not None and not reuse and not graphs.start():
         graphs = None
     writing = graphs is not None and not reuse
@@ -53,7 +53,7 @@ def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None,
     # engine of this bundle in this process): see the end of this function.
     mapped = [bundle.path / name for name in bundle.manifest.files if name.endswith(".onnx.data")]
     if reuse:
-        mapped += [graphs.file(f"{name}.data") for name in (encoder_graph, decoder_graph, *heads)]
+        mapped += [graphs.file(f"{name}.data") for name in (encoder_graph, decoder_graph)]
     before = set(heap.mappings(mapped))
     # Neither session uses memory patterns (one planned block per input shape, kept for the run:
     # whisper-base's encoder peaked at 248-271 MB with them against 218-221 MB without, padded
@@ -74,9 +74,11 @@ def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None,
                                   _options(ort, threads, spin=False, prepack=layout.encoder_prepack, arena=arena),
                                   enc_providers, graphs, reuse)]
     # The head (the decoder's projection onto the token table) after the encoder, in the second
-    # thread: its packing and the rest of the decoder's then take about as long.
+    # thread: its packing and the rest of the decoder's then take about as long. Always from the
+    # bundle: one operator leaves nothing to optimize, and a prepared copy would hold the table
+    # again (27 MB on whisper-base, 40 MB on small) only to be packed all the same.
     in_thread += [lambda: _session(ort, bundle, layout.decoder_head, _options(ort, threads, spin=spin),
-                                   dec_providers, graphs, reuse)] if heads else []
+                                   dec_providers)] if heads else []
     try:
         (encoder, *head), decoder = _sessions_side_by_side(
             in_thread, lambda: _session(ort, bundle, decoder_graph, _options(ort, threads, spin=spin),
