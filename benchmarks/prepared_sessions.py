@@ -104,30 +104,32 @@ def main() -> None:
 
     modes = tuple(m for m in MODES if m in args.modes)
     out = {"env": fingerprint(), "threads": args.threads, "rounds": args.rounds, "modes": modes, "bundles": {}}
-    names = [Path(b).name if Path(b).name not in [Path(o).name for o in args.bundles[:i]] else f"{Path(b).name}#{i}"
-             for i, b in enumerate(args.bundles)]
+    names: list[str] = []
+    for i, bundle in enumerate(args.bundles):
+        name = Path(bundle).name
+        names.append(name if name not in names else f"{name}#{i}")
     rows: dict[str, list[dict]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory(prefix="edgeq-prepared-") as tmp:
         compile_edgeq()  # bytecode written once, as a wheel install has it
         # Bundles in alternation within each round, each with a cache of its own (a first load
         # empties its cache), so that a slow phase of the machine does not fall on one bundle only.
         for i in range(args.rounds):
-            for bundle, name in zip(args.bundles, names):
-                cache = Path(tmp) / str(names.index(name))
+            for k, (bundle, name) in enumerate(zip(args.bundles, names)):
+                cache = Path(tmp) / str(k)
                 order = modes if i % 2 == 0 else tuple(m for m in ("first", "off", "later") if m in modes)
                 for mode in order:
                     rows[name].append({"mode": mode, "round": i + 1, **run(bundle, mode, cache, args.threads)})
                     r = rows[name][-1]
                     print(f"{name} {i + 1} {mode:5} load {r['load_s']:.3f} s (sessions {r['sessions_s']:.3f}) "
                           f"RSS {r['peak_rss_after_load_mb']:.0f} / {r['peak_rss_mb']:.0f} MB", flush=True)
-        for bundle, name in zip(args.bundles, names):
-            cache = Path(tmp) / str(names.index(name))
+        for k, (bundle, name) in enumerate(zip(args.bundles, names)):
+            cache = Path(tmp) / str(k)
             copy = next((cache / "onnxruntime").iterdir(), None) if (cache / "onnxruntime").exists() else None
             summary = {mode: {key: statistics.median(r[key] for r in rows[name] if r["mode"] == mode)
                               for key in ("load_s", "sessions_s", "peak_rss_after_load_mb", "peak_rss_mb")}
                        for mode in modes}
-            spread = {mode: [min(r["load_s"] for r in rows[name] if r["mode"] == mode),
-                             max(r["load_s"] for r in rows[name] if r["mode"] == mode)] for mode in modes}
+            loads = {mode: [r["load_s"] for r in rows[name] if r["mode"] == mode] for mode in modes}
+            spread = {mode: [min(values), max(values)] for mode, values in loads.items()}
             same = len({r["text"] for r in rows[name]}) == 1
             out["bundles"][name] = {"path": bundle,
                                     "bundle_onnx_mb": sum(p.stat().st_size for p in Path(bundle).glob("*.onnx*")) / 1e6,
@@ -135,6 +137,7 @@ def main() -> None:
                                     "same_text": same, "median": summary, "load_s_range": spread, "rows": rows[name]}
             write_json(args.out, out)
             print(name, json.dumps(summary, indent=1), "same text" if same else "TEXT DIFFERS")
+
 
 if __name__ == "__main__":
     main()

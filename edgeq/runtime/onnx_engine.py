@@ -44,7 +44,6 @@ def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None,
     graphs = prepared.PreparedGraphs(bundle.manifest_sha256, ort.__version__,
                                      encoder_graph if encoder_graph != layout.encoder else "") \
         if device != "cuda" and prepared.enabled() else None
-    heads = [layout.decoder_head] if layout.decoder_head else []  # older bundles: none
     reuse = graphs is not None and graphs.usable([encoder_graph, decoder_graph])
     if graphs is not None and not reuse and not graphs.start():
         graphs = None
@@ -77,10 +76,11 @@ def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None,
     # thread: its packing and the rest of the decoder's then take about as long. Always from the
     # bundle: one operator leaves nothing to optimize, and a prepared copy would hold the table
     # again (27 MB on whisper-base, 40 MB on small) only to be packed all the same.
-    in_thread += [lambda: _session(ort, bundle, layout.decoder_head, _options(ort, threads, spin=spin),
-                                   dec_providers)] if heads else []
+    if layout.decoder_head:  # older bundles have none
+        in_thread.append(lambda: _session(ort, bundle, layout.decoder_head, _options(ort, threads, spin=spin),
+                                          dec_providers))
     try:
-        (encoder, *head), decoder = _sessions_side_by_side(
+        (encoder, *heads), decoder = _sessions_side_by_side(
             in_thread, lambda: _session(ort, bundle, decoder_graph, _options(ort, threads, spin=spin),
                                         dec_providers, graphs, reuse))
     except BaseException:
@@ -100,15 +100,16 @@ def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None,
     table = [m for m in heap.mappings(mapped, _table_bytes(layout)) if m not in before] if device != "cuda" else []
     _check_io(bundle, encoder, layout.encoder_inputs, layout.encoder_outputs, encoder_graph)
     _check_io(bundle, decoder, layout.decoder_inputs, layout.decoder_outputs, decoder_graph)
-    for session, name in zip(head, heads):
-        _check_io(bundle, session, [HIDDEN], [LOGITS], name)
+    head = heads[0] if heads else None
+    if head is not None:
+        _check_io(bundle, head, [HIDDEN], [LOGITS], layout.decoder_head)
     # What the engine makes itself: features and the empty self-attention cache (the encoder's
     # outputs go to the decoder as they are, whatever their type).
     past = set(layout.past_names)
     types = {encoder.get_inputs()[0].type, *(i.type for i in decoder.get_inputs() if i.name in past)}
     if not types <= set(_DTYPES):
         raise BundleError(f"{bundle.path}: the graphs take {sorted(types - set(_DTYPES))}; this edgeq reads float32/float16")
-    return OnnxEngine(encoder, decoder, layout, device, table, head[0] if head else None)
+    return OnnxEngine(encoder, decoder, layout, device, table, head)
 
 
 def _encoder_graph(layout: OnnxLayout, device: str) -> str:
