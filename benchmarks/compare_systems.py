@@ -19,7 +19,10 @@ no timestamps, English):
 whisper.cpp is measured when pywhispercpp is installed and --ggml points to a q8_0 ggml model file
 ('auto': converted from --model, q5_0 beside it). --recipes builds edgeq bundles of --model first;
 --small-shape swaps --model for whisper-small's shape with random weights (WER is meaningless
-there; every system decodes the same 224-token cap, so time, load and RAM compare):
+there; every system decodes the same 224-token cap, so time, load and RAM compare).
+--cpu-mask avx2 (or vnni) runs every system with CPUID masked by benchmarks/cpuid_mask.c: each
+library then picks the kernels it would pick on an AVX2-only (or AVX-512 VNNI, no AMX) CPU, on this
+one's cores, caches and memory; edgeq's prepared graphs go to a cache of their own:
 
     python benchmarks/compare_systems.py --recipes onnx-int8-dynamic,onnx-int4 --ggml auto
     python benchmarks/compare_systems.py --small-shape --recipes onnx-int8-dynamic,onnx-int4 --ggml auto --limit 3
@@ -358,6 +361,27 @@ def systems_to_run(args) -> list[dict]:
     return [s for s in systems if s["name"] not in skip]
 
 
+MASK_ENV: dict = {}  # LD_PRELOAD and EDGEQ_CPUID_MASK for every worker under --cpu-mask
+
+
+def cpu_mask_env(mask: str, cache: Path) -> dict:
+    """The environment that runs a worker with CPUID masked to `mask` (cpuid_mask.c, built here)."""
+    source = Path(__file__).with_name("cpuid_mask.c")
+    library = cache / "cpuid_mask.so"
+    if not library.is_file() or library.stat().st_mtime < source.stat().st_mtime:
+        cache.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(library), str(source), "-ldl"], check=True)
+    env = {"LD_PRELOAD": str(library), "EDGEQ_CPUID_MASK": mask,
+           # the prepared graphs' key reads /proc/cpuinfo, which the mask does not change
+           "EDGEQ_CACHE": str(cache / f"edgeq-cache-cpuid-{mask}")}
+    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+                           env={**os.environ, **env}, capture_output=True, text=True)
+    if probe.returncode:
+        raise SystemExit(f"--cpu-mask {mask}: {probe.stderr.strip().splitlines()[-1]}")
+    print(f"CPUID masked to {mask}: torch sees {probe.stdout.strip()}", flush=True)
+    return env
+
+
 def prepare_edgeq(system: dict) -> None:
     """Write edgeq's bytecode (_common.compile_edgeq) and load the bundle once, as a user's first run
     on a device does: that load writes ONNX Runtime's prepared graphs for this device
@@ -370,7 +394,7 @@ def prepare_edgeq(system: dict) -> None:
 
 
 def _worker_env(system: dict) -> dict:
-    env = {**os.environ, **system.get("env", {})}
+    env = {**os.environ, **MASK_ENV, **system.get("env", {})}
     if system.get("pythonpath"):
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [system["pythonpath"], env.get("PYTHONPATH")]))
     return env
@@ -459,6 +483,9 @@ def main() -> None:
                          "(benchmarks/whisper_cpp_native.sh makes it): also measure whisper.cpp through it")
     ap.add_argument("--edgeq-spinning", default="off",
                     help="off, decoder or off,decoder (both): edgeq's decoder threads spin or sleep (edgeq.load)")
+    ap.add_argument("--cpu-mask", choices=("avx2", "vnni"),
+                    help="run every system with CPUID masked to this CPU's extensions (cpuid_mask.c; "
+                         "needs gcc and a CPU with CPUID faulting)")
     ap.add_argument("--skip", default="", help="comma-separated system names to leave out")
     ap.add_argument("--out", help="results file [compare_systems.json, or compare_systems_whisper-small-random.json]")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/edgeq-compare"))
@@ -486,7 +513,10 @@ def main() -> None:
     from edgeq.bench.env import fingerprint
     from edgeq.runtime import prepared
 
-    results = {"env": fingerprint(), "threads": args.threads, "dataset": args.dataset, "model": str(args.model),
+    if args.cpu_mask:
+        MASK_ENV.update(cpu_mask_env(args.cpu_mask, args.cache))
+    results = {"env": {**fingerprint(), "cpuid_mask": args.cpu_mask}, "threads": args.threads,
+               "dataset": args.dataset, "model": str(args.model),
                "rounds": args.rounds, "systems": systems, "rows": []}
     # Every bundle keeps its prepared graphs through the rounds (each one made once, below): with
     # more bundles than edgeq keeps copies of, every load made its copy again, cold (4 whisper-base

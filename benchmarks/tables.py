@@ -34,9 +34,15 @@ def machine(env: dict) -> str:
     libs = env.get("libraries", {})
     versions = ", ".join(f"{k} {libs[k]}" for k in ("torch", "onnxruntime", "transformers") if k in libs)
     flags = cpu.get("key_flags") or []
+    mask = env.get("cpuid_mask")
+    masked = (f"; CPUID masked to {MASKED[mask]} by benchmarks/cpuid_mask.c: the libraries ran the kernels of such a "
+              f"CPU on this one" if mask else "")
     return (f"{cpu.get('model', '?')} ({cpu.get('logical_cores', '?')} logical cores; "
-            f"key flags: {', '.join(flags) if flags else 'none'}), {env.get('os', '')} {env.get('arch', '')}; "
+            f"key flags: {', '.join(flags) if flags else 'none'}{masked}), {env.get('os', '')} {env.get('arch', '')}; "
             f"{versions}")
+
+
+MASKED = {"avx2": "AVX2 + FMA (no AVX-512, VNNI or AMX)", "vnni": "AVX-512 with VNNI and BF16 (no AMX)"}
 
 
 def recipe_catalogue() -> str:
@@ -359,6 +365,11 @@ TABLES = {
          "small-int4-decoder-ffn8-head")]),
     "COMPARE_AMX_HEAD_TABLE": lambda: compare("compare_systems_amx_head.json"),
     "COMPARE_AMX_HEAD_SMALL_TABLE": lambda: compare("compare_systems_amx_head_whisper-small-random.json", wer=False),
+    "COMPARE_CPUID_VNNI_TABLE": lambda: compare("compare_systems_cpuid_vnni.json"),
+    "COMPARE_CPUID_VNNI_SMALL_TABLE": lambda: compare("compare_systems_cpuid_vnni_whisper-small-random.json", wer=False),
+    "COMPARE_CPUID_AVX2_TABLE": lambda: compare("compare_systems_cpuid_avx2_graph.json"),
+    "COMPARE_CPUID_AVX2_SMALL_TABLE": lambda: compare("compare_systems_cpuid_avx2_graph_whisper-small-random.json",
+                                                      wer=False),
     "AUTO_TABLE": auto_front,
     "CPU_LIMITS": cpu_limits,
     "LONGFORM_TABLE": longform,

@@ -61,6 +61,7 @@ def write(model, recipe, calibration, folder: Path, progress) -> None:
     of the onnxruntime runtime, catalogue.RUNTIMES["onnxruntime"].writer)."""
     import onnx
 
+    from edgeq.backends.onnx_avx2 import AVX2_ONNX, seven_bit_weights_graph
     from edgeq.backends.onnx_cross_int8 import int8_cross_attention, signed_cross_codes
     from edgeq.backends.onnx_export import export_float
     from edgeq.backends.onnx_ffn_blocks import FfnBlockError, blocked_ffn
@@ -135,9 +136,16 @@ def write(model, recipe, calibration, folder: Path, progress) -> None:
             onnx.save(vnni, str(folder / VNNI_ONNX))
             layout = replace(layout, encoder_vnni=VNNI_ONNX)
             quantization["encoder_vnni"] = f"{shifted} uint8 weights read as int8, for CPUs with VNNI"
+        # For x86 CPUs without VNNI: the same weights as 7-bit codes, which their fast int8 kernel
+        # multiplies without saturating (backends.onnx_avx2).
+        avx2, rewritten = seven_bit_weights_graph(encoder)
+        if rewritten:
+            onnx.save(avx2, str(folder / AVX2_ONNX))
+            layout = replace(layout, encoder_avx2=AVX2_ONNX)
+            quantization["encoder_avx2"] = f"{rewritten} uint8 weights as 7-bit int8 codes, for x86 CPUs without VNNI"
     progress("checking the graphs", 0, 1)
     for name in filter(None, (layout.encoder, layout.decoder, layout.encoder_vnni, layout.decoder_vnni,
-                              layout.decoder_head)):
+                              layout.encoder_avx2, layout.decoder_head)):
         onnx.checker.check_model(str(folder / name), full_check=True)
     layout = replace(layout, **{
         "dtype": "float16" if recipe.weights.format == "float16" else "float32",

@@ -37,6 +37,10 @@ reading the same weights file, takes its uint8 weights as int8 for CPUs with VNN
 With `decoder_vnni` as well (int8 cross-attention), that encoder writes the value codes cross_v_i as
 int8 (v / scale, without the +128) and is run only with decoder_vnni, a second decoder graph reading
 decoder's weights file (backends.onnx_cross_int8.signed_cross_codes).
+
+With `encoder_avx2` (int8 encoders, bundles from 2026-12-06) a third encoder graph, again with the
+same inputs and outputs and weights file, takes its uint8 weights as 7-bit int8 codes for x86 CPUs
+without VNNI (backends.onnx_avx2); it runs with the portable decoder.
 """
 
 from __future__ import annotations
@@ -111,6 +115,11 @@ class OnnxLayout(Schema, kw_only=True):
     # products are uint8 x int8 (encoder_vnni then writes the value codes as int8); it shares
     # decoder's weights file. Absent (older bundles): decoder with either encoder.
     decoder_vnni: GraphName | None = None
+    # The encoder with its uint8 weights as 7-bit int8 codes, for x86 CPUs whose u8 x s8 product
+    # saturates (no VNNI: backends.onnx_avx2); it shares encoder's weights file and runs with
+    # decoder. Absent (older bundles, float encoders): encoder there. An edgeq without this field
+    # refuses the bundle.
+    encoder_avx2: GraphName | None = None
     # The projection onto the token table, split off the decoder (backends.onnx_head): decoder(_vnni)
     # then outputs HIDDEN first instead of logits. Absent (older bundles): the decoder makes the
     # logits. An edgeq without this field refuses the bundle.
@@ -202,5 +211,5 @@ def graph_files(bundle, layout: OnnxLayout) -> list[str]:
     """The graphs and, where present, their external weights: ONNX Runtime reads `NAME.onnx.data`
     from beside the graph (the graph's own, hashed, bytes name it), so it must be verified too."""
     names = [layout.encoder, layout.decoder,
-             *filter(None, (layout.encoder_vnni, layout.decoder_vnni, layout.decoder_head))]
+             *filter(None, (layout.encoder_vnni, layout.decoder_vnni, layout.encoder_avx2, layout.decoder_head))]
     return names + [f"{n}.data" for n in names if (bundle.path / f"{n}.data").exists()]

@@ -48,9 +48,14 @@ PROBE_MODEL = (
 EXACT = 255 * 127 * K  # what every output is when nothing saturates (int16 pairs: 8 * 32767)
 
 
+def x86() -> bool:
+    """An x86-64 CPU (where MLAS has int8 kernels that saturate and kernels that do not)."""
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
 def cpu_has_vnni() -> bool:
     """An x86-64 CPU with VNNI, by its flags (none read, as where there is no /proc/cpuinfo: no)."""
-    return platform.machine().lower() in ("x86_64", "amd64") and bool(VNNI_FLAGS & set(cpuinfo()[1]))
+    return x86() and bool(VNNI_FLAGS & set(cpuinfo()[1]))
 
 
 @functools.cache

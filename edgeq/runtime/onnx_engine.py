@@ -113,13 +113,18 @@ def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None,
 
 
 def _encoder_graph(layout: OnnxLayout, device: str) -> str:
-    """The bundle's encoder graph for this CPU: the one reading int8 weights on an x86-64 CPU with
-    VNNI whose int8 product ONNX Runtime computes exactly (runtime.int8_kernels), else the portable
-    one (ARM's kernels take either alike). EDGEQ_VNNI=0 keeps the portable one (to measure one
-    against the other)."""
-    if not layout.encoder_vnni or device == "cuda" or os.environ.get("EDGEQ_VNNI", "1") == "0":
+    """The bundle's encoder graph for this CPU: on x86-64, the one reading int8 weights where the
+    CPU has VNNI and ONNX Runtime computes its int8 product exactly (runtime.int8_kernels), the one
+    reading 7-bit codes where that product saturates (AVX2, AVX-512 without VNNI; backends.
+    onnx_avx2); else, and where the bundle has neither, the portable one (ARM's kernels take any
+    alike). EDGEQ_VNNI=0 and EDGEQ_AVX2=0 keep the portable one (to measure one against the other)."""
+    if device == "cuda" or not (layout.encoder_vnni or layout.encoder_avx2) or not int8_kernels.x86():
         return layout.encoder
-    return layout.encoder_vnni if int8_kernels.vnni_kernels() else layout.encoder
+    if int8_kernels.vnni_kernels():
+        return layout.encoder_vnni if layout.encoder_vnni and os.environ.get("EDGEQ_VNNI", "1") != "0" \
+            else layout.encoder
+    return layout.encoder_avx2 if layout.encoder_avx2 and os.environ.get("EDGEQ_AVX2", "1") != "0" \
+        else layout.encoder
 
 
 def _decoder_graph(layout: OnnxLayout, encoder_graph: str) -> str:

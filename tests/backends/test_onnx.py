@@ -22,6 +22,7 @@ pytest.importorskip("torch")
 from helpers import PROBE, REPO, each  # noqa: E402
 from helpers import outcome as _get  # noqa: E402
 
+from edgeq.backends.onnx_avx2 import AVX2_ONNX, LEVELS  # noqa: E402
 from edgeq.backends.onnx_head import HEAD_ONNX  # noqa: E402
 from edgeq.backends.onnx_vnni import DECODER_VNNI_ONNX, VNNI_ONNX  # noqa: E402
 from edgeq.errors import BundleError, RecipeError  # noqa: E402
@@ -98,7 +99,7 @@ def test_recipe_builds_an_onnx_bundle(name, bundles):
     # weights beside the graphs, memory-mapped by ONNX Runtime (see onnx_quant.save_model)
     graphs = [ENCODER_ONNX, DECODER_ONNX, ENCODER_ONNX + ".data", DECODER_ONNX + ".data"]
     assert set(graphs) <= set(m["files"])
-    graphs += [g for g in (VNNI_ONNX, DECODER_VNNI_ONNX) if g in m["files"]]  # int8 encoders (backends.onnx_vnni)
+    graphs += [g for g in (VNNI_ONNX, DECODER_VNNI_ONNX, AVX2_ONNX) if g in m["files"]]  # int8 encoders (onnx_vnni, onnx_avx2)
     graphs += [HEAD_ONNX]  # every ONNX decoder ends in the projection (backends.onnx_head)
     assert m["size"]["weights_bytes"] == sum(m["files"][name]["size"] for name in graphs)
     layout = json.loads((bundle.path / "onnx.json").read_text())
@@ -1005,6 +1006,58 @@ def test_an_int8_encoder_has_a_vnni_graph_whose_folded_weights_are_its_uint8_one
     assert not [n for n in folded.graph.node if any(i.endswith(("_i16", "_m128")) for i in n.input)]  # all folded
 
 
+def test_an_int8_encoder_has_an_avx2_graph_whose_folded_weights_are_7_bit_codes_of_its_uint8_ones(bundles, tmp_path):
+    """Host-independent: what ONNX Runtime makes of encoder.avx2.onnx when it folds it is, for
+    every uint8 weight w with zero point z, round((w - z) * 63 / m) per output column (m: the
+    column's largest |w - z|), as int8 and without zero point, and nothing else is left to fold."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    with_avx2 = {n for n in ONNX_RECIPES if json.loads((_get(bundles, n).path / "onnx.json").read_text()).get("encoder_avx2")}
+    assert with_avx2 == {"onnx-int8-dynamic", "onnx-int8-dynamic-int4-decoder", "onnx-int8-static"}  # as the VNNI graph
+    bundle = _get(bundles, "onnx-int8-dynamic")
+    path = bundle.path
+    assert AVX2_ONNX in bundle.manifest.files and not (path / f"{AVX2_ONNX}.data").exists()  # reads encoder.onnx.data
+    encoder = onnx.load(str(path / ENCODER_ONNX))
+    inits = {t.name: numpy_helper.to_array(t) for t in encoder.graph.initializer}
+    expected = []
+    for w, z in {(n.input[1], n.input[3]) for n in encoder.graph.node
+                 if n.op_type == "MatMulInteger" and inits.get(n.input[1]) is not None}:
+        centered = inits[w].astype(np.float32) - inits[z].astype(np.float32)
+        m = np.maximum(np.abs(centered).max(axis=0), np.float32(1))
+        expected.append(np.round(centered * (np.float32(LEVELS) / m)).astype(np.int8).tobytes())
+    assert expected
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # folding, not fusing
+    options.optimized_model_filepath = str(tmp_path / "folded.onnx")
+    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "folded.onnx.data")
+    ort.InferenceSession(str(path / AVX2_ONNX), options, providers=["CPUExecutionProvider"])
+    folded = onnx.load(str(tmp_path / "folded.onnx"))
+    codes = sorted(numpy_helper.to_array(t).tobytes() for t in folded.graph.initializer
+                   if t.data_type == onnx.TensorProto.INT8 and not t.name.startswith("cross_int8_"))
+    assert codes == sorted(expected)
+    assert not [n for n in folded.graph.node if any("_7bit" in o for o in n.output)]  # all folded
+    assert all(len(n.input) == 3 for n in folded.graph.node if n.op_type == "MatMulInteger")  # no weight zero point
+
+
+def test_where_the_int8_product_saturates_a_load_runs_the_avx2_graph_with_the_portable_decoder(bundles, audio_dir,
+                                                                                            sessions, monkeypatch):
+    import edgeq
+    from edgeq.runtime import int8_kernels
+
+    monkeypatch.setattr(int8_kernels, "x86", lambda: True)
+    monkeypatch.setattr(int8_kernels, "vnni_kernels", lambda: False)  # AVX2, or AVX-512 without VNNI
+    path = _get(bundles, "onnx-int8-dynamic").path
+    # (the tiny model's transcripts are random tokens: the real tier checks WER with this graph)
+    assert edgeq.load(path).transcribe(audio_dir / "a_16k.wav").windows == 1
+    assert sorted(name for name, _ in sessions) == sorted([AVX2_ONNX, DECODER_ONNX, HEAD_ONNX])
+    sessions.clear()
+    monkeypatch.setenv("EDGEQ_AVX2", "0")
+    edgeq.load(path)
+    assert sorted(name for name, _ in sessions) == sorted([ENCODER_ONNX, DECODER_ONNX, HEAD_ONNX])
+
+
 def test_with_int8_cross_attention_the_vnni_graphs_pass_value_codes_as_int8_to_a_decoder_of_their_own(bundles):
     """Host-independent: encoder.vnni.onnx writes the value codes as int8 and decoder.vnni.onnx (its
     weights in decoder.onnx.data) multiplies both cross-attention products as uint8 x int8; the
@@ -1100,6 +1153,35 @@ def test_the_runtime_picks_the_int8_weights_graph_only_on_x86_with_vnni(machine,
     assert (encoder, onnx_engine._decoder_graph(both, encoder)) == \
         (expected, DECODER_VNNI_ONNX if expected == VNNI_ONNX else DECODER_ONNX)
     assert onnx_engine._decoder_graph(replace(layout, encoder_vnni=VNNI_ONNX), expected) == DECODER_ONNX  # older bundles
+
+
+@pytest.mark.parametrize("machine, flags, exact, device, env, expected", [
+    ("x86_64", ["avx2", "fma"], False, "cpu", "1", AVX2_ONNX),  # AVX2: u8 x s8 saturates
+    ("x86_64", ["avx2", "avx512f", "avx512bw"], False, "cpu", "1", AVX2_ONNX),  # AVX-512 without VNNI
+    ("x86_64", ["avx2", "avx512_vnni"], False, "cpu", "1", AVX2_ONNX),  # an emulator's flags: the probe saturated
+    ("x86_64", [], True, "cpu", "1", AVX2_ONNX),  # flags unknown: 7-bit codes are exact on every kernel
+    ("x86_64", ["avx2", "avx512_vnni"], True, "cpu", "1", VNNI_ONNX),
+    ("aarch64", ["asimd", "asimddp"], False, "cpu", "1", ENCODER_ONNX),  # ARM's kernels: no saturation to avoid
+    ("x86_64", ["avx2"], False, "cuda", "1", ENCODER_ONNX),
+    ("x86_64", ["avx2"], False, "cpu", "0", ENCODER_ONNX),  # EDGEQ_AVX2=0
+])
+def test_the_runtime_picks_the_7_bit_graph_only_on_x86_without_exact_int8_products(machine, flags, exact, device, env,
+                                                                                   expected, monkeypatch):
+    from edgeq.format.layout import OnnxLayout
+    from edgeq.runtime import int8_kernels, onnx_engine
+
+    layout = OnnxLayout.for_dims(n_mels=80, n_audio_ctx=1500, n_layers=1, heads=1, head_dim=8, vocab_size=10,
+                                 max_target_positions=8)
+    monkeypatch.setattr(int8_kernels.platform, "machine", lambda: machine)
+    monkeypatch.setattr(int8_kernels, "cpuinfo", lambda: ("a CPU", flags))
+    monkeypatch.setattr(int8_kernels, "signed_weights_exact", lambda: exact)
+    monkeypatch.setenv("EDGEQ_AVX2", env)
+    every = replace(layout, encoder_vnni=VNNI_ONNX, decoder_vnni=DECODER_VNNI_ONNX, encoder_avx2=AVX2_ONNX)
+    encoder = onnx_engine._encoder_graph(every, device)
+    assert encoder == expected
+    assert onnx_engine._decoder_graph(every, encoder) == (DECODER_VNNI_ONNX if expected == VNNI_ONNX else DECODER_ONNX)
+    if expected == AVX2_ONNX:  # a bundle from before the graph: its portable encoder there
+        assert onnx_engine._encoder_graph(replace(every, encoder_avx2=None), device) == ENCODER_ONNX
 
 
 def _spins(session) -> tuple[str, str]:
