@@ -45,6 +45,18 @@ def whisper_small_random(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def cpuid_mask_env(mask: str, folder: Path) -> dict:
+    """The variables that run a process with CPUID masked to `mask` ("avx2" or "vnni"): cpuid_mask.c,
+    built into `folder` (again when the source is newer), preloaded; edgeq's cache in `folder` too,
+    since the prepared graphs' key reads /proc/cpuinfo, which the mask does not change."""
+    source = HERE / "cpuid_mask.c"
+    library = folder / "cpuid_mask.so"
+    if not library.is_file() or library.stat().st_mtime < source.stat().st_mtime:
+        folder.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(library), str(source), "-ldl"], check=True)
+    return {"LD_PRELOAD": str(library), "EDGEQ_CPUID_MASK": mask, "EDGEQ_CACHE": str(folder / f"edgeq-cache-cpuid-{mask}")}
+
+
 def results_path(name: str) -> Path:
     """A bare file name lives in benchmarks/results; a path (with a folder) is taken as given."""
     return RESULTS / name if Path(name).name == name else Path(name)

@@ -53,7 +53,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from _common import REPO, SPEECH_DEV, WHISPER_BASE, compile_edgeq, whisper_small_random, write_json
+from _common import REPO, SPEECH_DEV, WHISPER_BASE, compile_edgeq, cpuid_mask_env, whisper_small_random, write_json
 
 
 def _dir_mb(path: Path, suffixes=(".safetensors", ".onnx", ".onnx.data", ".bin")) -> float:
@@ -365,15 +365,8 @@ MASK_ENV: dict = {}  # LD_PRELOAD and EDGEQ_CPUID_MASK for every worker under --
 
 
 def cpu_mask_env(mask: str, cache: Path) -> dict:
-    """The environment that runs a worker with CPUID masked to `mask` (cpuid_mask.c, built here)."""
-    source = Path(__file__).with_name("cpuid_mask.c")
-    library = cache / "cpuid_mask.so"
-    if not library.is_file() or library.stat().st_mtime < source.stat().st_mtime:
-        cache.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(library), str(source), "-ldl"], check=True)
-    env = {"LD_PRELOAD": str(library), "EDGEQ_CPUID_MASK": mask,
-           # the prepared graphs' key reads /proc/cpuinfo, which the mask does not change
-           "EDGEQ_CACHE": str(cache / f"edgeq-cache-cpuid-{mask}")}
+    """_common.cpuid_mask_env, once checked: torch in a masked process says which kernels it sees."""
+    env = cpuid_mask_env(mask, cache)
     probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
                            env={**os.environ, **env}, capture_output=True, text=True)
     if probe.returncode:

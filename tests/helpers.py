@@ -24,26 +24,23 @@ QEMU = shutil.which("qemu-x86_64-static")
 X86 = platform.machine().lower() in ("x86_64", "amd64")
 NO_EMULATED_AVX2 = "needs an x86-64 host with qemu-x86_64-static (apt-get install qemu-user-static)"
 # The masked CPUID of benchmarks/cpuid_mask.c: another CPU's kernels at native speed
-CPUID_MASK_SOURCE = REPO / "benchmarks" / "cpuid_mask.c"
 NO_CPUID_MASK = "needs an x86-64 Linux CPU with CPUID faulting (cpuid_fault in /proc/cpuinfo) and gcc"
 
 
 def cpuid_fault() -> bool:
-    try:
-        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return X86 and "cpuid_fault" in flags.split() and shutil.which("gcc") is not None
+    from edgeq.util import cpuinfo
+
+    return X86 and "cpuid_fault" in cpuinfo()[1] and shutil.which("gcc") is not None
 
 
 def masked_cpu_env(mask: str, folder: Path) -> dict:
-    """The environment that runs a child process with CPUID masked to `mask` ("avx2" or "vnni")."""
-    library = folder / "cpuid_mask.so"
-    if not library.is_file():
-        subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(library), str(CPUID_MASK_SOURCE), "-ldl"],
-                       check=True)
-    return {**os.environ, "LD_PRELOAD": str(library), "EDGEQ_CPUID_MASK": mask,
-            "EDGEQ_CACHE": str(folder / f"cache-{mask}")}
+    """This process's environment, with CPUID masked to `mask` ("avx2" or "vnni") for a child."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from _common import cpuid_mask_env
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    return {**os.environ, **cpuid_mask_env(mask, folder)}
 
 
 def real_data_available() -> bool:

@@ -974,11 +974,23 @@ def test_cuda_without_onnxruntime_gpu_is_one_line(bundles, audio_dir):
 # --------------------------------------------------------------------------- the encoder for VNNI CPUs
 
 
+def _folded(graph: Path, tmp_path):
+    """(session, graph) for `graph` as ONNX Runtime's constant folding leaves it, before any fusion."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # folding, not fusing
+    options.optimized_model_filepath = str(tmp_path / "folded.onnx")
+    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "folded.onnx.data")
+    session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+    return session, onnx.load(str(tmp_path / "folded.onnx"))
+
+
 def test_an_int8_encoder_has_a_vnni_graph_whose_folded_weights_are_its_uint8_ones_minus_128(bundles, tmp_path):
     """Host-independent: what ONNX Runtime makes of encoder.vnni.onnx when it folds its casts is the
     encoder's uint8 weights and zero points, each less 128, as int8, and nothing else changed."""
     import onnx
-    import onnxruntime as ort
     from onnx import numpy_helper
 
     with_vnni = {n for n in ONNX_RECIPES if json.loads((_get(bundles, n).path / "onnx.json").read_text()).get("encoder_vnni")}
@@ -993,13 +1005,8 @@ def test_an_int8_encoder_has_a_vnni_graph_whose_folded_weights_are_its_uint8_one
     expected = sorted((inits[name].astype(np.int16) - 128).astype(np.int8).tobytes()
                       for name in {i for n in readers for i in (n.input[1], n.input[3]) if i})
     assert expected
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # folding, not fusing
-    options.optimized_model_filepath = str(tmp_path / "folded.onnx")
-    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "folded.onnx.data")
-    session = ort.InferenceSession(str(path / VNNI_ONNX), options, providers=["CPUExecutionProvider"])
+    session, folded = _folded(path / VNNI_ONNX, tmp_path)
     assert [i.name for i in session.get_inputs()] == ["input_features"]
-    folded = onnx.load(str(tmp_path / "folded.onnx"))
     signed = sorted(numpy_helper.to_array(t).tobytes() for t in folded.graph.initializer
                     if t.data_type == onnx.TensorProto.INT8 and not t.name.startswith("cross_int8_"))  # value codes' zero
     assert signed == expected
@@ -1011,7 +1018,6 @@ def test_an_int8_encoder_has_an_avx2_graph_whose_folded_weights_are_7_bit_codes_
     every uint8 weight w with zero point z, round((w - z) * 63 / m) per output column (m: the
     column's largest |w - z|), as int8 and without zero point, and nothing else is left to fold."""
     import onnx
-    import onnxruntime as ort
     from onnx import numpy_helper
 
     with_avx2 = {n for n in ONNX_RECIPES if json.loads((_get(bundles, n).path / "onnx.json").read_text()).get("encoder_avx2")}
@@ -1028,12 +1034,7 @@ def test_an_int8_encoder_has_an_avx2_graph_whose_folded_weights_are_7_bit_codes_
         m = np.maximum(np.abs(centered).max(axis=0), np.float32(1))
         expected.append(np.round(centered * (np.float32(LEVELS) / m)).astype(np.int8).tobytes())
     assert expected
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # folding, not fusing
-    options.optimized_model_filepath = str(tmp_path / "folded.onnx")
-    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "folded.onnx.data")
-    ort.InferenceSession(str(path / AVX2_ONNX), options, providers=["CPUExecutionProvider"])
-    folded = onnx.load(str(tmp_path / "folded.onnx"))
+    _, folded = _folded(path / AVX2_ONNX, tmp_path)
     codes = sorted(numpy_helper.to_array(t).tobytes() for t in folded.graph.initializer
                    if t.data_type == onnx.TensorProto.INT8 and not t.name.startswith("cross_int8_"))
     assert codes == sorted(expected)
@@ -1123,6 +1124,19 @@ def test_on_a_vnni_cpu_the_int8_weights_graph_runs_and_changes_no_number(name, b
     np.testing.assert_array_equal(logits[0], logits[1])
 
 
+def _on_a_cpu(monkeypatch, machine: str, flags: list[str], exact: bool):
+    """A small layout without the CPU-specific graphs, on a CPU of this machine, flags and u8 x s8
+    exactness (what int8_kernels would find there)."""
+    from edgeq.format.layout import OnnxLayout
+    from edgeq.runtime import int8_kernels
+
+    monkeypatch.setattr(int8_kernels.platform, "machine", lambda: machine)
+    monkeypatch.setattr(int8_kernels, "cpuinfo", lambda: ("a CPU", flags))
+    monkeypatch.setattr(int8_kernels, "signed_weights_exact", lambda: exact)
+    return OnnxLayout.for_dims(n_mels=80, n_audio_ctx=1500, n_layers=1, heads=1, head_dim=8, vocab_size=10,
+                               max_target_positions=8)
+
+
 @pytest.mark.parametrize("machine, flags, exact, device, env, expected", [
     ("x86_64", ["avx2", "avx512_vnni"], True, "cpu", "1", VNNI_ONNX),
     ("x86_64", ["avx2", "avx_vnni"], True, "cpu", "1", VNNI_ONNX),
@@ -1136,14 +1150,9 @@ def test_on_a_vnni_cpu_the_int8_weights_graph_runs_and_changes_no_number(name, b
 ])
 def test_the_runtime_picks_the_int8_weights_graph_only_on_x86_with_vnni(machine, flags, exact, device, env, expected,
                                                                         monkeypatch):
-    from edgeq.format.layout import OnnxLayout
-    from edgeq.runtime import int8_kernels, onnx_engine
+    from edgeq.runtime import onnx_engine
 
-    layout = OnnxLayout.for_dims(n_mels=80, n_audio_ctx=1500, n_layers=1, heads=1, head_dim=8, vocab_size=10,
-                                 max_target_positions=8)
-    monkeypatch.setattr(int8_kernels.platform, "machine", lambda: machine)
-    monkeypatch.setattr(int8_kernels, "cpuinfo", lambda: ("a CPU", flags))
-    monkeypatch.setattr(int8_kernels, "signed_weights_exact", lambda: exact)
+    layout = _on_a_cpu(monkeypatch, machine, flags, exact)
     monkeypatch.setenv("EDGEQ_VNNI", env)
     assert onnx_engine._encoder_graph(layout, device) == ENCODER_ONNX  # a bundle without the graph
     assert onnx_engine._encoder_graph(replace(layout, encoder_vnni=VNNI_ONNX), device) == expected
@@ -1167,14 +1176,9 @@ def test_the_runtime_picks_the_int8_weights_graph_only_on_x86_with_vnni(machine,
 ])
 def test_the_runtime_picks_the_7_bit_graph_only_on_x86_without_exact_int8_products(machine, flags, exact, device, env,
                                                                                    expected, monkeypatch):
-    from edgeq.format.layout import OnnxLayout
-    from edgeq.runtime import int8_kernels, onnx_engine
+    from edgeq.runtime import onnx_engine
 
-    layout = OnnxLayout.for_dims(n_mels=80, n_audio_ctx=1500, n_layers=1, heads=1, head_dim=8, vocab_size=10,
-                                 max_target_positions=8)
-    monkeypatch.setattr(int8_kernels.platform, "machine", lambda: machine)
-    monkeypatch.setattr(int8_kernels, "cpuinfo", lambda: ("a CPU", flags))
-    monkeypatch.setattr(int8_kernels, "signed_weights_exact", lambda: exact)
+    layout = _on_a_cpu(monkeypatch, machine, flags, exact)
     monkeypatch.setenv("EDGEQ_AVX2", env)
     every = replace(layout, encoder_vnni=VNNI_ONNX, decoder_vnni=DECODER_VNNI_ONNX, encoder_avx2=AVX2_ONNX)
     encoder = onnx_engine._encoder_graph(every, device)
