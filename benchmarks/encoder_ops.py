@@ -2,6 +2,7 @@
 
     python benchmarks/encoder_ops.py --bundles B1 B2 ... [--graphs encoder.vnni.onnx,encoder.onnx]
                                      [--seconds 30] [--rounds 3] [--repeat 5] [--threads 2] [--out FILE]
+                                     [--cpu-mask avx2|vnni]
 
 Each bundle's encoder graph is made into a session with the options edgeq's runtime gives its
 encoder (onnx_engine._options: --threads intra-op threads, no spinning, the bundle's
@@ -20,13 +21,15 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from _common import write_json
+from _common import cpuid_mask_env, write_json
 
 
 def _features(bundle: Path, seconds: float) -> np.ndarray:
@@ -102,12 +105,18 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="encoder_ops.json")
+    ap.add_argument("--cpu-mask", choices=["avx2", "vnni"],
+                    help="run with CPUID masked to this CPU's extensions (cpuid_mask.c; CPUs with cpuid_fault)")
     args = ap.parse_args()
+    if args.cpu_mask and os.environ.get("EDGEQ_CPUID_MASK") != args.cpu_mask:
+        # The mask is preloaded, so it must be in place when the process starts: run this again under it.
+        env = {**os.environ, **cpuid_mask_env(args.cpu_mask, Path(tempfile.gettempdir()) / "edgeq-cpuid-mask")}
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
     pairs = [(b, g) for b in args.bundles for g in args.graphs.split(",") if (b / g).is_file()]
     if not pairs:
         ap.error(f"none of {args.graphs} in {[str(b) for b in args.bundles]}")
     prepack = {b: _encoder_prepack(b) for b in args.bundles}
-    data = {"env": fingerprint(), "threads": args.threads, "seconds": args.seconds,
+    data = {"env": {**fingerprint(), "cpuid_mask": args.cpu_mask}, "threads": args.threads, "seconds": args.seconds,
             "frames": int(round(args.seconds * 100)) // 2, "bundles": [str(b) for b in args.bundles], "rows": []}
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(args.rounds):

@@ -11,7 +11,7 @@ windows after the run), minor page faults per window (median), the process's pea
 bundle's first load on a device writes its prepared graphs and peaks higher: load each bundle
 once before (the script does, untimed). Written after every run.
 
-Made for options.vnni_attention (README, "Where the time goes"): the same recipe with and
+Made for options.vnni_attention (docs/performance.md, "Where the time goes"): the same recipe with and
 without it, e.g. --bundles base-int8 base-int8-vnni-attention.
 """
 

@@ -1,12 +1,12 @@
-"""Render the README's tables: the recipe catalogue from recipes/*.toml, the results from the JSON in
-benchmarks/results/.
+"""Render the documentation's tables: the recipe catalogue from recipes/*.toml, the results from the
+JSON in benchmarks/results/.
 
     python benchmarks/tables.py            # print every table
-    python benchmarks/tables.py --readme   # rewrite the README between its <!-- NAME --> markers
+    python benchmarks/tables.py --readme   # rewrite README.md and docs/*.md between their <!-- NAME --> markers
 
 Each renderer returns the text of one table (or None when its results file is absent); TABLES maps
-a README marker to its renderer. Every number in the README comes from here, and
-tests/test_readme.py fails when the README differs from what these renderers return.
+a marker to its renderer, and each marker stands in exactly one of DOCS. Every table in them comes
+from here, and tests/test_readme.py fails when a document differs from what these renderers return.
 """
 
 from __future__ import annotations
@@ -17,7 +17,12 @@ import sys
 from pathlib import Path
 from statistics import median
 
-from _common import REPO, RESULTS
+from _common import HERE, REPO, RESULTS
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # a dependency below 3.11 (pyproject.toml), as for edgeq.spec.recipe
+    import tomli as tomllib
 
 
 def _load(name: str):
@@ -149,6 +154,40 @@ def compare(name: str, wer: bool = True) -> str | None:
                if phases else []) + [", ".join(sorted(set(r["fastest_peer"])))]
             for n, r in ratios.items()])
     return table
+
+
+# #11 at a glance: which run and which systems in it, per kind of kernels (data, not code)
+GOAL_ROWS = HERE / "goal.toml"
+# #11's bars: RTF at most 0.7x the fastest peer's, peak RSS and load time at most whisper.cpp q8_0's
+GOAL_LIMITS = (("rtf_vs_fastest_peer", 0.7, "RTF"), ("rss_vs_whisper_cpp_q8_0", 1.0, "peak"),
+               ("load_vs_whisper_cpp_q8_0", 1.0, "load"))
+
+
+def goal() -> str | None:
+    """One row per recipe picked in goal.toml: its ratios (median over rounds, and range) and which of #11's
+    bars the median misses."""
+    picked = tomllib.loads(GOAL_ROWS.read_text())["row"]
+    body = []
+    for pick in picked:
+        kernels, shape, window, name = pick["kernels"], pick["model"], pick["window"], pick["run"]
+        data = _load(name)
+        for recipe, system in pick["recipes"].items() if data else ():
+            ratios = data["summary"]["edgeq_ratios"].get(system)
+            if ratios is None:
+                raise SystemExit(f"{name}: no {system} (benchmarks/goal.toml)")
+            wer = next((r.get("wer_pct") for r in data["rows"] if r["system"] == system and "error" not in r), None)
+            missed = [label for key, limit, label in GOAL_LIMITS if round(ratios[key]["median"], 2) > limit]
+            body.append([kernels, shape, window, f"`{recipe}`", _f(wer if shape == "whisper-base" else None, ".2f")]
+                        + [f"{ratios[k]['median']:.2f} × ({ratios[k]['min']:.2f}–{ratios[k]['max']:.2f})"
+                           for k, _, _ in GOAL_LIMITS]
+                        + [", ".join(sorted(set(ratios["fastest_peer"]))),
+                           "met" if not missed else "**not met**: " + ", ".join(missed)])
+    if not body:
+        return None
+    runs = ", ".join(f"`{n}`" for n in dict.fromkeys(pick["run"] for pick in picked))
+    return _table(["kernels", "model", "window", "recipe", "WER %", "RTF / fastest peer's",
+                   "peak RSS / whisper.cpp q8_0's", "load / whisper.cpp q8_0's", "fastest peer", "#11"], body) \
+        + f"\nRuns (benchmarks/results/): {runs}.\n"
 
 
 def auto_front() -> str | None:
@@ -370,6 +409,7 @@ TABLES = {
     "COMPARE_CPUID_AVX2_TABLE": lambda: compare("compare_systems_cpuid_avx2_graph.json"),
     "COMPARE_CPUID_AVX2_SMALL_TABLE": lambda: compare("compare_systems_cpuid_avx2_graph_whisper-small-random.json",
                                                       wer=False),
+    "GOAL_TABLE": goal,
     "AUTO_TABLE": auto_front,
     "CPU_LIMITS": cpu_limits,
     "LONGFORM_TABLE": longform,
@@ -377,23 +417,38 @@ TABLES = {
 }
 
 
-def readme_with_tables(doc: str) -> str:
-    """`doc` with the text between each <!-- NAME --> and <!-- /NAME --> replaced by its renderer's."""
+# The documents whose tables are rendered: the README's summary, and the measurement log and design
+# notes it links to.
+DOCS = ("README.md", "docs/performance.md", "docs/design.md")
+
+
+def docs_with_tables(docs: dict[str, str]) -> dict[str, str]:
+    """`docs` (name -> text) with the text between each <!-- NAME --> and <!-- /NAME --> replaced by
+    its renderer's; each marker must stand in exactly one document, once."""
+    docs = dict(docs)
     for key, render in TABLES.items():
+        holders = [name for name, doc in docs.items() if f"<!-- {key} -->" in doc]
+        if len(holders) != 1:
+            raise SystemExit(f"<!-- {key} -->: expected in one of {', '.join(docs)}, found in {holders or 'none'}")
         text = render()
         if text is None:
             continue
         block = f"<!-- {key} -->\n{text.rstrip()}\n<!-- /{key} -->"
-        doc, n = re.subn(rf"<!-- {key} -->.*?<!-- /{key} -->", lambda m, b=block: b, doc, flags=re.S)
+        name = holders[0]
+        docs[name], n = re.subn(rf"<!-- {key} -->.*?<!-- /{key} -->", lambda m, b=block: b, docs[name], flags=re.S)
         if n != 1:
-            raise SystemExit(f"README.md: expected one <!-- {key} --> block, found {n}")
-    return doc
+            raise SystemExit(f"{name}: expected one <!-- {key} --> block, found {n}")
+    return docs
+
+
+def read_docs() -> dict[str, str]:
+    return {name: (REPO / name).read_text(encoding="utf-8") for name in DOCS}
 
 
 if __name__ == "__main__":
     if "--readme" in sys.argv:
-        readme = REPO / "README.md"
-        readme.write_text(readme_with_tables(readme.read_text()))
+        for name, text in docs_with_tables(read_docs()).items():
+            (REPO / name).write_text(text, encoding="utf-8")
     else:
         for render in TABLES.values():
             text = render()

@@ -15,7 +15,7 @@ session, turns each output column's codes w (zero point z, scale s) into
 int8 codes without zero point that the u8 x s8 kernel multiplies exactly. Unlike the VNNI graph
 this is not the same product: a column keeps 127 levels of its range instead of up to 256 (what
 PyTorch's fbgemm does instead is keep 8-bit weights and quantize the activations to 7 bits). Its
-cost in WER and its gain in speed are measured in the README ("Other CPUs' kernels on this
+cost in WER and its gain in speed are measured in docs/performance.md ("Other CPUs' kernels on the AMX
 host"); the runtime picks it only on x86-64 CPUs whose u8 x s8 product is not exact, and
 EDGEQ_AVX2=0 keeps the portable graph there.
 """

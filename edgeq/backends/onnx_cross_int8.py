@@ -29,7 +29,7 @@ overflow; u8·u8 does not, on any x86 CPU. Where the CPU has VNNI the bundle's s
 (encoder.vnni.onnx, decoder.vnni.onnx: `signed_cross_codes`) quantizes the query and the values
 to int8 instead, the same numbers less 128, so that both products are u8·s8 (`vpdpbusd`).
 
-Measured (2 threads, AMD EPYC with AVX-512 VNNI, 3 rounds in alternation, README "Design"):
+Measured (2 threads, AMD EPYC with AVX-512 VNNI, 3 rounds in alternation, docs/design.md):
 whisper-base onnx-int8-dynamic on speech-dev, peak 214-221 vs 221-231 MB, the same RTF, WER 2.43
 vs 2.65 %; whisper-small's shape, 2 clips, 460 vs 522-524 MB (whisper.cpp q8_0: 469 MB), decoder
 58-65 vs 67-72 tokens/s: each MatMulInteger takes ~0.19 ms of a ~17 ms step (ONNX Runtime packs

@@ -9,7 +9,7 @@ The runtime makes the encoder's session in a second thread, done after 8 ms: wit
 `decoder_head.onnx`, that thread makes the head's session after the encoder's, while the first
 makes the rest of the decoder (29-31 ms). A whole edgeq.load then took 0.88-0.92x as long on
 whisper-base and 0.72-0.76x on whisper-small's shape, steps the same within the noise
-(benchmarks/results/load_head_split_amx.json, decoder_step_head_amx*.json; README).
+(benchmarks/results/load_head_split_amx.json, decoder_step_head_amx*.json; docs/performance.md).
 
     decoder.onnx        ... -> hidden [1, d_model] (the last position, after the final layer norm), present_*
     decoder_head.onnx   hidden -> logits [1, vocab]   (the projection, and in float16 bundles the Cast to float32)

@@ -23,11 +23,11 @@ in the pipeline, 217-237 MB with the Scan and 8 blocks.) The products are uint8 
 encoder.vnni.onnx, the graph the runtime runs where ONNX Runtime's u8 x s8 product checks exact
 (runtime.int8_kernels), is rewritten; encoder.onnx keeps float32 attention. The two graphs then no
 longer give bit-identical outputs: a VNNI host transcribes with int8 attention, every other CPU
-with float32 attention (README, "Where the time goes", has both WERs).
+with float32 attention (docs/performance.md, "Where the time goes", has both WERs).
 
 Probabilities under 1/510 become 0: a frame that gets less than that of a query's attention drops
-out of its average. On real speech that cost one word of 453 on speech-dev (README, "Where the time goes": WER 2.87
-against 2.65 % on padded windows; the README has its speed and memory).
+out of its average. On real speech that cost one word of 453 on speech-dev (docs/performance.md, "Where the time goes": WER 2.87
+against 2.65 % on padded windows; docs/performance.md has its speed and memory).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from edgeq.backends.onnx_fusion import MS_DOMAIN, FusionError
 # the window's other tensors leave in the heap and took new memory at its top: the encoder's heap
 # spanned 54-58 against 40-41 MB (LD_PRELOAD trace, 3 padded windows), the process peaked at
 # 223-263 against 217-237 MB, for a window 3 % faster (0.272 against 0.279 s, one process, 12
-# alternating calls; whisper-base, AVX-512 VNNI, README "Where the time goes").
+# alternating calls; whisper-base, AVX-512 VNNI, docs/performance.md "Where the time goes").
 QUERY_BLOCKS = 8
 
 
@@ -115,7 +115,7 @@ def _replacement(node: onnx.NodeProto) -> _Graph:
     # outputs) is freed at the end of each iteration and the next one's comes from the same heap
     # blocks. Unrolled, the small per-block outputs stayed alive until the heads' Concat and split
     # the freed score blocks, so each new one came from the top of the heap (why, and what it cost:
-    # the README's "Where the time goes").
+    # docs/performance.md, "Where the time goes").
     body = _Graph(n.prefix + "head_")
     inputs = [helper.make_tensor_value_info(body.prefix + x, dtype, None)
               for x, dtype in (("q", TensorProto.UINT8), ("k", TensorProto.INT8), ("v", TensorProto.INT8))]

@@ -65,7 +65,7 @@ def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None,
     # size were new mappings (runtime.heap), 12,000-54,000 page faults and 50-96 ms of kernel time
     # per padded window of whisper-base: with it, no faults after the first window, and the encoder
     # took 0.294-0.298 against 0.355-0.544 s per window in the pipeline, peak 218 against 209-214 MB
-    # (benchmarks/padded_window.py, speech-dev, 3 rounds; README "edgeq against what users would
+    # (benchmarks/padded_window.py, speech-dev, 3 rounds; docs/performance.md "edgeq against what users would
     # pick instead" has the comparison with the peers).
     arena = device != "cuda" and os.environ.get("EDGEQ_ENCODER_ARENA", "1") != "0"
     spin = spinning == "decoder"
@@ -182,7 +182,7 @@ def _options(ort, threads: int | None, spin: bool, prepack: bool = True, arena: 
     # for each costs: whisper-small's shape, full window, 2 threads, one step 12.0-12.3 ms sleeping,
     # 10.1 ms spinning (whisper-base 2.87 -> 2.47 ms). The encoder's operators are large and spinning
     # never paid there. Spinning takes a core from whoever else needs it: benchmarks/spinning.py
-    # (whisper-base int8, 2 threads; README "Threads") has the whole pipeline, idle and shared.
+    # (whisper-base int8, 2 threads; docs/performance.md "Threads") has the whole pipeline, idle and shared.
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     # ... and a spinning pool stops when its run ends, not spinning on into the encoder's run or
     # the Python between two steps.

@@ -93,7 +93,7 @@ def load(path: str | Path, device: str = "cpu", threads: int | None = None,
 
     Only the bundle is read: no original checkpoint, no network. An ONNX bundle is run by ONNX
     Runtime and never imports torch. `spinning="decoder"`: the decoder's idle threads spin between
-    operators, faster on a CPU nothing else uses and slower on a shared one (README "Threads");
+    operators, faster on a CPU nothing else uses and slower on a shared one (docs/performance.md "Threads");
     ONNX bundles only.
     """
     if threads is not None and threads < 1:

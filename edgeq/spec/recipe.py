@@ -132,7 +132,7 @@ class OnnxOptions(_Strict):
     # The encoder's self-attention in the graph for CPUs with VNNI (encoder.vnni.onnx, int8 encoders
     # only): "int8" computes QKᵀ and PV as uint8 x int8 products, head by head in query blocks
     # (backends.onnx_int8_attention); every other CPU runs encoder.onnx's float32 attention. Needs
-    # attention = "fused". Measured in README "Where the time goes".
+    # attention = "fused". Measured in docs/performance.md "Where the time goes".
     vnni_attention: Literal["float32", "int8"] = "float32"
     # The cross-attention keys/values the encoder hands the decoder, held for a whole window:
     # float16 halves them (110 -> 55 MB on a full window of whisper-small's shape) but ONNX Runtime
@@ -142,9 +142,9 @@ class OnnxOptions(_Strict):
     # int8: uint8 codes multiplied as they are (MatMulInteger), a quarter of float32: with the
     # shared self-attention cache, the whisper-small shape's int8 peaks at 444-457 instead of
     # 481-501 MB for 3-8 % fewer decoder tokens/s; whisper-base: 2-10 MB lower, RTF 0.31x vs 0.30x
-    # the fastest peer's, WER within one word (AVX2 host; README "Design", backends.onnx_cross_int8).
+    # the fastest peer's, WER within one word (AVX2 host; docs/design.md, backends.onnx_cross_int8).
     # onnx-int4, float16 -> int8: whisper-base's padded-window peak -15 MB, speed the same; the
-    # small shape's peak the same, fitted windows 7-10 % slower (README "Design").
+    # small shape's peak the same, fitted windows 7-10 % slower (docs/design.md).
     # onnx-int8-dynamic and onnx-int4 set int8; the float recipes keep float32, and float16 graphs
     # cannot take int8 (refused).
     cross_kv: Literal["float32", "float16", "int8"] = "float32"
@@ -152,7 +152,7 @@ class OnnxOptions(_Strict):
     # new keys/values into (ONNX Runtime's GroupQueryAttention), or "concat", a new cache per step
     # (Concat of past and new). A decoder step, int8, full window (benchmarks/decoder_step.py):
     # whisper-base 4.05-4.27 -> 3.56-3.89 ms, whisper-small's shape 11.8-12.0 -> 10.4-11.2 ms;
-    # small's peak RSS -12 to -25 MB (backends.onnx_self_cache, README "Design").
+    # small's peak RSS -12 to -25 MB (backends.onnx_self_cache, docs/design.md).
     self_cache: Literal["shared", "concat"] = "shared"
     # Each encoder layer's feed-forward block computed over this many frame blocks, one after the
     # other (backends.onnx_ffn_blocks): only one block's fc1/GELU outputs are alive at a time. On a
@@ -167,7 +167,7 @@ class OnnxOptions(_Strict):
     # int8 weight per call, cheap beside hundreds of frames' rows. Without it, whisper-small's
     # shape: its int8 encoder session made in 0.15 instead of 0.54 s (a raw ONNX Runtime session, 2
     # threads, AVX2 host); the bundle loaded in 0.46-0.50 instead of 0.66-0.77 s, with the same peak
-    # RSS and encoder time (compare_systems, 3 rounds; README "Design"). MatMulNBits (int4) and
+    # RSS and encoder time (compare_systems, 3 rounds; docs/design.md). MatMulNBits (int4) and
     # float encoders keep prepacking: not measured without. onnx-int8-dynamic sets false.
     encoder_prepack: bool = True
 

@@ -28,7 +28,7 @@ class Target(Schema, kw_only=True):
     torch_engine: Literal["x86", "fbgemm", "qnnpack"]  # PyTorch quantized engine for torch.ao int8 bundles
     onnx_providers: Annotated[list[str], Meta(min_length=1)] = field(default_factory=lambda: ["CPUExecutionProvider"])
     # ONNX Runtime's decoder threads spin between operators ("decoder") or sleep ("off"): faster
-    # where edgeq has the cores to itself, slower where other work shares them (README "Threads").
+    # where edgeq has the cores to itself, slower where other work shares them (docs/performance.md "Threads").
     spinning: Spinning = "off"
     recommended: list[str] = field(default_factory=list)  # recipes that suit this device, best first
     why: str = ""  # one line on why these recipes
