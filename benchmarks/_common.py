@@ -57,6 +57,18 @@ def cpuid_mask_env(mask: str, folder: Path) -> dict:
     return {"LD_PRELOAD": str(library), "EDGEQ_CPUID_MASK": mask, "EDGEQ_CACHE": str(folder / f"edgeq-cache-cpuid-{mask}")}
 
 
+def run_masked(mask: str | None) -> None:
+    """For an in-process benchmark's --cpu-mask: return at once without a mask, or when this process
+    already runs under it; otherwise run this script again with CPUID masked (cpuid_mask_env), which
+    must be preloaded when the process starts, and never return."""
+    if not mask or os.environ.get("EDGEQ_CPUID_MASK") == mask:
+        return
+    import tempfile
+
+    env = {**os.environ, **cpuid_mask_env(mask, Path(tempfile.gettempdir()) / "edgeq-cpuid-mask")}
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
 def results_path(name: str) -> Path:
     """A bare file name lives in benchmarks/results; a path (with a folder) is taken as given."""
     return RESULTS / name if Path(name).name == name else Path(name)

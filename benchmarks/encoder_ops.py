@@ -21,15 +21,13 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from _common import cpuid_mask_env, write_json
+from _common import run_masked, write_json
 
 
 def _features(bundle: Path, seconds: float) -> np.ndarray:
@@ -108,10 +106,7 @@ def main() -> None:
     ap.add_argument("--cpu-mask", choices=["avx2", "vnni"],
                     help="run with CPUID masked to this CPU's extensions (cpuid_mask.c; CPUs with cpuid_fault)")
     args = ap.parse_args()
-    if args.cpu_mask and os.environ.get("EDGEQ_CPUID_MASK") != args.cpu_mask:
-        # The mask is preloaded, so it must be in place when the process starts: run this again under it.
-        env = {**os.environ, **cpuid_mask_env(args.cpu_mask, Path(tempfile.gettempdir()) / "edgeq-cpuid-mask")}
-        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    run_masked(args.cpu_mask)
     pairs = [(b, g) for b in args.bundles for g in args.graphs.split(",") if (b / g).is_file()]
     if not pairs:
         ap.error(f"none of {args.graphs} in {[str(b) for b in args.bundles]}")

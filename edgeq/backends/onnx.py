@@ -192,6 +192,18 @@ def _check_recipe(recipe) -> None:
             f"recipe {recipe.name}: ONNX MatMulNBits quantizes in blocks: set weights.granularity = "
             "'group' and weights.group_size (e.g. 32 for int4, 128 for int8)"
         )
+    if recipe.typed_options.accuracy_level != 4 and _writes_8bit_nbits(recipe):
+        # MLAS has no float kernel for 8-bit MatMulNBits blocks (its 8-bit variants compute with int8
+        # activations only: mlas/lib/qnbitgemm.cpp), so ONNX Runtime would dequantize the whole
+        # weight on every call. One decoder step's products on whisper-small's shape: 179-189 against
+        # 7.3-8.3 ms (Xeon with AMX), 191-196 against 10.2-11.3 ms with AVX2 kernels
+        # (benchmarks/matmul_nbits.py --accuracy-levels, results/matmul_nbits_accuracy_*.json).
+        raise RecipeError(
+            f"recipe {recipe.name}: options.accuracy_level = {recipe.typed_options.accuracy_level} with 8-bit "
+            "MatMulNBits weights: ONNX Runtime computes 8-bit blocks only with int8 activations (4); at any other "
+            "level every call dequantizes the whole weight (about 25x slower decoder products); use "
+            "options.accuracy_level = 4, or 4-bit weights"
+        )
     if recipe.scheme == "static" and recipe.activations.format != "int8":
         raise RecipeError(f"recipe {recipe.name}: ONNX static quantization has int8 activations only")
     formats = {o.format for o in recipe.modules.overrides.values()} - {"float"}
@@ -222,6 +234,13 @@ def _float16_graphs(recipe) -> bool:
 
 def _uses_nbits(recipe) -> bool:
     return recipe.scheme in ("dynamic", "static", "weight-only")
+
+
+def _writes_8bit_nbits(recipe) -> bool:
+    """Whether the recipe writes any 8-bit MatMulNBits: its weights (weight-only, or the int8 schemes'
+    decoder), a per-layer override, or the tied token table (embeddings = "int8")."""
+    return _uses_nbits(recipe) and (recipe.weights.format == "int8" or recipe.modules.embeddings == "int8" or any(
+        o.format == "int8" for o in recipe.modules.overrides.values()))
 
 
 # --------------------------------------------------------------------------- quantization

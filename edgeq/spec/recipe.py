@@ -122,7 +122,10 @@ class OnnxOptions(_Strict):
     reduce_range: bool = False
     # In a static recipe, fnmatch patterns of Linear layers quantized dynamically instead.
     dynamic: list[str] = field(default_factory=list)
-    accuracy_level: Literal[0, 1, 2, 3, 4] = 4  # MatMulNBits compute type (4 = int8 activations, 0 = unset)
+    # MatMulNBits compute type (4 = int8 activations, 0 = unset). 8-bit blocks need 4 (refused
+    # otherwise: ONNX Runtime has no float kernel for them, backends.onnx._check_recipe); 4-bit blocks
+    # compute in float below 4, 1.1-3.6x slower on x86 (benchmarks/matmul_nbits.py --accuracy-levels).
+    accuracy_level: Literal[0, 1, 2, 3, 4] = 4
     # Store the float tensors left (convolutions, positional tables) as float16, computed in float32.
     float16_storage: bool = False
     # The encoder's self-attention: "fused" into ONNX Runtime's MultiHeadAttention (flash
