@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -57,14 +58,19 @@ def cpuid_mask_env(mask: str, folder: Path) -> dict:
     return {"LD_PRELOAD": str(library), "EDGEQ_CPUID_MASK": mask, "EDGEQ_CACHE": str(folder / f"edgeq-cache-cpuid-{mask}")}
 
 
+def add_cpu_mask_option(ap, does: str = "run") -> None:
+    """The --cpu-mask option of the benchmarks that can run another CPU's kernels (cpuid_mask.c)."""
+    ap.add_argument("--cpu-mask", choices=("avx2", "vnni"),
+                    help=f"{does} with CPUID masked to this CPU's extensions (cpuid_mask.c; needs gcc and a CPU "
+                         "with CPUID faulting)")
+
+
 def run_masked(mask: str | None) -> None:
     """For an in-process benchmark's --cpu-mask: return at once without a mask, or when this process
     already runs under it; otherwise run this script again with CPUID masked (cpuid_mask_env), which
     must be preloaded when the process starts, and never return."""
     if not mask or os.environ.get("EDGEQ_CPUID_MASK") == mask:
         return
-    import tempfile
-
     env = {**os.environ, **cpuid_mask_env(mask, Path(tempfile.gettempdir()) / "edgeq-cpuid-mask")}
     os.execve(sys.executable, [sys.executable, *sys.argv], env)
 

@@ -53,7 +53,16 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from _common import REPO, SPEECH_DEV, WHISPER_BASE, compile_edgeq, cpuid_mask_env, whisper_small_random, write_json
+from _common import (
+    REPO,
+    SPEECH_DEV,
+    WHISPER_BASE,
+    add_cpu_mask_option,
+    compile_edgeq,
+    cpuid_mask_env,
+    whisper_small_random,
+    write_json,
+)
 
 
 def _dir_mb(path: Path, suffixes=(".safetensors", ".onnx", ".onnx.data", ".bin")) -> float:
@@ -476,9 +485,7 @@ def main() -> None:
                          "(benchmarks/whisper_cpp_native.sh makes it): also measure whisper.cpp through it")
     ap.add_argument("--edgeq-spinning", default="off",
                     help="off, decoder or off,decoder (both): edgeq's decoder threads spin or sleep (edgeq.load)")
-    ap.add_argument("--cpu-mask", choices=("avx2", "vnni"),
-                    help="run every system with CPUID masked to this CPU's extensions (cpuid_mask.c; "
-                         "needs gcc and a CPU with CPUID faulting)")
+    add_cpu_mask_option(ap, "run every system")
     ap.add_argument("--skip", default="", help="comma-separated system names to leave out")
     ap.add_argument("--out", help="results file [compare_systems.json, or compare_systems_whisper-small-random.json]")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/edgeq-compare"))

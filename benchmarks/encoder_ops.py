@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import run_masked, write_json
+from _common import add_cpu_mask_option, run_masked, write_json
 
 
 def _features(bundle: Path, seconds: float) -> np.ndarray:
@@ -103,8 +103,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="encoder_ops.json")
-    ap.add_argument("--cpu-mask", choices=["avx2", "vnni"],
-                    help="run with CPUID masked to this CPU's extensions (cpuid_mask.c; CPUs with cpuid_fault)")
+    add_cpu_mask_option(ap)
     args = ap.parse_args()
     run_masked(args.cpu_mask)
     pairs = [(b, g) for b in args.bundles for g in args.graphs.split(",") if (b / g).is_file()]

@@ -22,7 +22,7 @@ import argparse
 import time
 
 import numpy as np
-from _common import run_masked, write_json
+from _common import add_cpu_mask_option, run_masked, write_json
 
 from edgeq.bench.env import fingerprint
 
@@ -74,8 +74,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--accuracy-levels", default="4", help="comma-separated MatMulNBits accuracy_level values")
     ap.add_argument("--configs", default=CONFIGS, help="comma-separated BITS/BLOCK, z for zero points (4/32z)")
-    ap.add_argument("--cpu-mask", choices=["avx2", "vnni"],
-                    help="run with CPUID masked to this CPU's extensions (cpuid_mask.c; CPUs with cpuid_fault)")
+    add_cpu_mask_option(ap)
     ap.add_argument("--out", default="matmul_nbits.json")
     args = ap.parse_args()
     run_masked(args.cpu_mask)

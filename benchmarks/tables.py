@@ -428,12 +428,17 @@ TABLES = {
 DOCS = ("README.md", "docs/performance.md", "docs/design.md")
 
 
+def marker_holders(docs: dict[str, str], key: str) -> list[str]:
+    """The names of the documents among `docs` (name -> text) that hold the marker <!-- key -->."""
+    return [name for name, doc in docs.items() if f"<!-- {key} -->" in doc]
+
+
 def docs_with_tables(docs: dict[str, str]) -> dict[str, str]:
     """`docs` (name -> text) with the text between each <!-- NAME --> and <!-- /NAME --> replaced by
     its renderer's; each marker must stand in exactly one document, once."""
     docs = dict(docs)
     for key, render in TABLES.items():
-        holders = [name for name, doc in docs.items() if f"<!-- {key} -->" in doc]
+        holders = marker_holders(docs, key)
         if len(holders) != 1:
             raise SystemExit(f"<!-- {key} -->: expected in one of {', '.join(docs)}, found in {holders or 'none'}")
         text = render()

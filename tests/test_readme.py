@@ -21,7 +21,7 @@ def test_doc_tables_are_what_the_renderers_return():
     tables = _tables()
     docs = tables.read_docs()
     for key in tables.TABLES:
-        holders = [name for name, doc in docs.items() if f"<!-- {key} -->" in doc]
+        holders = tables.marker_holders(docs, key)
         assert len(holders) == 1, f"<!-- {key} --> stands in {holders or 'no document'}, expected one"
     rendered = tables.docs_with_tables(docs)
     for name in docs:

@@ -682,17 +682,17 @@ def test_int8_cross_attention_needs_float32_graphs():
         _check_recipe(apply_overrides(load_recipe("onnx-fp16"), ["options.cross_kv=int8"]))
 
 
-@pytest.mark.parametrize("recipe, override", [
-    ("onnx-int8-dynamic", "options.accuracy_level=1"),  # the 8-bit decoder
-    ("onnx-int8-dynamic-int4-decoder", "options.accuracy_level=0"),  # its 8-bit last feed-forward and table
-    ("onnx-int4", 'modules.overrides."model.decoder.layers.0.fc1"={format="int8"}'),  # one 8-bit layer, level 4...
+@pytest.mark.parametrize("recipe, overrides", [
+    ("onnx-int8-dynamic", ["options.accuracy_level=1"]),  # the 8-bit decoder
+    ("onnx-int8-dynamic-int4-decoder", ["options.accuracy_level=0"]),  # its 8-bit last feed-forward and table
+    ("onnx-int4", ['modules.overrides."model.decoder.layers.0.fc1"={format="int8"}',  # one 8-bit layer
+                   "options.accuracy_level=1"]),
 ])
-def test_8bit_matmul_nbits_needs_int8_activations(recipe, override):
+def test_8bit_matmul_nbits_needs_int8_activations(recipe, overrides):
     from edgeq.backends.onnx import _check_recipe
     from edgeq.spec.recipe import apply_overrides, load_recipe
 
-    overrides = [override] if "accuracy_level" in override else [override, "options.accuracy_level=1"]  # ...then 1
-    _check_recipe(load_recipe(recipe))
+    _check_recipe(apply_overrides(load_recipe(recipe), overrides[:-1]))  # all but the accuracy level: allowed
     with pytest.raises(RecipeError, match=r"accuracy_level = [01] with 8-bit MatMulNBits weights: .* use "
                                           r"options.accuracy_level = 4, or 4-bit weights$"):
         _check_recipe(apply_overrides(load_recipe(recipe), overrides))
