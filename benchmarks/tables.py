@@ -247,6 +247,32 @@ def encoder_ops(name: str, top: int = 6) -> str | None:
               f"alternation; machine: {machine(d['env'])}\n")
 
 
+LEVER_RUNS = (("AMX (own)", "decoder_levers_amx.json"), ("AVX-512 VNNI (masked)", "decoder_levers_cpuid_vnni.json"),
+              ("AVX2 (masked)", "decoder_levers_cpuid_avx2.json"))
+
+
+def decoder_levers() -> str | None:
+    """benchmarks/decoder_levers.py on each kind of kernels: ms per step of each lever's variants."""
+    runs = [(label, d) for label, name in LEVER_RUNS if (d := _load(name))]
+    if not runs:
+        return None
+    rows = []
+    for lever, variants in runs[0][1]["summary"].items():
+        for variant in variants:
+            cells = []
+            for _, d in runs:
+                s = d["summary"].get(lever, {}).get(variant)
+                cells.append(f"{s['median']:.2f} ({s['min']:.2f}–{s['max']:.2f})" if s else "—")
+            rows.append([lever, variant, *cells])
+    first = runs[0][1]
+    rounds = 1 + max(r["round"] for r in first["rows"])
+    queries = ", ".join(f"{label}: {d['cross_query']}" for label, d in runs)
+    return (_table(["lever", "variant", *(f"{label}, ms per step (median, min–max)" for label, _ in runs)], rows)
+            + f"\nwhisper-small's shape, {first['threads']} threads, {rounds} rounds of {first['calls']} calls in "
+              f"alternation; the cross-attention query's codes ({queries}); top {first['top_k']}; machine: "
+              f"{machine(first['env'])}\n")
+
+
 def spinning() -> str | None:
     """benchmarks/spinning.py: ONNX Runtime's threads spinning or sleeping, idle and shared CPU."""
     d = _load("spinning.json")
@@ -415,6 +441,7 @@ TABLES = {
     "COMPARE_CPUID_AVX2_TABLE": lambda: compare("compare_systems_cpuid_avx2_graph.json"),
     "COMPARE_CPUID_AVX2_SMALL_TABLE": lambda: compare("compare_systems_cpuid_avx2_graph_whisper-small-random.json",
                                                       wer=False),
+    "DECODER_LEVERS_TABLE": decoder_levers,
     "GOAL_TABLE": goal,
     "AUTO_TABLE": auto_front,
     "CPU_LIMITS": cpu_limits,
