@@ -273,6 +273,37 @@ def decoder_levers() -> str | None:
               f"{machine(first['env'])}\n")
 
 
+PROBE_KERNELS = (("AMX (own)", "amx"), ("AVX-512 VNNI (masked)", "cpuid_vnni"), ("AVX2 (masked)", "cpuid_avx2"))
+
+
+def dynamic_probe() -> str | None:
+    """benchmarks/probe_dynamic_decoder.py's probes against their bundles: whole decoder steps
+    (decoder_step.py, per kind of kernels) and WER on speech-dev (edgeq bench)."""
+    rows, env = [], None
+    for model, suffix in (("whisper-base", ""), ("whisper-small's shape", "_whisper-small-random")):
+        for label, kernels in PROBE_KERNELS:
+            d = _load(f"decoder_step_dynamic_probe_{kernels}{suffix}.json")
+            if not d:
+                continue
+            env = env or d["env"]
+            bundles = list(dict.fromkeys(r["bundle"] for r in d["rows"]))
+            steps = {b: [r["ms_per_step"] for r in d["rows"] if r["bundle"] == b] for b in bundles}
+            base, probe = (median(steps[b]) for b in bundles)
+            # WER on real speech: whisper-base only (the small shape's weights are random)
+            bench = (_load(f"wer_dynamic_probe_{kernels}.json") or []) if not suffix else []
+            wer = {system["system"]: system["wer"]["wer_pct"] for system in bench}
+            cells = [f"{median(v):.2f} ({min(v):.2f}–{max(v):.2f})" for v in steps.values()]
+            wers = " / ".join(_f(wer.get(Path(b).name), ".2f") for b in bundles) if wer else "—"
+            rows.append([model, label, *cells, f"{probe / base:.2f} ×", wers])
+    if not rows:
+        return None
+    return (_table(["model", "kernels", "ms per step, 8-bit MatMulNBits (as built)",
+                    "ms per step, DynamicQuantizeMatMul 7-bit (probe)", "ratio of medians",
+                    "WER % on speech-dev (as built / probe)"], rows)
+            + f"\ndecoder_step.py: padded window, spinning decoder, 220 steps, 4 rounds in alternation, medians of "
+              f"the rounds' median steps; WER: edgeq bench, fitted windows; machine: {machine(env)}\n")
+
+
 def spinning() -> str | None:
     """benchmarks/spinning.py: ONNX Runtime's threads spinning or sleeping, idle and shared CPU."""
     d = _load("spinning.json")
@@ -442,6 +473,7 @@ TABLES = {
     "COMPARE_CPUID_AVX2_SMALL_TABLE": lambda: compare("compare_systems_cpuid_avx2_graph_whisper-small-random.json",
                                                       wer=False),
     "DECODER_LEVERS_TABLE": decoder_levers,
+    "DYNAMIC_PROBE_TABLE": dynamic_probe,
     "GOAL_TABLE": goal,
     "AUTO_TABLE": auto_front,
     "CPU_LIMITS": cpu_limits,
