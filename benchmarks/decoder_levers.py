@@ -225,7 +225,7 @@ def main() -> None:
     made = {lever: {name: (session(model, args.threads), feed)
                     for name, (model, feed) in graphs(lever, SMALL, d, args.top_k, signed, rng).items()}
             for lever in levers}
-    results = {"env": fingerprint(), "threads": args.threads, "shape": SMALL, "cpu_mask": args.cpu_mask,
+    results = {"env": {**fingerprint(), "cpuid_mask": args.cpu_mask}, "threads": args.threads, "shape": SMALL,
                "cross_query": "int8" if signed else "uint8", "top_k": args.top_k, "calls": args.calls, "rows": []}
     for r in range(args.rounds):
         for lever, variants in made.items():

@@ -1,7 +1,7 @@
 """One ONNX bundle's decoder step against another's, in one process, round after round.
 
     python benchmarks/decoder_step.py BUNDLE [BUNDLE ...] [--steps 220] [--rounds 3] [--window full]
-        [--threads 2] [--spinning off|decoder] [--out decoder_step.json]
+        [--threads 2] [--spinning off|decoder] [--cpu-mask avx2|vnni] [--out decoder_step.json]
 
 Each round encodes one window of real speech (speech-dev's first clip; --window full pads it to
 30 s, as long audio is decoded, fit encodes the clip alone) with every bundle in turn, then
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import SPEECH_DEV, write_json
+from _common import SPEECH_DEV, add_cpu_mask_option, run_masked, write_json
 
 
 def first_clip(dataset: Path) -> Path:
@@ -59,8 +59,10 @@ def main() -> None:
     ap.add_argument("--spinning", choices=["off", "decoder"], default="off",
                     help="the decoder's idle threads spin between operators (the x86 targets' setting) or sleep")
     ap.add_argument("--dataset", type=Path, default=SPEECH_DEV)
+    add_cpu_mask_option(ap)
     ap.add_argument("--out", default="decoder_step.json")
     args = ap.parse_args()
+    run_masked(args.cpu_mask)
 
     clip = first_clip(args.dataset)
     audio = load_audio(clip)
@@ -69,8 +71,8 @@ def main() -> None:
         frames = min(features.shape[1], 2 * ((len(audio) // 160 + 200) // 2))  # the clip + 2 s, even
         features = features[:, :frames]
     loaded = {b: edgeq.load(b, threads=args.threads, language="en", spinning=args.spinning) for b in args.bundles}
-    results = {"env": fingerprint(), "clip": str(clip), "window": args.window, "steps": args.steps,
-               "threads": args.threads, "spinning": args.spinning, "rows": []}
+    results = {"env": {**fingerprint(), "cpuid_mask": args.cpu_mask}, "clip": str(clip), "window": args.window,
+               "steps": args.steps, "threads": args.threads, "spinning": args.spinning, "rows": []}
     for r in range(args.rounds):
         reference = None
         for bundle, t in loaded.items():
