@@ -40,6 +40,8 @@ class Load(_Rec):
     rss_before_mb: float
     rss_after_mb: float
     peak_rss_mb: float
+    # ONNX bundles since 2026-12-07 (runtime.onnx_engine.OnnxEngine.prepared_copy); absent before
+    prepared_copy: Literal["made", "reused", "off"] | None = None
 
 
 class RunRecord(_Rec, kw_only=True):

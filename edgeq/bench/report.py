@@ -49,6 +49,7 @@ def rows(summaries: list[dict]) -> list[dict]:
             "ms_per_token": None if lat["per_token_s"]["p50"] is None else 1000 * lat["per_token_s"]["p50"],
             "tokens_per_s": s.get("tokens_per_s"),
             "load_s": s["load"]["seconds"],
+            "first_load": s["load"].get("prepared_copy") == "made",
             "peak_rss_mb": s["memory"].get("peak_rss_os_mb") or s["memory"].get("peak_rss_sampled_mb"),
             "utts": s["utterances"],
             "errors": s["errors"],
@@ -65,6 +66,9 @@ def render_table(summaries: list[dict], title: str = "edgeq bench"):
     data = rows(summaries)
     machines = {(r.get("cpu"), r.get("threads")) for r in data if "failed" not in r}
     caption = "; ".join(f"{cpu}, {t or 'default'} threads" for cpu, t in machines)
+    if any(r.get("first_load") for r in data):
+        caption += ("\n* this load made the bundle's prepared copy for this device (its first load here); later "
+                    "loads reuse it: less load time, and the peak may be lower")
     table = Table(title=title, caption=escape(caption))
     cols = [("system", None), ("recipe", None), ("size MB", ".1f"), ("WER %", ".2f"), ("S/D/I", None),
             ("p50 s", ".2f"), ("p90 s", ".2f"), ("RTF", ".3f"), ("enc p50 s", ".3f"), ("ms/token", ".1f"),
@@ -79,9 +83,10 @@ def render_table(summaries: list[dict], title: str = "edgeq bench"):
             table.add_row(escape(str(r["system"])), f"[red]failed: {escape(str(r['failed']))}[/]",
                           *[""] * (len(cols) - 2))
             continue
-        table.add_row(*[
-            escape(str(r[k])) if fmt is None else _f(r[k], fmt) for k, (_, fmt) in zip(keys, cols)
-        ])
+        cells = [escape(str(r[k])) if fmt is None else _f(r[k], fmt) for k, (_, fmt) in zip(keys, cols)]
+        if r.get("first_load"):
+            cells[keys.index("load_s")] += "*"
+        table.add_row(*cells)
     return table
 
 

@@ -118,7 +118,9 @@ def run(job: dict) -> None:
         transcriber, info = _load_system(job["system"], job)
         load_s = time.perf_counter() - t0
         load = {"seconds": load_s, "rss_before_mb": rss_before / MB, "rss_after_mb": mem.rss() / MB,
-                "peak_rss_mb": mem.window() / MB}
+                "peak_rss_mb": mem.window() / MB,
+                # ONNX bundles: whether this load made the device's prepared copy (a first load)
+                "prepared_copy": getattr(getattr(transcriber, "engine", None), "prepared_copy", None)}
         dataset = open_dataset(job["dataset"], limit=job.get("limit"))
         options = options_from_dict(job["decode"]) if job.get("decode") else STUDY_OPTIONS
         settings = {k: job.get(k) for k in ("dataset", "limit", "device", "threads", "warmup", "language")}

@@ -109,7 +109,9 @@ def load_engine(bundle: Bundle, device: str = "cpu", threads: int | None = None,
     types = {encoder.get_inputs()[0].type, *(i.type for i in decoder.get_inputs() if i.name in past)}
     if not types <= set(_DTYPES):
         raise BundleError(f"{bundle.path}: the graphs take {sorted(types - set(_DTYPES))}; this edgeq reads float32/float16")
-    return OnnxEngine(encoder, decoder, layout, device, table, head)
+    engine = OnnxEngine(encoder, decoder, layout, device, table, head)
+    engine.prepared_copy = "reused" if reuse else "made" if writing else "off"
+    return engine
 
 
 def _encoder_graph(layout: OnnxLayout, device: str) -> str:
@@ -197,6 +199,11 @@ class OnnxEngine:
         import onnxruntime as ort
 
         self._encoder, self._decoder = encoder, decoder
+        # What this load did with the bundle's prepared copy for this device (runtime.prepared):
+        # "made" it (the first load here: slower, and it may peak higher), "reused" it, or "off"
+        # (CUDA, EDGEQ_ORT_CACHE=0, a cache that cannot be written). `edgeq bench` marks made ones,
+        # whose load time is not what later loads take.
+        self.prepared_copy = "off"
         self._head = head  # the projection onto the token table, where the bundle has it apart
         self._device = "cuda" if device == "cuda" else "cpu"
         # On a CPU, each thread that steps gets one binding of the head onto two buffers made once

@@ -1498,6 +1498,16 @@ def test_a_second_load_uses_the_graphs_the_first_prepared_with_the_same_logits(n
     np.testing.assert_array_equal(again, plain)
 
 
+def test_the_engine_says_whether_its_load_made_the_prepared_copy(bundles, sessions, monkeypatch):
+    import edgeq
+
+    path = _get(bundles, "onnx-int8-dynamic").path
+    # edgeq bench marks a load that made the copy: its time is not what later loads take
+    assert [edgeq.load(path, language="en").engine.prepared_copy for _ in range(2)] == ["made", "reused"]
+    monkeypatch.setenv("EDGEQ_ORT_CACHE", "0")
+    assert edgeq.load(path, language="en").engine.prepared_copy == "off"
+
+
 def test_loads_alternating_between_the_encoder_graphs_keep_a_prepared_copy_each(bundles, audio_dir, sessions,
                                                                                   tmp_path, monkeypatch):
     from edgeq.runtime import int8_kernels

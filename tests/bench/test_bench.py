@@ -291,6 +291,29 @@ def test_compare_shows_saved_results_side_by_side(fp32_run, bad_run):
     assert "tiny-fp32" in proc.stdout and "tiny-int8" in proc.stdout
 
 
+def test_a_load_that_made_the_prepared_copy_is_marked_in_the_table(fp32_run, tmp_path):
+    from rich.console import Console
+
+    from edgeq.bench.report import load_summaries, render_table
+
+    (summary,) = _summary(fp32_run)
+    assert summary["load"]["prepared_copy"] is None  # a PyTorch bundle: no prepared copy
+    made = {**summary, "system": "first-load", "load": {**summary["load"], "prepared_copy": "made"}}
+    reused = {**summary, "system": "later-load", "load": {**summary["load"], "prepared_copy": "reused"}}
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps([made, reused]))
+    console = Console(record=True, width=300)
+    console.print(render_table(load_summaries([path])))
+    text = console.export_text()
+    first, later = (next(line for line in text.splitlines() if name in line) for name in ("first-load", "later-load"))
+    load = f"{summary['load']['seconds']:.2f}"
+    assert f"{load}*" in first and f"{load}*" not in later and load in later
+    assert "made the bundle's prepared copy for this device" in text
+    console = Console(record=True, width=300)
+    console.print(render_table(load_summaries([fp32_run / "summary.json"])))
+    assert "prepared copy" not in console.export_text()
+
+
 def test_compare_missing_or_foreign_file_is_a_one_line_error(fp32_run, tmp_path):
     assert_one_line_error(edgeq("bench", "--compare", fp32_run / "summary.json", tmp_path / "nope.json"),
                           r"^edgeq: error: .*nope\.json: no such results file$")
