@@ -30,7 +30,6 @@ probe is a bundle like any other: opened, it is verified).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -38,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from edgeq.util import sha256_file
 
 DECODERS = ("decoder.onnx", "decoder.vnni.onnx")
 MS = "com.microsoft"
@@ -47,8 +48,20 @@ def _attributes(node) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def rewrite(model: onnx.ModelProto, folder: Path, levels: int) -> int:
-    """Rewrite `model`'s 8-bit MatMulNBits in place (its weights read from `folder`); returns how many."""
+def _steps_and_ratios(codes: np.ndarray, scales: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each output channel's step (its largest |weight| / levels), [N], and each block's scale in
+    units of its channel's step, [N, K/block, 1], from MatMulNBits codes [N, K/block, block] and
+    scales [N, K/block]."""
+    n = codes.shape[0]
+    largest = np.abs((codes.astype(np.float32) - 128) * scales[..., None]).reshape(n, -1).max(axis=1)
+    step = (np.maximum(largest, 1e-30) / levels).astype(np.float32)
+    return step, (scales / step[:, None])[..., None].astype(np.float32)
+
+
+def rewrite(model: onnx.ModelProto, folder: Path, levels: int, made: dict) -> int:
+    """Rewrite `model`'s 8-bit MatMulNBits in place (its weights read from `folder`); returns how many.
+    `made` keeps each weight's steps and ratios for the next graph: the two decoder graphs read the
+    same weights file."""
     g = model.graph
     inits = {t.name: t for t in g.initializer}
     shared = [numpy_helper.from_array(np.array(128, np.float32), "probe_128")]
@@ -60,13 +73,14 @@ def rewrite(model: onnx.ModelProto, folder: Path, levels: int) -> int:
             continue
         x, codes_name, scales_name = node.input
         k, n = a["K"], a["N"]
-        codes = numpy_helper.to_array(inits[codes_name], base_dir=str(folder))  # [N, K/block, block]
-        scales = numpy_helper.to_array(inits[scales_name], base_dir=str(folder)).reshape(n, -1)  # [N, K/block]
-        largest = np.abs((codes.astype(np.float32) - 128) * scales[..., None]).reshape(n, -1).max(axis=1)
-        step = (np.maximum(largest, 1e-30) / levels).astype(np.float32)  # [N]
+        if codes_name not in made:
+            made[codes_name] = _steps_and_ratios(
+                numpy_helper.to_array(inits[codes_name], base_dir=str(folder)),
+                numpy_helper.to_array(inits[scales_name], base_dir=str(folder)).reshape(n, -1), levels)
+        step, ratio = made[codes_name]
         p = f"{codes_name}_probe"
         g.initializer.extend([
-            numpy_helper.from_array((scales / step[:, None])[..., None].astype(np.float32), f"{p}_ratio"),
+            numpy_helper.from_array(ratio, f"{p}_ratio"),
             numpy_helper.from_array(step, f"{p}_step"),
             numpy_helper.from_array(np.array([n, k], np.int64), f"{p}_nk")])
         nodes += [
@@ -93,16 +107,14 @@ def probe(bundle: Path, out: Path, levels: int) -> dict[str, int]:
     for f in bundle.iterdir():  # copied: onnx refuses to read weights from a file with two links
         shutil.copy2(f, out / f.name)
     manifest = json.loads((out / "manifest.json").read_text())
-    counts = {}
+    counts, made = {}, {}
     for name in DECODERS:
         if not (out / name).is_file():
             continue
         model = onnx.load(out / name, load_external_data=False)
-        counts[name] = rewrite(model, out, levels)
-        (out / name).unlink()  # a copy: the original's bytes stay as they were
+        counts[name] = rewrite(model, out, levels, made)
         onnx.save(model, out / name)
-        data = (out / name).read_bytes()
-        manifest["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+        manifest["files"][name] = {"sha256": sha256_file(out / name), "size": (out / name).stat().st_size}
     manifest["size"]["bundle_bytes"] = sum(e["size"] for e in manifest["files"].values())
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return counts
