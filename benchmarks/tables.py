@@ -247,13 +247,13 @@ def encoder_ops(name: str, top: int = 6) -> str | None:
               f"alternation; machine: {machine(d['env'])}\n")
 
 
-LEVER_RUNS = (("AMX (own)", "decoder_levers_amx.json"), ("AVX-512 VNNI (masked)", "decoder_levers_cpuid_vnni.json"),
-              ("AVX2 (masked)", "decoder_levers_cpuid_avx2.json"))
+# The kinds of kernels a session's runs were made with, and the suffix of their result files.
+KERNELS = (("AMX (own)", "amx"), ("AVX-512 VNNI (masked)", "cpuid_vnni"), ("AVX2 (masked)", "cpuid_avx2"))
 
 
 def decoder_levers() -> str | None:
     """benchmarks/decoder_levers.py on each kind of kernels: ms per step of each lever's variants."""
-    runs = [(label, d) for label, name in LEVER_RUNS if (d := _load(name))]
+    runs = [(label, d) for label, kernels in KERNELS if (d := _load(f"decoder_levers_{kernels}.json"))]
     if not runs:
         return None
     rows = []
@@ -273,19 +273,16 @@ def decoder_levers() -> str | None:
               f"{machine(first['env'])}\n")
 
 
-PROBE_KERNELS = (("AMX (own)", "amx"), ("AVX-512 VNNI (masked)", "cpuid_vnni"), ("AVX2 (masked)", "cpuid_avx2"))
-
-
 def dynamic_probe() -> str | None:
     """benchmarks/probe_dynamic_decoder.py's probes against their bundles: whole decoder steps
     (decoder_step.py, per kind of kernels) and WER on speech-dev (edgeq bench)."""
-    rows, env = [], None
+    rows, first = [], None
     for model, suffix in (("whisper-base", ""), ("whisper-small's shape", "_whisper-small-random")):
-        for label, kernels in PROBE_KERNELS:
+        for label, kernels in KERNELS:
             d = _load(f"decoder_step_dynamic_probe_{kernels}{suffix}.json")
             if not d:
                 continue
-            env = env or d["env"]
+            first = first or d
             bundles = list(dict.fromkeys(r["bundle"] for r in d["rows"]))
             steps = {b: [r["ms_per_step"] for r in d["rows"] if r["bundle"] == b] for b in bundles}
             base, probe = (median(steps[b]) for b in bundles)
@@ -297,11 +294,14 @@ def dynamic_probe() -> str | None:
             rows.append([model, label, *cells, f"{probe / base:.2f} ×", wers])
     if not rows:
         return None
+    window = {"full": "padded", "fit": "fitted"}[first["window"]]
+    rounds = 1 + max(r["round"] for r in first["rows"])
     return (_table(["model", "kernels", "ms per step, 8-bit MatMulNBits (as built)",
                     "ms per step, DynamicQuantizeMatMul 7-bit (probe)", "ratio of medians",
                     "WER % on speech-dev (as built / probe)"], rows)
-            + f"\ndecoder_step.py: padded window, spinning decoder, 220 steps, 4 rounds in alternation, medians of "
-              f"the rounds' median steps; WER: edgeq bench, fitted windows; machine: {machine(env)}\n")
+            + f"\ndecoder_step.py: {window} window, {first['spinning']} spinning, {first['steps']} steps, {rounds} "
+              f"rounds in alternation, medians of the rounds' median steps; WER: edgeq bench, fitted windows; "
+              f"machine: {machine(first['env'])}\n")
 
 
 def spinning() -> str | None:
