@@ -34,6 +34,7 @@ import time
 
 import numpy as np
 from _common import add_cpu_mask_option, run_masked, write_json
+from matmul_nbits import step_products
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeq.backends.onnx_quant import _quantize_rows
@@ -116,15 +117,11 @@ def cross_per_head(outputs: dict, heads: int, head_dim: int) -> dict:
     return out
 
 
-def _products(d: int, ffn: int, layers: int) -> list[tuple[int, int]]:
-    return [p for _ in range(layers) for p in [(d, d)] * 6 + [(d, ffn), (ffn, d)]]
-
-
 def weight_graphs(d: int, ffn: int, layers: int, rng) -> dict[str, tuple[bytes, dict]]:
     """{variant: (model, feed)} of one step's Linear layers on a [1, d] (fc2: [1, ffn]) input; both
     variants hold the same 7-bit weights (per output channel) so that they compute the same products."""
     weights = [(rng.integers(-63, 64, (k, n)).astype(np.int8), (rng.random(n, dtype=np.float32) + 0.5) / 64)
-               for k, n in _products(d, ffn, layers)]
+               for k, n in step_products(d, ffn, layers, vocab=0)[:-1]]  # the Linear layers, not the head
     feed = {f"x{k}": rng.standard_normal((1, k)).astype(np.float32) for k in (d, ffn)}
     inputs = [_info(f"x{k}", TensorProto.FLOAT, [1, k]) for k in (d, ffn)]
     nbits, dq, inits_n, inits_d, outputs = [], [], [], [], []
