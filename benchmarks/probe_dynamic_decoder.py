@@ -1,7 +1,8 @@
 """A probe bundle, not a recipe: a copy of an ONNX bundle whose decoder graphs run each 8-bit
 MatMulNBits as DynamicQuantizeMatMul with int8 weights per output channel, to measure that lever
-(benchmarks/decoder_levers.py, "weights") on whole decoder steps and on real speech before it is
-built into the product.
+(benchmarks/decoder_levers.py, "weights") on whole decoder steps and on real speech before it was
+built into the product (options.decoder_int8 = "channels", which onnx-int8-dynamic sets: probe a
+bundle built with --set options.decoder_int8=blocks).
 
     python benchmarks/probe_dynamic_decoder.py BUNDLE OUT [--levels 63]
 

@@ -273,32 +273,35 @@ def decoder_levers() -> str | None:
               f"{machine(first['env'])}\n")
 
 
-def dynamic_probe() -> str | None:
-    """benchmarks/probe_dynamic_decoder.py's probes against their bundles: whole decoder steps
-    (decoder_step.py, per kind of kernels) and WER on speech-dev (edgeq bench)."""
+def decoder_int8(name: str) -> str | None:
+    """The decoder's 8-bit Linear layers as MatMulNBits blocks against DynamicQuantizeMatMul with 7-bit
+    per-channel weights: whole decoder steps (decoder_step.py, per kind of kernels) and WER on
+    speech-dev (edgeq bench). `name` "dynamic_probe": benchmarks/probe_dynamic_decoder.py's probes
+    against their bundles; "channels": bundles built with options.decoder_int8 = "channels"."""
+    second = {"dynamic_probe": "probe", "channels": "options.decoder_int8 = channels"}[name]
     rows, first = [], None
     for model, suffix in (("whisper-base", ""), ("whisper-small's shape", "_whisper-small-random")):
         for label, kernels in KERNELS:
-            d = _load(f"decoder_step_dynamic_probe_{kernels}{suffix}.json")
+            d = _load(f"decoder_step_{name}_{kernels}{suffix}.json")
             if not d:
                 continue
             first = first or d
             bundles = list(dict.fromkeys(r["bundle"] for r in d["rows"]))
             steps = {b: [r["ms_per_step"] for r in d["rows"] if r["bundle"] == b] for b in bundles}
-            base, probe = (median(steps[b]) for b in bundles)
+            base, other = (median(steps[b]) for b in bundles)
             # WER on real speech: whisper-base only (the small shape's weights are random)
-            bench = (_load(f"wer_dynamic_probe_{kernels}.json") or []) if not suffix else []
+            bench = (_load(f"wer_{name}_{kernels}.json") or []) if not suffix else []
             wer = {system["system"]: system["wer"]["wer_pct"] for system in bench}
             cells = [f"{median(v):.2f} ({min(v):.2f}–{max(v):.2f})" for v in steps.values()]
             wers = " / ".join(_f(wer.get(Path(b).name), ".2f") for b in bundles) if wer else "—"
-            rows.append([model, label, *cells, f"{probe / base:.2f} ×", wers])
+            rows.append([model, label, *cells, f"{other / base:.2f} ×", wers])
     if not rows:
         return None
     window = {"full": "padded", "fit": "fitted"}[first["window"]]
     rounds = 1 + max(r["round"] for r in first["rows"])
-    return (_table(["model", "kernels", "ms per step, 8-bit MatMulNBits (as built)",
-                    "ms per step, DynamicQuantizeMatMul 7-bit (probe)", "ratio of medians",
-                    "WER % on speech-dev (as built / probe)"], rows)
+    return (_table(["model", "kernels", "ms per step, 8-bit MatMulNBits blocks",
+                    f"ms per step, DynamicQuantizeMatMul 7-bit ({second})", "ratio of medians",
+                    f"WER % on speech-dev (blocks / {second.split(' =')[0]})"], rows)
             + f"\ndecoder_step.py: {window} window, {first['spinning']} spinning, {first['steps']} steps, {rounds} "
               f"rounds in alternation, medians of the rounds' median steps; WER: edgeq bench, fitted windows; "
               f"machine: {machine(first['env'])}\n")
@@ -473,7 +476,13 @@ TABLES = {
     "COMPARE_CPUID_AVX2_SMALL_TABLE": lambda: compare("compare_systems_cpuid_avx2_graph_whisper-small-random.json",
                                                       wer=False),
     "DECODER_LEVERS_TABLE": decoder_levers,
-    "DYNAMIC_PROBE_TABLE": dynamic_probe,
+    "DYNAMIC_PROBE_TABLE": lambda: decoder_int8("dynamic_probe"),
+    "DECODER_CHANNELS_TABLE": lambda: decoder_int8("channels"),
+    # options.decoder_int8 = "channels" against "blocks", per kind of kernels and model
+    **{f"COMPARE_CHANNELS_{label}{'_SMALL' if small else ''}_TABLE":
+       (lambda name=f"compare_systems_{kernels}_channels{small}.json", wer=not small: compare(name, wer=wer))
+       for label, kernels in (("AMX", "amx"), ("VNNI", "cpuid_vnni"), ("AVX2", "cpuid_avx2"))
+       for small in ("", "_whisper-small-random")},
     "GOAL_TABLE": goal,
     "AUTO_TABLE": auto_front,
     "CPU_LIMITS": cpu_limits,

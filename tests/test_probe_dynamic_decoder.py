@@ -28,7 +28,12 @@ def _ops(path: Path) -> dict[str, int]:
 
 
 def test_the_probe_runs_the_same_decoder_step_with_dynamic_int8_weights(tiny_model, tmp_path):
-    bundle = edgeq.build("onnx-int8-dynamic", model=str(tiny_model), out=tmp_path / "b", language="en").path
+    from edgeq.spec.recipe import apply_overrides, load_recipe
+
+    # The probe measured this lever before it was built in: it reads a decoder of 8-bit MatMulNBits,
+    # which onnx-int8-dynamic now writes as per-channel int8 itself (options.decoder_int8).
+    blocks = apply_overrides(load_recipe("onnx-int8-dynamic"), ["options.decoder_int8=blocks"])
+    bundle = edgeq.build(blocks, model=str(tiny_model), out=tmp_path / "b", language="en").path
     out = tmp_path / "probe"
     counts = probe.probe(bundle, out, levels=63)
     assert set(counts) == set(probe.DECODERS) and len(set(counts.values())) == 1 and counts["decoder.onnx"] > 0

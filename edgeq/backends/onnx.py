@@ -10,8 +10,11 @@ How a recipe maps onto ONNX Runtime (numbers and reasons in onnx_quant):
 
     scheme       encoder MatMuls                       decoder MatMuls
     none         float32, or float16 for weights.format float16
-    dynamic      quantize_dynamic uint8                MatMulNBits (weights.format bits)
-    static       QDQ int8 calibrated on the audio      MatMulNBits (weights.format bits)
+    dynamic      quantize_dynamic uint8                MatMulNBits (weights.format bits), or with
+                                                       options.decoder_int8 = "channels" the
+                                                       8-bit ones quantize_dynamic int8 7-bit
+                                                       per-channel (onnx-int8-dynamic)
+    static       QDQ int8 calibrated on the audio      as dynamic's
                  (options.dynamic: quantize_dynamic)
     weight-only  MatMulNBits (weights.format bits)     MatMulNBits (weights.format bits)
 
@@ -185,6 +188,10 @@ def _check_recipe(recipe) -> None:
     if recipe.typed_options.vnni_attention == "int8" and recipe.typed_options.attention != "fused":
         raise RecipeError(f"recipe {recipe.name}: options.vnni_attention = 'int8' rewrites the fused attention; "
                           "it needs options.attention = 'fused'")
+    if recipe.typed_options.decoder_int8 == "channels" and recipe.scheme not in ("dynamic", "static"):
+        # weight-only recipes compute with float activations; int8 activations are what makes it fast
+        raise RecipeError(f"recipe {recipe.name}: options.decoder_int8 = 'channels' quantizes the decoder's "
+                          "activations per call, which only the int8 schemes do (dynamic, static); use 'blocks'")
     if recipe.typed_options.cross_kv == "int8" and _float16_graphs(recipe):
         raise RecipeError(f"recipe {recipe.name}: options.cross_kv = 'int8' needs float32 graphs, not float16 weights")
     if recipe.scheme != "none" and w.granularity != "group" and _uses_nbits(recipe):
@@ -259,6 +266,14 @@ def quantize_graphs(model, recipe, encoder, decoder, calibration):
         return encoder, decoder, info
 
     plan = _plan(model, recipe)  # once: it warns about patterns that match nothing
+    # The tied table first: quantize_dynamic (options.decoder_int8 = "channels") would turn its
+    # Gemm into a MatMul on a transposed copy, which quantize_tied_table no longer finds.
+    embeddings = recipe.modules.embeddings
+    if embeddings != "float":
+        table_bits = 4 if embeddings == "int4" else 8
+        info["tied_table"] = oq.quantize_tied_table(decoder, table_bits, w.group_size, opts.accuracy_level) or "float"
+    else:
+        info["tied_table"] = "float"
     enc_nodes, dec_nodes = _planned_nodes(model, plan, encoder, decoder)
     enc_skip = sorted(n for n, m in enc_nodes.items() if m is None)
     dec_skip = sorted(n for n, m in dec_nodes.items() if m is None)
@@ -284,19 +299,21 @@ def quantize_graphs(model, recipe, encoder, decoder, calibration):
         # A 4-bit decoder of whisper-base, blocks of 128 with zero points: WER 2.65 % on speech-dev,
         # as the 8-bit one's. `modules.overrides` give single decoder layers another width.
         widths = {}
+        if opts.decoder_int8 == "channels":
+            eight = sorted(n for n, m in dec_nodes.items() if m is not None and plan[m].bits == 8)
+            decoder = oq.dynamic_int8(decoder, per_channel=True, reduce_range=True, only=eight, signed=True)
+            dec_nodes = {n: m for n, m in dec_nodes.items() if n not in set(eight)}
+            if eight:
+                widths["int8-channels"] = len(eight)
         decoder = _matmul_nbits_per_spec(decoder, dec_nodes, plan, opts.accuracy_level, widths)
-        info.update(decoder=f"MatMulNBits {bits}-bit", block_size=block, symmetric=_symmetric(bits),
-                    accuracy_level=opts.accuracy_level)
+        if opts.decoder_int8 == "channels" and bits == 8:
+            info.update(decoder="DynamicQuantizeMatMul int8 per-channel, 7-bit codes")
+        else:
+            info.update(decoder=f"MatMulNBits {bits}-bit", block_size=block, symmetric=_symmetric(bits),
+                        accuracy_level=opts.accuracy_level)
         if len(widths) > 1:
             info["decoder_layers_per_format"] = dict(sorted(widths.items()))
 
-    embeddings = recipe.modules.embeddings
-    if embeddings != "float":
-        table_bits = 4 if embeddings == "int4" else 8
-        tied = oq.quantize_tied_table(decoder, table_bits, block, opts.accuracy_level)
-        info["tied_table"] = tied or "float"
-    else:
-        info["tied_table"] = "float"
     if opts.float16_storage:
         stored = [oq.store_floats_as_float16(g, FLOAT16_STORAGE_MIN) for g in (encoder, decoder)]
         info["float16_storage"] = sum(len(s) for s in stored)

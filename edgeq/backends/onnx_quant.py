@@ -10,7 +10,10 @@ Measured on whisper-base, 8 LibriSpeech utterances, 2 threads of an AVX2 CPU (fp
   8/8 identical transcripts, about 2x faster steps than fp32. accuracy_level 4 is required: without
   it the 8-bit kernel dequantizes the whole weight on every call (30x slower).
   `quantize_dynamic` on the decoder either duplicates the tied table (Gemm -> transposed MatMul
-  copy) or quantizes it per-tensor through the Gather.
+  copy) or quantizes it per-tensor through the Gather; so the table is quantized first
+  (`quantize_tied_table`), and only then may quantize_dynamic take the decoder's Linear layers:
+  int8 7-bit per channel (options.decoder_int8 = "channels"), which later measured faster than
+  MatMulNBits on x86 CPUs without AMX at the same WER (recipes/onnx-int8-dynamic.toml).
 * The tied token-embedding / LM-head table (27 % of whisper-base) is stored once, in MatMulNBits
   layout, and read both by MatMulNBits (logits) and GatherBlockQuantized (embedding): see
   `quantize_tied_table`.
@@ -209,9 +212,10 @@ def matmul_nbits(model: onnx.ModelProto, bits: int, block: int, symmetric: bool,
 
 
 def dynamic_int8(model: onnx.ModelProto, per_channel: bool, reduce_range: bool,
-                 exclude: Sequence[str] = (), only: Sequence[str] | None = None) -> onnx.ModelProto:
+                 exclude: Sequence[str] = (), only: Sequence[str] | None = None,
+                 signed: bool = False) -> onnx.ModelProto:
     """ORT dynamic quantization of the weight MatMuls (all but `exclude`, or `only` those):
-    uint8 weights, activations quantized per call."""
+    uint8 weights (`signed`: int8, symmetric), activations quantized per call."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     nodes = sorted((set(weight_matmuls(model)) if only is None else set(only)) - set(exclude))
@@ -220,7 +224,7 @@ def dynamic_int8(model: onnx.ModelProto, per_channel: bool, reduce_range: bool,
     with tempfile.TemporaryDirectory(prefix="edgeq-onnx-") as tmp, quiet_ort():
         src, out = _spill(model, Path(tmp)), Path(tmp) / "q.onnx"
         quantize_dynamic(src, out, op_types_to_quantize=["MatMul"], per_channel=per_channel,
-                         reduce_range=reduce_range, weight_type=QuantType.QUInt8,
+                         reduce_range=reduce_range, weight_type=QuantType.QInt8 if signed else QuantType.QUInt8,
                          nodes_to_quantize=nodes, extra_options={"MatMulConstBOnly": True})
         return onnx.load(out)
 

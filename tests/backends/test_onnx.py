@@ -327,13 +327,63 @@ def test_an_int8_scheme_s_weights_format_is_its_decoder_s_and_its_encoder_stays_
     (enc4, dec4), (enc8, dec8) = _graphs(mixed), _graphs(int8)
     assert nbits(enc4) == nbits(enc8) == []
     table, last_ffn = 1, 2  # the tied table's MatMulNBits (logits); the last layer's fc1 and fc2 (modules.overrides)
-    assert nbits(dec8) == [(8, 128, False)] * len(nbits(dec8))
+    # onnx-int8-dynamic: its Linear layers are per-channel int8 (options.decoder_int8 = "channels",
+    # test_a_channels_decoder_holds_7_bit_codes_per_output_channel), the table MatMulNBits
+    assert nbits(dec8) == [(8, 128, False)] * table
+    linears = len(nbits(dec4)) - table
+    assert len(_weight_matmul_integers(dec8)) == linears
     assert nbits(dec4).count((8, 128, False)) == table + last_ffn
-    assert nbits(dec4).count((4, 128, True)) == len(nbits(dec8)) - table - last_ffn > 0
+    assert nbits(dec4).count((4, 128, True)) == linears - last_ffn > 0
     quantization = json.loads((mixed.path / "onnx.json").read_text())["quantization"]
     assert quantization["decoder"] == "MatMulNBits 4-bit"
     assert quantization["decoder_layers_per_format"]["int8-b128"] == last_ffn
     assert mixed.manifest.size.weights_bytes < int8.manifest.size.weights_bytes
+
+
+def _weight_matmul_integers(graph):
+    """The MatMulIntegers whose B is a stored weight (not the cross-attention's activations)."""
+    inits = {t.name for t in graph.graph.initializer}
+    return [n for n in graph.graph.node if n.op_type == "MatMulInteger" and n.input[1] in inits]
+
+
+def test_a_channels_decoder_holds_7_bit_codes_per_output_channel(bundles, tiny_model):
+    # options.decoder_int8 = "channels": int8 weights [K, N] within +-64 (AVX2's uint8 x int8
+    # product of two pairs then stays within int16: 2 * 255 * 64 < 32768), a zero zero point and
+    # a scale per output channel, and each dequantized weight within half a step of the float one.
+    import onnx
+    from onnx import numpy_helper
+    from transformers import WhisperForConditionalGeneration
+
+    from edgeq.backends.onnx_export import exported_linear_weights
+
+    bundle = _get(bundles, "onnx-int8-dynamic")
+    graph = onnx.load(str(bundle.path / DECODER_ONNX))
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.graph.initializer}
+    model = WhisperForConditionalGeneration.from_pretrained(tiny_model)
+    floats = [w.T for name, w in exported_linear_weights(model).items()  # cross keys/values: in the encoder
+              if name.startswith("model.decoder.") and not name.endswith(("encoder_attn.k_proj", "encoder_attn.v_proj"))]
+    nodes = _weight_matmul_integers(graph)
+    assert len(nodes) == len(floats) > 0
+    for node in nodes:
+        codes, zero = inits[node.input[1]], inits[node.input[3]]
+        scale = inits[node.input[1].removesuffix("_quantized") + "_scale"]  # onnxruntime.quantization's name
+        assert codes.dtype == np.int8 and np.abs(codes.astype(int)).max() <= 64
+        assert zero.shape == scale.shape == (codes.shape[1],) and not zero.any()
+        weight = codes * scale
+        nearest = min((np.abs(weight - w).max() / scale.max(), i) for i, w in enumerate(floats) if w.shape == weight.shape)
+        assert nearest[0] <= 0.5 + 1e-3, node.name
+        floats.pop(nearest[1])  # each Linear layer once
+    json_info = json.loads((bundle.path / "onnx.json").read_text())["quantization"]
+    assert json_info["decoder"] == "DynamicQuantizeMatMul int8 per-channel, 7-bit codes"
+
+
+def test_a_channels_decoder_needs_an_int8_scheme():
+    from edgeq.backends.onnx import _check_recipe
+    from edgeq.spec.recipe import apply_overrides, load_recipe
+
+    with pytest.raises(RecipeError, match="decoder_int8 = 'channels' .* only the int8 schemes do"):
+        _check_recipe(apply_overrides(load_recipe("onnx-int4"), ["options.decoder_int8=channels"]))
+    _check_recipe(apply_overrides(load_recipe("onnx-int8-static"), ["options.decoder_int8=channels"]))
 
 
 def test_decoder_layers_of_an_int8_scheme_take_their_own_width_and_encoder_layers_cannot(bundles, tiny_model, tmp_path,
@@ -361,7 +411,8 @@ def test_decoder_layers_of_an_int8_scheme_take_their_own_width_and_encoder_layer
                              'modules.overrides."model.decoder.layers.-99.fc1"={format="int8"}'])
     with caplog.at_level(logging.WARNING, logger="edgeq"):
         one = edgeq.build(recipe, model=str(tiny_model), out=tmp_path / "one", language="en")
-    assert json.loads((one.path / "onnx.json").read_text())["quantization"]["decoder_layers_per_format"]["int8-b128"] == 1
+    # onnx-int8-dynamic's 8-bit decoder layers are per-channel DynamicQuantizeMatMul (decoder_int8)
+    assert json.loads((one.path / "onnx.json").read_text())["quantization"]["decoder_layers_per_format"]["int8-channels"] == 1
     assert caplog.text.count("'model.decoder.layers.-99.fc1' matches no Linear layer") == 1
     encoder_layer = 'modules.overrides."model.encoder.layers.0.fc1"={format="int4"}'
     with pytest.raises(RecipeError, match=r"decoder's MatMulNBits only; name decoder layers .*model\.encoder\.layers\.0\.fc1"):
@@ -1110,7 +1161,8 @@ def test_with_int8_cross_attention_the_vnni_graphs_pass_value_codes_as_int8_to_a
         assert {t for n, t in written.items() if "_k_" in n} == {T.UINT8}  # the keys are the uint8 operand
     graph = onnx.load(str(bundle.path / DECODER_VNNI_ONNX), load_external_data=False).graph
     inits = {t.name: t.data_type for t in graph.initializer}
-    cross = [n for n in graph.node if n.op_type == "MatMulInteger"]
+    # (the weight MatMulIntegers of options.decoder_int8 = "channels" read an initializer)
+    cross = [n for n in graph.node if n.op_type == "MatMulInteger" and n.input[1] not in inits]
     assert len(cross) == 2 * layout["n_layers"]
     assert {(inits.get(n.input[2]), inits.get(n.input[3])) for n in cross} == {(T.UINT8, T.INT8)}
     ints = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[2] and inits.get(n.input[2]) == T.INT8]
