@@ -479,10 +479,10 @@ TABLES = {
     "DYNAMIC_PROBE_TABLE": lambda: decoder_int8("dynamic_probe"),
     "DECODER_CHANNELS_TABLE": lambda: decoder_int8("channels"),
     # options.decoder_int8 = "channels" against "blocks", per kind of kernels and model
-    **{f"COMPARE_CHANNELS_{label}{'_SMALL' if small else ''}_TABLE":
-       (lambda name=f"compare_systems_{kernels}_channels{small}.json", wer=not small: compare(name, wer=wer))
+    **{f"COMPARE_CHANNELS_{label}{tag}_TABLE":
+       (lambda name=f"compare_systems_{kernels}_channels{run}.json", wer=tag != "_SMALL": compare(name, wer=wer))
        for label, kernels in (("AMX", "amx"), ("VNNI", "cpuid_vnni"), ("AVX2", "cpuid_avx2"))
-       for small in ("", "_whisper-small-random")},
+       for tag, run in (("", ""), ("_FIT", "_fit"), ("_SMALL", "_whisper-small-random"))},
     "GOAL_TABLE": goal,
     "AUTO_TABLE": auto_front,
     "CPU_LIMITS": cpu_limits,
