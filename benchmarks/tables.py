@@ -278,7 +278,8 @@ def decoder_int8(name: str) -> str | None:
     per-channel weights: whole decoder steps (decoder_step.py, per kind of kernels) and WER on
     speech-dev (edgeq bench). `name` "dynamic_probe": benchmarks/probe_dynamic_decoder.py's probes
     against their bundles; "channels": bundles built with options.decoder_int8 = "channels"."""
-    second = {"dynamic_probe": "probe", "channels": "options.decoder_int8 = channels"}[name]
+    second, short = {"dynamic_probe": ("probe", "probe"),
+                     "channels": ("options.decoder_int8 = channels", "options.decoder_int8")}[name]
     rows, first = [], None
     for model, suffix in (("whisper-base", ""), ("whisper-small's shape", "_whisper-small-random")):
         for label, kernels in KERNELS:
@@ -301,7 +302,7 @@ def decoder_int8(name: str) -> str | None:
     rounds = 1 + max(r["round"] for r in first["rows"])
     return (_table(["model", "kernels", "ms per step, 8-bit MatMulNBits blocks",
                     f"ms per step, DynamicQuantizeMatMul 7-bit ({second})", "ratio of medians",
-                    f"WER % on speech-dev (blocks / {second.split(' =')[0]})"], rows)
+                    f"WER % on speech-dev (blocks / {short})"], rows)
             + f"\ndecoder_step.py: {window} window, {first['spinning']} spinning, {first['steps']} steps, {rounds} "
               f"rounds in alternation, medians of the rounds' median steps; WER: edgeq bench, fitted windows; "
               f"machine: {machine(first['env'])}\n")

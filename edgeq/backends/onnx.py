@@ -300,9 +300,9 @@ def quantize_graphs(model, recipe, encoder, decoder, calibration):
         # as the 8-bit one's. `modules.overrides` give single decoder layers another width.
         widths = {}
         if opts.decoder_int8 == "channels":
-            eight = sorted(n for n, m in dec_nodes.items() if m is not None and plan[m].bits == 8)
-            decoder = oq.dynamic_int8(decoder, per_channel=True, reduce_range=True, only=eight, signed=True)
-            dec_nodes = {n: m for n, m in dec_nodes.items() if n not in set(eight)}
+            eight = {n for n, m in dec_nodes.items() if m is not None and plan[m].bits == 8}
+            decoder = oq.dynamic_int8(decoder, per_channel=True, reduce_range=True, only=sorted(eight), signed=True)
+            dec_nodes = {n: m for n, m in dec_nodes.items() if n not in eight}
             if eight:
                 widths["int8-channels"] = len(eight)
         decoder = _matmul_nbits_per_spec(decoder, dec_nodes, plan, opts.accuracy_level, widths)

@@ -178,7 +178,7 @@ class OnnxOptions(_Strict):
     # per-channel int8 weights (quantize_dynamic, reduce_range: |code| <= 64, which AVX2's
     # uint8 x int8 kernel multiplies without saturating, so one graph serves every x86 CPU). Its
     # int8 GEMM (MLAS QGEMM) runs a step's products faster than MatMulNBits' 8-bit kernel without
-    # AMX: whisper-small's shape 6 % (VNNI) and 9 % (AVX2) less a step, AMX the same (numbers in
+    # AMX: whisper-small's shape 6 % (VNNI) and 10 % (AVX2) less a step, 2 % more on AMX (numbers in
     # recipes/onnx-int8-dynamic.toml, which sets it; docs/performance.md "Where the time goes").
     # 4-bit layers (weights.format int4, overrides) stay MatMulNBits; the tied table too.
     decoder_int8: Literal["blocks", "channels"] = "blocks"
