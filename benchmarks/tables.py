@@ -216,17 +216,28 @@ def cpu_limits(name: str = "cpu_limits.json") -> str | None:
     if not d:
         return None
     b = d.get("bundle") or {}
+    enc = b.get("encoder_s_per_window")
     gemm = "; ".join(f"{k}: float32 {v['float32']:.0f}, int8 {v['int8']:.0f} GOPS" for k, v in d["gemm_gops"].items())
     rows = [["encoder, one 30 s window", f"{d['encoder_gop_per_window']:.1f} GOP at the best int8 rate: "
-             f"{d['encoder_floor_s_at_int8']:.2f} s", _f(b.get("encoder_s_per_window"), ".2f") + " s",
-             _f(b.get("encoder_s_per_window") and b["encoder_s_per_window"] / d["encoder_floor_s_at_int8"], ".1f") + " ×"],
-            ["decoder, one token", f"{d['decoder_int8_mb_per_token']:.1f} MB of int8 weights at "
-             f"{d['read_bandwidth_gbs']:.0f} GB/s: {d['decoder_floor_ms_per_token']:.1f} ms",
-             _f(b.get("decoder_ms_per_token"), ".1f") + " ms",
-             _f(b.get("decoder_ms_per_token") and b["decoder_ms_per_token"] / d["decoder_floor_ms_per_token"], ".1f") + " ×"]]
+             f"{d['encoder_floor_s_at_int8']:.2f} s", _f(enc, ".2f") + " s",
+             _f(enc and enc / d["encoder_floor_s_at_int8"], ".1f") + " ×"]]
+    parts, attention = d.get("encoder_gop_parts"), d.get("attention_gflops")
+    if parts and attention:  # runs since 2026-12-07: the floor with the kernels an int8 bundle runs
+        rows.append(["encoder, one 30 s window, ONNX Runtime's kernels",
+                     f"{parts['linear'] + parts['cross_kv']:.1f} GOP int8, {parts['attention']:.1f} GOP float32 "
+                     f"attention at {max(attention.values()):.0f} GFLOPS, {parts['convs']:.1f} GOP convs: "
+                     f"{d['encoder_floor_s_with_kernels']:.2f} s", _f(enc, ".2f") + " s",
+                     _f(enc and enc / d["encoder_floor_s_with_kernels"], ".2f") + " ×"])
+    rows.append(["decoder, one token", f"{d['decoder_int8_mb_per_token']:.1f} MB of int8 weights at "
+                 f"{d['read_bandwidth_gbs']:.0f} GB/s: {d['decoder_floor_ms_per_token']:.1f} ms",
+                 _f(b.get("decoder_ms_per_token"), ".1f") + " ms",
+                 _f(b.get("decoder_ms_per_token") and b["decoder_ms_per_token"] / d["decoder_floor_ms_per_token"], ".1f")
+                 + " ×"])
+    att = ("; float32 attention products of all heads (QKᵀ, AV): "
+           + ", ".join(f"{v:.0f}" for v in attention.values()) + " GFLOPS") if attention else ""
     return (_table(["phase", "floor on this CPU", "edgeq onnx-int8-dynamic", "above the floor"], rows)
-            + f"\nGEMM at the encoder's shapes through ONNX Runtime, {d['threads']} threads — {gemm}; memory read one "
-              f"thread; machine: {machine(d['env'])}\n")
+            + f"\nGEMM at the encoder's shapes through ONNX Runtime, {d['threads']} threads — {gemm}{att}; memory "
+              f"read one thread; decoder steps sleeping; machine: {machine(d['env'])}\n")
 
 
 def encoder_ops(name: str, top: int = 6) -> str | None:
@@ -454,7 +465,9 @@ TABLES = {
     "COMPARE_AMX_BLAS_TABLE": lambda: compare("compare_systems_amx_blas.json"),
     "COMPARE_AMX_BLAS_SMALL_TABLE": lambda: compare("compare_systems_amx_blas_whisper-small-random.json", wer=False),
     "ENCODER_OPS_AMX_TABLE": lambda: encoder_ops("encoder_ops_cross_reductions.json"),
-    "CPU_LIMITS_AMX": lambda: cpu_limits("cpu_limits_amx.json"),
+    "CPU_LIMITS_AMX": lambda: cpu_limits("cpu_limits_amx_attention.json"),
+    "CPU_LIMITS_AVX2": lambda: cpu_limits("cpu_limits_cpuid_avx2.json"),
+    "CPU_LIMITS_VNNI": lambda: cpu_limits("cpu_limits_cpuid_vnni.json"),
     "BLAS_THREADS_AMX": lambda: blas_threads(("blas_threads.json", "blas_threads_fit.json",
                                               "blas_threads_whisper-small-random.json", "blas_threads_quanto.json")),
     "FITTED_LOOPS_TABLE": fitted_loops,
