@@ -27,6 +27,15 @@ one's cores, caches and memory; edgeq's prepared graphs go to a cache of their o
     python benchmarks/compare_systems.py --recipes onnx-int8-dynamic,onnx-int4 --ggml auto
     python benchmarks/compare_systems.py --small-shape --recipes onnx-int8-dynamic,onnx-int4 --ggml auto --limit 3
 
+--long MINUTES joins the dataset's clips (joined.join_utterances, seeded order, repeated) into one
+recording of at least that long and has every system transcribe it whole, through its own long-form
+path: timestamps on (the seek loop), greedy at temperature 0 only, not conditioned on the previous
+text (transformers' default; set for the others), no window dropped as silence. edgeq: its
+transcribe, default checks included (a sparse segment decoded again: edgeq.runtime.longform);
+faster-whisper: transcribe without VAD; whisper.cpp: whisper_full with no_context; transformers:
+generate's sequential long-form (features untruncated, attention mask). Windows are full of speech
+there, so no encoder window is fitted but the last.
+
 --rounds N runs every system N times in alternation (the order rotated each round), so a slow
 phase of a shared machine slows every system alike; the summary gives each system's median and
 spread, and per round the ratio of each edgeq bundle to the fastest peer (RTF), to whisper.cpp
@@ -144,7 +153,7 @@ class _CountingGenerate:
         return results
 
 
-def _load(system: dict, threads: int):
+def _load(system: dict, threads: int, long: bool = False):
     """-> (run(audio) -> (text, tokens decoded or None), size MB)."""
     kind, ref = system["kind"], system["ref"]
     if kind == "edgeq":
@@ -154,6 +163,8 @@ def _load(system: dict, threads: int):
         t = edgeq.load(ref, threads=threads, language="en", spinning=system.get("spinning", "off"))
         assert t.settings.max_new_tokens == MAX_NEW_TOKENS, t.settings.max_new_tokens
         options = replace(STUDY_OPTIONS, encoder_window=system.get("window", STUDY_OPTIONS.encoder_window))
+        if long:  # the seek loop needs timestamps; greedy once, not conditioned, as the others
+            options = replace(options, timestamps=True, condition_on_previous_text=False)
 
         def run_edgeq(audio):
             r = t.transcribe(audio, options=options)  # greedy once, no timestamps, as the others
@@ -176,7 +187,7 @@ def _load(system: dict, threads: int):
 
         def run_fw(audio):
             segments, _ = m.transcribe(audio, language="en", task="transcribe", beam_size=1, best_of=1,
-                                       temperature=0.0, without_timestamps=True, vad_filter=False,
+                                       temperature=0.0, without_timestamps=not long, vad_filter=False,
                                        condition_on_previous_text=False, max_new_tokens=max_new,
                                        # no segment dropped as silence or re-decoded: edgeq does neither
                                        no_speech_threshold=None, log_prob_threshold=None,
@@ -190,7 +201,7 @@ def _load(system: dict, threads: int):
         from pywhispercpp.model import Model
 
         # temperature_inc 0: no fallback re-decoding at higher temperatures (greedy once, as the others).
-        m = Model(ref, n_threads=threads, language="en", no_timestamps=True, print_progress=False,
+        m = Model(ref, n_threads=threads, language="en", no_timestamps=not long, no_context=True, print_progress=False,
                   print_realtime=False, greedy={"best_of": 1}, max_tokens=MAX_NEW_TOKENS, temperature_inc=0.0)
         fit = system.get("window") == "fit"
 
@@ -221,6 +232,15 @@ def _load(system: dict, threads: int):
         size = None  # an in-memory conversion: torch.ao has no file format of its own
 
     def run_hf(audio):
+        if long and len(audio) > 30 * 16000:
+            # sequential long-form generation: all the features, untruncated, and their mask
+            inputs = processor(audio, sampling_rate=16000, return_tensors="pt", truncation=False, padding="longest",
+                               return_attention_mask=True)
+            with torch.no_grad():
+                ids = model.generate(inputs.input_features, attention_mask=inputs.attention_mask, language="en",
+                                     task="transcribe", max_new_tokens=MAX_NEW_TOKENS, return_timestamps=True,
+                                     condition_on_prev_tokens=False)
+            return processor.batch_decode(ids, skip_special_tokens=True)[0], _generated(ids[0])
         feats = processor(audio, sampling_rate=16000, return_tensors="pt").input_features
         with torch.no_grad():
             ids = model.generate(feats, language="en", task="transcribe", max_new_tokens=MAX_NEW_TOKENS)
@@ -229,7 +249,7 @@ def _load(system: dict, threads: int):
     return run_hf, size
 
 
-def worker(system: dict, dataset: str, threads: int, limit: int | None) -> dict:
+def worker(system: dict, dataset: str, threads: int, limit: int | None, long_s: float | None = None) -> dict:
     import warnings
 
     from edgeq.bench.memory import os_peak_rss_bytes
@@ -241,11 +261,21 @@ def worker(system: dict, dataset: str, threads: int, limit: int | None) -> dict:
     from edgeq.runtime.audio import load_audio
 
     data = open_dataset(dataset, limit=limit)
-    audios = [(u, load_audio(u.audio)) for u in data.utterances]
+    if long_s:
+        from types import SimpleNamespace
+
+        from edgeq.data.joined import join_utterances
+
+        joined = join_utterances(data, long_s)
+        audios = [(SimpleNamespace(reference=joined.reference), joined.samples)]
+        warm = load_audio(data.utterances[0].audio)  # one clip: the recording itself would double the run
+    else:
+        audios = [(u, load_audio(u.audio)) for u in data.utterances]
+        warm = audios[0][1]
     t0 = time.perf_counter()
-    run, size = _load(system, threads)
+    run, size = _load(system, threads, long=bool(long_s))
     load_s = time.perf_counter() - t0
-    run(audios[0][1])  # warm-up, not timed
+    run(warm)  # warm-up, not timed
     PHASES.update(encoder_s=0.0, decode_s=0.0, decoder_steps=0, windows=0)
     errors, compute, audio_s, tokens = [], 0.0, 0.0, 0
     for utt, audio in audios:
@@ -405,7 +435,8 @@ def _worker_env(system: dict) -> dict:
 def run_worker(system: dict, args) -> dict:
     env = _worker_env(system)
     proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(system), "--dataset", args.dataset,
-                           "--threads", str(args.threads)] + (["--limit", str(args.limit)] if args.limit else []),
+                           "--threads", str(args.threads)] + (["--limit", str(args.limit)] if args.limit else [])
+                          + (["--long", str(args.long)] if args.long else []),
                           capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         return {"system": system["name"], "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
@@ -475,6 +506,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--limit", type=int)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--long", type=float, metavar="MINUTES",
+                    help="one recording of the dataset's clips joined, at least this long, transcribed whole")
     ap.add_argument("--recipes", default="", help="comma-separated recipes: bundles built from --model into --cache")
     ap.add_argument("--small-shape", action="store_true",
                     help="--model becomes a whisper-small-shaped checkpoint with random weights (latency, RAM)")
@@ -504,8 +537,11 @@ def main() -> None:
         write_json(args.out, data)
         return
     if args.worker:
-        print(json.dumps(worker(json.loads(args.worker), args.dataset, args.threads, args.limit)))
+        print(json.dumps(worker(json.loads(args.worker), args.dataset, args.threads, args.limit,
+                                60 * args.long if args.long else None)))
         return
+    if args.long and args.small_shape:
+        ap.error("--long needs real weights: random ones never end a segment, so the seek loop has nothing to follow")
     if args.small_shape:
         args.model = whisper_small_random(args.cache / "whisper-small-random")
     args.out = args.out or ("compare_systems_whisper-small-random.json" if args.small_shape else "compare_systems.json")
@@ -516,7 +552,7 @@ def main() -> None:
     if args.cpu_mask:
         MASK_ENV.update(cpu_mask_env(args.cpu_mask, args.cache))
     results = {"env": {**fingerprint(), "cpuid_mask": args.cpu_mask}, "threads": args.threads,
-               "dataset": args.dataset, "model": str(args.model),
+               "dataset": args.dataset, "model": str(args.model), "long_minutes": args.long,
                "rounds": args.rounds, "systems": systems, "rows": []}
     # Every bundle keeps its prepared graphs through the rounds (each one made once, below): with
     # more bundles than edgeq keeps copies of, every load made its copy again, cold (4 whisper-base

@@ -134,7 +134,11 @@ def compare(name: str, wer: bool = True) -> str | None:
             _f(median([r["decoder_tokens_per_s"] for r in mine]) if "decoder_tokens_per_s" in first else None, ".0f")])
     table = _table(head, body)
     ok = [r for r in rows if "error" not in r]
-    if ok:
+    if ok and data.get("long_minutes"):  # compare_systems.py --long: one recording, each system's long-form path
+        table += (f"\none recording of the dataset's clips joined ({ok[0]['audio_s']:.1f} s), transcribed whole, "
+                  f"{data['threads']} threads, {rounds} rounds in alternation, one fresh process per system and round; "
+                  f"machine: {machine(data['env'])}\n")
+    elif ok:
         table += (f"\n{ok[0]['utterances']} utterances, {ok[0]['audio_s']:.1f} s of audio, {data['threads']} threads, "
                   f"{rounds} rounds in alternation, one fresh process per system and round; "
                   f"machine: {machine(data['env'])}\n")
@@ -161,6 +165,7 @@ GOAL_ROWS = HERE / "goal.toml"
 # #11's bars: RTF at most 0.7x the fastest peer's, peak RSS and load time at most whisper.cpp q8_0's
 GOAL_LIMITS = (("rtf_vs_fastest_peer", 0.7, "RTF"), ("rss_vs_whisper_cpp_q8_0", 1.0, "peak"),
                ("load_vs_whisper_cpp_q8_0", 1.0, "load"))
+WER_POINTS = 0.5  # and WER at most fp32's + 0.5 (compare_systems.USABLE_WER_POINTS)
 
 
 def _ratio(r: dict, digits: int = 2) -> str:
@@ -181,6 +186,11 @@ def goal() -> str | None:
                 raise SystemExit(f"{name}: no {system} (benchmarks/goal.toml)")
             wer = next((r.get("wer_pct") for r in data["rows"] if r["system"] == system and "error" not in r), None)
             missed = [label for key, limit, label in GOAL_LIMITS if ratios[key]["median"] > limit]  # strictly
+            # WER at most fp32 + 0.5, where the run measured fp32 (transformers-fp32) beside it
+            fp32 = next((r["wer_pct"] for r in data["rows"] if r["system"] == "transformers-fp32" and "error" not in r),
+                        None)
+            if wer is not None and fp32 is not None and shape == "whisper-base" and wer > fp32 + WER_POINTS:
+                missed.append("WER")
             body.append([kernels, shape, window, f"`{recipe}`", _f(wer if shape == "whisper-base" else None, ".2f")]
                         + [_ratio(ratios[k], digits=3 if k == "rtf_vs_fastest_peer" else 2) for k, _, _ in GOAL_LIMITS]
                         + [", ".join(sorted(set(ratios["fastest_peer"]))),
@@ -466,6 +476,9 @@ TABLES = {
     "COMPARE_AMX_BLAS_SMALL_TABLE": lambda: compare("compare_systems_amx_blas_whisper-small-random.json", wer=False),
     "ENCODER_OPS_AMX_TABLE": lambda: encoder_ops("encoder_ops_cross_reductions.json"),
     "CPU_LIMITS_AMX": lambda: cpu_limits("cpu_limits_amx_attention.json"),
+    "COMPARE_LONG_AVX2_TABLE": lambda: compare("compare_systems_cpuid_avx2_long.json"),
+    "COMPARE_LONG_AMX_TABLE": lambda: compare("compare_systems_amx_long.json"),
+    "COMPARE_LONG_VNNI_TABLE": lambda: compare("compare_systems_cpuid_vnni_long.json"),
     "CPU_LIMITS_AVX2": lambda: cpu_limits("cpu_limits_cpuid_avx2.json"),
     "CPU_LIMITS_VNNI": lambda: cpu_limits("cpu_limits_cpuid_vnni.json"),
     "BLAS_THREADS_AMX": lambda: blas_threads(("blas_threads.json", "blas_threads_fit.json",
