@@ -26,7 +26,7 @@ def _goal(tmp_path: Path, monkeypatch, wer: float, fp32: float | None) -> str:
         "rtf_vs_fastest_peer": _ratio(0.4), "rss_vs_whisper_cpp_q8_0": _ratio(0.7),
         "load_vs_whisper_cpp_q8_0": _ratio(0.9), "fastest_peer": ["whisper.cpp-q8_0"]}}}}))
     goal = tmp_path / "goal.toml"
-    goal.write_text(f'[[row]]\nkernels = "AVX2"\nmodel = "whisper-base"\nwindow = "10-min recording"\n'
+    goal.write_text(f'[[row]]\nkernels = "AVX2"\nmodel = "whisper-base"\nwindow = "5-min recording"\n'
                     f'run = "{run}"\nrecipes = {{ onnx-int8-dynamic = "edgeq:b" }}\n')
     monkeypatch.setattr(tables, "GOAL_ROWS", goal)
     return next(line for line in tables.goal().splitlines() if line.startswith("| AVX2"))
