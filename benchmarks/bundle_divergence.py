@@ -85,11 +85,14 @@ def main() -> None:
     run_masked(args.cpu_mask)
 
     from compare_systems import ensure_bundle
+    from longform_wer import check_bundles
 
     import edgeq
     from edgeq.bench.env import fingerprint
+    from edgeq.errors import EdgeqError
 
     reference = Path(args.reference) if args.reference else ensure_bundle(WHISPER_BASE, "onnx-fp32", args.cache)
+    check_bundles([reference, *args.bundles])
     clips = features(args.datasets.split(","))
     t = edgeq.load(reference, threads=args.threads, language="en")
     ref = [logits_along(t, f, None) for _, f in clips]
@@ -100,10 +103,17 @@ def main() -> None:
             "datasets": args.datasets.split(","), "clips": len(clips), "steps": sum(len(r[1]) for r in ref),
             "bundles": {}}
     for path in args.bundles:
-        t = edgeq.load(path, threads=args.threads, language="en")
+        try:
+            t = edgeq.load(path, threads=args.threads, language="en")
+        except EdgeqError as e:  # e.g. a file changed since its manifest: what was measured is written
+            raise SystemExit(f"error: {e}") from None
         kls, flips = [], []
         for (tokens, expected), (_, f) in zip(ref, clips):
-            kl, flip = divergence(expected, logits_along(t, f, tokens)[1])
+            got = logits_along(t, f, tokens)[1]
+            if got.shape != expected.shape:
+                raise SystemExit(f"error: {path} has {got.shape[-1]} tokens, the reference {expected.shape[-1]}: "
+                                 "compare bundles of the same model (--reference)")
+            kl, flip = divergence(expected, got)
             kls.append(kl)
             flips.append(flip)
         kl, flip = np.concatenate(kls), np.concatenate(flips)

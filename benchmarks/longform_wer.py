@@ -20,7 +20,9 @@ every recording whole through edgeq's long-form path, with each --decodings:
               repetitive or unlikely, conditioned on the previous text
 
 The float reference is the onnx-fp32 bundle of --model: the same runtime and loop, only the weights
-differ. Per system and decoding: WER per recording, pooled WER (errors over all words), the
+differ. --transformers adds the same float checkpoint through transformers' sequential long-form
+generate (compare_systems' transformers-fp32), with openai-whisper's defaults for *default*. Per
+system and decoding: WER per recording, pooled WER (errors over all words), the
 difference to fp32 per recording and pooled, and the longest run of inserted words (a decoding
 loop: the same words again and again) and of deleted ones (a window lost). Results are written
 after each system, so an interrupted run keeps what it measured.
@@ -55,6 +57,18 @@ def recordings(dataset, minutes: float, count: int) -> list:
     return out
 
 
+def check_bundles(paths) -> None:
+    """Refuse, in one line and before anything is measured, a path that is not a bundle."""
+    from edgeq.errors import EdgeqError
+    from edgeq.format.bundle import open_bundle
+
+    for path in paths:
+        try:
+            open_bundle(path, verify_hashes=False)
+        except EdgeqError as e:
+            raise SystemExit(f"error: {e}") from None
+
+
 def decoding_options(name: str):
     from dataclasses import replace
 
@@ -87,6 +101,51 @@ def measure(bundle: Path, joined: list, decodings: list[str], threads: int) -> d
                          "longest_inserted_run": max(runs["inserted"], default=0),
                          "longest_deleted_run": max(runs["deleted"], default=0)})
             print(f"  {bundle.name} {name} recording {k + 1}: WER {100 * e.wer:.2f} %, {seconds:.1f} s", flush=True)
+        out[name] = rows
+    return out
+
+
+# What openai-whisper's transcribe() defaults are in transformers' sequential long-form generate.
+# With the previous text as prompt, prompt + max_new_tokens must fit the decoder's 448 positions:
+# transformers refuses 224 new tokens after a 223-token prompt, so 220 there.
+TRANSFORMERS_DECODINGS = {
+    "greedy": {"condition_on_prev_tokens": False, "max_new_tokens": 224},
+    "default": {"condition_on_prev_tokens": True, "temperature": (0.0, 0.2, 0.4, 0.6, 0.8, 1.0), "do_sample": False,
+                "compression_ratio_threshold": 2.4, "logprob_threshold": -1.0, "no_speech_threshold": 0.6,
+                "max_new_tokens": 220},
+}
+
+
+def measure_transformers(model: Path, joined: list, decodings: list[str], threads: int) -> dict:
+    """--transformers: the float checkpoint through transformers' own long-form loop (what
+    compare_systems --long runs as transformers-fp32), with the same decodings."""
+    import torch
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    from edgeq.data.wer import error_runs, word_errors
+
+    torch.set_num_threads(threads)
+    processor = WhisperProcessor.from_pretrained(model)
+    whisper = WhisperForConditionalGeneration.from_pretrained(model, dtype=torch.float32).eval()
+    out = {}
+    for name in decodings:
+        rows = []
+        for k, j in enumerate(joined):
+            t0 = time.perf_counter()
+            inputs = processor(j.samples, sampling_rate=16000, return_tensors="pt", truncation=False,
+                               padding="longest", return_attention_mask=True)
+            with torch.no_grad():
+                ids = whisper.generate(inputs.input_features, attention_mask=inputs.attention_mask, language="en",
+                                       task="transcribe", return_timestamps=True, **TRANSFORMERS_DECODINGS[name])
+            text = processor.batch_decode(ids, skip_special_tokens=True)[0]
+            seconds = time.perf_counter() - t0
+            e = word_errors(j.reference, text)
+            runs = error_runs(j.reference, text)
+            rows.append({"recording": k + 1, "audio_s": round(len(j.samples) / 16000, 1), "wer_pct": 100 * e.wer,
+                         **e.to_dict(), "seconds": round(seconds, 2),
+                         "longest_inserted_run": max(runs["inserted"], default=0),
+                         "longest_deleted_run": max(runs["deleted"], default=0)})
+            print(f"  transformers {name} recording {k + 1}: WER {100 * e.wer:.2f} %, {seconds:.1f} s", flush=True)
         out[name] = rows
     return out
 
@@ -130,6 +189,8 @@ def main() -> None:
     ap.add_argument("--recordings", type=int, default=6)
     ap.add_argument("--minutes", type=float, default=5.0)
     ap.add_argument("--decodings", default="greedy,default")
+    ap.add_argument("--transformers", action="store_true",
+                    help="also the float checkpoint through transformers' long-form loop (transformers-fp32)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache", type=Path, default=Path("/tmp/edgeq-compare"))
     ap.add_argument("--out", help="results file [longform_wer.json, or longform_wer_cpuid_<mask>.json]")
@@ -140,6 +201,8 @@ def main() -> None:
     decodings = [d for d in args.decodings.split(",") if d]
     for d in decodings:
         decoding_options(d)
+    if args.transformers and not (args.model / "config.json").is_file():
+        raise SystemExit(f"--transformers needs --model as a local checkpoint folder, not {args.model}")
     require_shared()
     run_masked(args.cpu_mask)
 
@@ -151,6 +214,7 @@ def main() -> None:
         bundles[recipe] = ensure_bundle(args.model, recipe, args.cache)
     for path in args.bundles:
         bundles[Path(path).name] = Path(path)
+    check_bundles(bundles.values())
     joined = recordings(open_dataset(args.dataset), args.minutes, args.recordings)
     out_name = args.out or (f"longform_wer_cpuid_{args.cpu_mask}.json" if args.cpu_mask else "longform_wer.json")
     data = {"env": {**fingerprint(), "cpuid_mask": args.cpu_mask}, "model": args.model.name,
@@ -158,8 +222,17 @@ def main() -> None:
             "recordings": [{"audio_s": round(len(j.samples) / 16000, 1), "utterances": len(j.parts)} for j in joined],
             "reference": FLOAT_RECIPE, "systems": {}, "summary": {}}
     print(f"{len(joined)} recordings of {args.minutes:g}+ min; systems: {', '.join(bundles)}", flush=True)
+    from edgeq.errors import EdgeqError
+
     for name, path in bundles.items():
-        data["systems"][name] = measure(path, joined, decodings, args.threads)
+        try:
+            data["systems"][name] = measure(path, joined, decodings, args.threads)
+        except EdgeqError as e:  # e.g. a file changed since its manifest: what was measured is written
+            raise SystemExit(f"error: {e}") from None
+    if args.transformers:
+        data["systems"]["transformers-fp32"] = measure_transformers(args.model, joined, decodings, args.threads)
+        data["summary"] = summarize(data["systems"], FLOAT_RECIPE)
+        write_json(out_name, data)
         data["summary"] = summarize(data["systems"], FLOAT_RECIPE)
         write_json(out_name, data)
     for name, by_decoding in data["summary"].items():

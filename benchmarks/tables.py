@@ -257,13 +257,14 @@ def longform_wer(names: tuple[str, ...]) -> str | None:
                              "—" if not per or system == d["reference"] else
                              f"{per['median']:+.2f} ({per['min']:+.2f} to {per['max']:+.2f})",
                              f"{s['wer_pct_range'][0]:.2f}–{s['wer_pct_range'][1]:.2f}",
-                             str(s["longest_inserted_run"]),
-                             "" if system == d["reference"] else "met" if s.get("met") else "**not met**"])
+                             f"{s['longest_inserted_run']} / {s['longest_deleted_run']}",
+                             "" if system == d["reference"] else "(peer)" if system.startswith("transformers")
+                             else "met" if s.get("met") else "**not met**"])
     first = runs[0]
     recs = first["recordings"]
     words = next(iter(first["summary"][first["reference"]].values()))["words"]
     return (_table(["kernels", "bundle", "decoding", "pooled WER %", "vs fp32, points",
-                    "per recording vs fp32, median (range)", "WER % per recording", "longest inserted run",
+                    "per recording vs fp32, median (range)", "WER % per recording", "longest run of words inserted / deleted",
                     f"fp32 + {USABLE_WER_POINTS:g}"], rows)
             + f"\n{first['model']}, {len(recs)} recordings of speech-dev's clips joined "
               f"({min(r['audio_s'] for r in recs):.0f}–{max(r['audio_s'] for r in recs):.0f} s, "
