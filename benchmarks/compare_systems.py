@@ -237,13 +237,8 @@ def _load(system: dict, threads: int, long: bool = False):
 
     def run_hf(audio):
         if long and len(audio) > 30 * 16000:
-            # sequential long-form generation: all the features, untruncated, and their mask
-            inputs = processor(audio, sampling_rate=16000, return_tensors="pt", truncation=False, padding="longest",
-                               return_attention_mask=True)
-            with torch.no_grad():
-                ids = model.generate(inputs.input_features, attention_mask=inputs.attention_mask, language="en",
-                                     task="transcribe", max_new_tokens=MAX_NEW_TOKENS, return_timestamps=True,
-                                     condition_on_prev_tokens=False)
+            ids = transformers_long_form(model, processor, audio, max_new_tokens=MAX_NEW_TOKENS,
+                                         condition_on_prev_tokens=False)
             return processor.batch_decode(ids, skip_special_tokens=True)[0], _generated(ids[0])
         feats = processor(audio, sampling_rate=16000, return_tensors="pt").input_features
         with torch.no_grad():
@@ -251,6 +246,18 @@ def _load(system: dict, threads: int, long: bool = False):
         return processor.batch_decode(ids, skip_special_tokens=True)[0], _generated(ids[0])
 
     return run_hf, size
+
+
+def transformers_long_form(model, processor, audio, **generate):
+    """transformers' sequential long-form generation of English `audio`, with timestamps: all the
+    features, untruncated, and their mask; `generate` decides the decoding (also longform_wer.py's)."""
+    import torch
+
+    inputs = processor(audio, sampling_rate=16000, return_tensors="pt", truncation=False, padding="longest",
+                       return_attention_mask=True)
+    with torch.no_grad():
+        return model.generate(inputs.input_features, attention_mask=inputs.attention_mask, language="en",
+                              task="transcribe", return_timestamps=True, **generate)
 
 
 def worker(system: dict, dataset: str, threads: int, limit: int | None, long_s: float | None = None) -> dict:

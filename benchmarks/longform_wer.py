@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 from _common import SPEECH_DEV, WHISPER_BASE, add_cpu_mask_option, require_shared, run_masked, write_json
-from compare_systems import USABLE_WER_POINTS, ensure_bundle
+from compare_systems import MAX_NEW_TOKENS, USABLE_WER_POINTS, ensure_bundle
 
 FLOAT_RECIPE = "onnx-fp32"
 
@@ -81,9 +81,21 @@ def decoding_options(name: str):
     raise SystemExit(f"--decodings: greedy or default, not {name!r}")
 
 
+def _row(label: str, k: int, joined, text: str, seconds: float, **extra) -> dict:
+    """One system's transcript of recording k + 1, scored against its reference (and printed)."""
+    from edgeq.data.wer import error_runs, word_errors
+
+    e = word_errors(joined.reference, text)
+    runs = error_runs(joined.reference, text)
+    print(f"  {label} recording {k + 1}: WER {100 * e.wer:.2f} %, {seconds:.1f} s", flush=True)
+    return {"recording": k + 1, "audio_s": round(len(joined.samples) / 16000, 1), "wer_pct": 100 * e.wer,
+            **e.to_dict(), "seconds": round(seconds, 2), **extra,
+            "longest_inserted_run": max(runs["inserted"], default=0),
+            "longest_deleted_run": max(runs["deleted"], default=0)}
+
+
 def measure(bundle: Path, joined: list, decodings: list[str], threads: int) -> dict:
     import edgeq
-    from edgeq.data.wer import error_runs, word_errors
 
     t = edgeq.load(bundle, threads=threads, language="en")
     out = {}
@@ -93,14 +105,7 @@ def measure(bundle: Path, joined: list, decodings: list[str], threads: int) -> d
         for k, j in enumerate(joined):
             t0 = time.perf_counter()
             r = t.transcribe(j.samples, options=options)
-            seconds = time.perf_counter() - t0
-            e = word_errors(j.reference, r.text)
-            runs = error_runs(j.reference, r.text)
-            rows.append({"recording": k + 1, "audio_s": round(len(j.samples) / 16000, 1), "wer_pct": 100 * e.wer,
-                         **e.to_dict(), "seconds": round(seconds, 2), "windows": r.windows,
-                         "longest_inserted_run": max(runs["inserted"], default=0),
-                         "longest_deleted_run": max(runs["deleted"], default=0)})
-            print(f"  {bundle.name} {name} recording {k + 1}: WER {100 * e.wer:.2f} %, {seconds:.1f} s", flush=True)
+            rows.append(_row(f"{bundle.name} {name}", k, j, r.text, time.perf_counter() - t0, windows=r.windows))
         out[name] = rows
     return out
 
@@ -109,7 +114,7 @@ def measure(bundle: Path, joined: list, decodings: list[str], threads: int) -> d
 # With the previous text as prompt, prompt + max_new_tokens must fit the decoder's 448 positions:
 # transformers refuses 224 new tokens after a 223-token prompt, so 220 there.
 TRANSFORMERS_DECODINGS = {
-    "greedy": {"condition_on_prev_tokens": False, "max_new_tokens": 224},
+    "greedy": {"condition_on_prev_tokens": False, "max_new_tokens": MAX_NEW_TOKENS},
     "default": {"condition_on_prev_tokens": True, "temperature": (0.0, 0.2, 0.4, 0.6, 0.8, 1.0), "do_sample": False,
                 "compression_ratio_threshold": 2.4, "logprob_threshold": -1.0, "no_speech_threshold": 0.6,
                 "max_new_tokens": 220},
@@ -120,9 +125,8 @@ def measure_transformers(model: Path, joined: list, decodings: list[str], thread
     """--transformers: the float checkpoint through transformers' own long-form loop (what
     compare_systems --long runs as transformers-fp32), with the same decodings."""
     import torch
+    from compare_systems import transformers_long_form
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
-
-    from edgeq.data.wer import error_runs, word_errors
 
     torch.set_num_threads(threads)
     processor = WhisperProcessor.from_pretrained(model)
@@ -132,20 +136,9 @@ def measure_transformers(model: Path, joined: list, decodings: list[str], thread
         rows = []
         for k, j in enumerate(joined):
             t0 = time.perf_counter()
-            inputs = processor(j.samples, sampling_rate=16000, return_tensors="pt", truncation=False,
-                               padding="longest", return_attention_mask=True)
-            with torch.no_grad():
-                ids = whisper.generate(inputs.input_features, attention_mask=inputs.attention_mask, language="en",
-                                       task="transcribe", return_timestamps=True, **TRANSFORMERS_DECODINGS[name])
+            ids = transformers_long_form(whisper, processor, j.samples, **TRANSFORMERS_DECODINGS[name])
             text = processor.batch_decode(ids, skip_special_tokens=True)[0]
-            seconds = time.perf_counter() - t0
-            e = word_errors(j.reference, text)
-            runs = error_runs(j.reference, text)
-            rows.append({"recording": k + 1, "audio_s": round(len(j.samples) / 16000, 1), "wer_pct": 100 * e.wer,
-                         **e.to_dict(), "seconds": round(seconds, 2),
-                         "longest_inserted_run": max(runs["inserted"], default=0),
-                         "longest_deleted_run": max(runs["deleted"], default=0)})
-            print(f"  transformers {name} recording {k + 1}: WER {100 * e.wer:.2f} %, {seconds:.1f} s", flush=True)
+            rows.append(_row(f"transformers {name}", k, j, text, time.perf_counter() - t0))
         out[name] = rows
     return out
 
@@ -166,10 +159,11 @@ def summarize(systems: dict, reference: str) -> dict:
                      "longest_deleted_run": max(r["longest_deleted_run"] for r in rows)}
             if ref_rows and len(ref_rows) == len(rows):
                 deltas = [a["wer_pct"] - b["wer_pct"] for a, b in zip(rows, ref_rows)]
-                entry.update(fp32_pooled_wer_pct=_pooled(ref_rows), points_vs_fp32=pooled - _pooled(ref_rows),
+                fp32 = _pooled(ref_rows)
+                entry.update(fp32_pooled_wer_pct=fp32, points_vs_fp32=pooled - fp32,
                              points_vs_fp32_per_recording={"median": statistics.median(deltas), "min": min(deltas),
                                                            "max": max(deltas)},
-                             met=pooled <= _pooled(ref_rows) + USABLE_WER_POINTS)
+                             met=pooled <= fp32 + USABLE_WER_POINTS)
             summary.setdefault(system, {})[decoding] = entry
     return summary
 
@@ -224,15 +218,14 @@ def main() -> None:
     print(f"{len(joined)} recordings of {args.minutes:g}+ min; systems: {', '.join(bundles)}", flush=True)
     from edgeq.errors import EdgeqError
 
-    for name, path in bundles.items():
+    systems = [(name, lambda path=path: measure(path, joined, decodings, args.threads)) for name, path in bundles.items()]
+    if args.transformers:
+        systems.append(("transformers-fp32", lambda: measure_transformers(args.model, joined, decodings, args.threads)))
+    for name, run in systems:
         try:
-            data["systems"][name] = measure(path, joined, decodings, args.threads)
+            data["systems"][name] = run()
         except EdgeqError as e:  # e.g. a file changed since its manifest: what was measured is written
             raise SystemExit(f"error: {e}") from None
-    if args.transformers:
-        data["systems"]["transformers-fp32"] = measure_transformers(args.model, joined, decodings, args.threads)
-        data["summary"] = summarize(data["systems"], FLOAT_RECIPE)
-        write_json(out_name, data)
         data["summary"] = summarize(data["systems"], FLOAT_RECIPE)
         write_json(out_name, data)
     for name, by_decoding in data["summary"].items():
