@@ -1,6 +1,6 @@
 """How often a bundle's decode of a window fitted to the audio goes into a loop.
 
-    python benchmarks/fitted_loops.py B1 [B2 ...] [--dataset DIR] [--out fitted_loops.json]
+    python benchmarks/fitted_loops.py B1 [B2 ...] [--dataset DIR] [--cpu-mask avx2|vnni] [--out fitted_loops.json]
 
 On a window fitted to the audio (the default, encoder_window "fit") Whisper sees little silence after
 the last word, and a weaker decoder can repeat the sentence instead of ending it. edgeq catches that
@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _common import SPEECH_DEV, write_json
+from _common import SPEECH_DEV, add_cpu_mask_option, run_masked, write_json
 
 CHILD = """
 import json, sys
@@ -79,10 +79,12 @@ def main() -> None:
     ap.add_argument("bundles", nargs="+")
     ap.add_argument("--dataset", default=str(SPEECH_DEV))
     ap.add_argument("--out", default="fitted_loops.json")
+    add_cpu_mask_option(ap, "decode")
     args = ap.parse_args()
+    run_masked(args.cpu_mask)  # the children below inherit the preloaded mask
     from edgeq.bench.env import fingerprint
 
-    out = {"env": fingerprint(), "dataset": args.dataset, "rows": []}
+    out = {"env": {**fingerprint(), "cpuid_mask": args.cpu_mask}, "dataset": args.dataset, "rows": []}
     for bundle in args.bundles:
         proc = subprocess.run([sys.executable, "-c", CHILD, bundle, args.dataset], capture_output=True, text=True)
         if proc.returncode:

@@ -240,16 +240,20 @@ def _one_machine(runs: list[dict]) -> str:
                                          "(the libraries ran the kernels of such a CPU on this one)" if masked else "")
 
 
-def longform_wer(names: tuple[str, ...]) -> str | None:
+def longform_wer(names: tuple[str, ...], peer_runs: tuple[str, ...] = ()) -> str | None:
     """longform_wer.py: per kind of kernels, bundle and decoding, WER pooled over several long
     recordings against the float weights', with the per-recording spread and the longest run of
-    inserted words (a decoding loop)."""
+    inserted words (a decoding loop). `peer_runs`: earlier runs whose peers' rows (transformers'
+    own loop, which no edgeq change moves) are shown after the others'."""
     runs = [d for d in map(_load, names) if d]
     if not runs:
         return None
+    peers = [d for d in map(_load, peer_runs) if d]
     rows = []
-    for d in runs:
+    for d, only_peers in [(d, False) for d in runs] + [(d, True) for d in peers]:
         for system, by_decoding in d["summary"].items():
+            if only_peers and not system.startswith("transformers"):
+                continue
             for decoding, s in by_decoding.items():
                 per = s.get("points_vs_fp32_per_recording")
                 rows.append([_kernels(d["env"]), f"`{system}`", decoding, f"{s['pooled_wer_pct']:.2f}",
@@ -270,7 +274,8 @@ def longform_wer(names: tuple[str, ...]) -> str | None:
               f"({min(r['audio_s'] for r in recs):.0f}–{max(r['audio_s'] for r in recs):.0f} s, "
               f"{words} words), "
               f"each transcribed whole; {first['threads']} threads; fp32 = the `{first['reference']}` bundle; "
-              f"{_one_machine(runs)}\n")
+              f"{_one_machine(runs + peers)}"
+              + (f"; peers' rows from {', '.join(f'`{n}`' for n in peer_runs)}" if peers else "") + "\n")
 
 
 def divergence(names: tuple[str, ...]) -> str | None:
@@ -602,8 +607,13 @@ TABLES = {
     "LONGFORM_TABLE": longform,
     "DIVERGENCE_TABLE": lambda: divergence(("bundle_divergence.json", "bundle_divergence_cpuid_vnni.json",
                                             "bundle_divergence_cpuid_avx2.json")),
+    "INT4_BLOCKS_DIVERGENCE_TABLE": lambda: divergence(("bundle_divergence_int4_blocks.json",
+                                                        "bundle_divergence_int4_blocks_cpuid_vnni.json",
+                                                        "bundle_divergence_int4_blocks_cpuid_avx2.json")),
+    # transformers' rows: the run of 2026-12-07 before the 4-bit decoder's blocks of 64 (its edgeq rows
+    # are the bundles of then; only the peer is shown from it)
     "LONGFORM_WER_TABLE": lambda: longform_wer(("longform_wer_cpuid_avx2.json", "longform_wer_cpuid_vnni.json",
-                                                "longform_wer_amx.json")),
+                                                "longform_wer_amx.json"), peer_runs=("longform_wer_amx_b128.json",)),
     "SPINNING_TABLE": spinning,
 }
 

@@ -171,12 +171,15 @@ def test_bundle_transcribes_without_torch(name, bundles, probed, torch_reference
     assert probed["torch_imported"] is False
     p = probed["probes"][str(_get(bundles, name).path)]
     logits, ref = np.array(p["logits"]), np.array(torch_reference["logits"])
-    assert len(p["tokens"]) > 0 and np.isfinite(logits).all()
+    assert np.isfinite(logits).all()
     assert np.linalg.norm(logits - ref) / np.linalg.norm(ref) <= LOGITS_REL[name]
     if name in ("onnx-fp32", "onnx-fp16"):
         assert p["tokens"] == torch_reference["tokens"]
     elif name not in ("onnx-int4", "onnx-int8-dynamic-int4-decoder"):
         assert p["tokens"][0] == torch_reference["tokens"][0]
+    # 4-bit: on random weights the greedy path parts from fp32's within a few tokens, and may leave
+    # no text at all (the 4-bit decoder in blocks of 64 does, on this model): the logits above are
+    # the check here, real speech is tests/real/test_onnx_real.py's.
 
 
 def test_fp32_matches_pytorch(bundles, probed, torch_reference):
@@ -314,7 +317,8 @@ def test_quantized_graphs_use_the_recipes_operators(bundles):
 
 def test_an_int8_scheme_s_weights_format_is_its_decoder_s_and_its_encoder_stays_int8(bundles):
     # onnx-int8-dynamic-int4-decoder: the same int8 encoder as onnx-int8-dynamic, the decoder's
-    # Linear layers as 4-bit MatMulNBits blocks of 128 with zero points, the tied table 8-bit.
+    # Linear layers as 4-bit MatMulNBits blocks of 64 with zero points, the tied table and the last
+    # layer's feed-forward 8-bit blocks of 128.
     from onnx import helper
 
     def nbits(graph):
@@ -333,10 +337,10 @@ def test_an_int8_scheme_s_weights_format_is_its_decoder_s_and_its_encoder_stays_
     linears = len(nbits(dec4)) - table
     assert len(_weight_matmul_integers(dec8)) == linears
     assert nbits(dec4).count((8, 128, False)) == table + last_ffn
-    assert nbits(dec4).count((4, 128, True)) == linears - last_ffn > 0
+    assert nbits(dec4).count((4, 64, True)) == linears - last_ffn > 0
     quantization = json.loads((mixed.path / "onnx.json").read_text())["quantization"]
     assert quantization["decoder"] == "MatMulNBits 4-bit"
-    assert quantization["decoder_layers_per_format"]["int8-b128"] == last_ffn
+    assert quantization["decoder_layers_per_format"] == {"int8-b128": last_ffn, "int4-b64": linears - last_ffn}
     assert mixed.manifest.size.weights_bytes < int8.manifest.size.weights_bytes
 
 
