@@ -240,6 +240,11 @@ def _one_machine(runs: list[dict]) -> str:
                                          "(the libraries ran the kernels of such a CPU on this one)" if masked else "")
 
 
+def _is_peer(system: str) -> bool:
+    """longform_wer.py's systems that are not edgeq bundles (--transformers)."""
+    return system.startswith("transformers")
+
+
 def longform_wer(names: tuple[str, ...], peer_runs: tuple[str, ...] = ()) -> str | None:
     """longform_wer.py: per kind of kernels, bundle and decoding, WER pooled over several long
     recordings against the float weights', with the per-recording spread and the longest run of
@@ -252,7 +257,7 @@ def longform_wer(names: tuple[str, ...], peer_runs: tuple[str, ...] = ()) -> str
     rows = []
     for d, only_peers in [(d, False) for d in runs] + [(d, True) for d in peers]:
         for system, by_decoding in d["summary"].items():
-            if only_peers and not system.startswith("transformers"):
+            if only_peers and not _is_peer(system):
                 continue
             for decoding, s in by_decoding.items():
                 per = s.get("points_vs_fp32_per_recording")
@@ -262,7 +267,7 @@ def longform_wer(names: tuple[str, ...], peer_runs: tuple[str, ...] = ()) -> str
                              f"{per['median']:+.2f} ({per['min']:+.2f} to {per['max']:+.2f})",
                              f"{s['wer_pct_range'][0]:.2f}–{s['wer_pct_range'][1]:.2f}",
                              f"{s['longest_inserted_run']} / {s['longest_deleted_run']}",
-                             "" if system == d["reference"] else "(peer)" if system.startswith("transformers")
+                             "" if system == d["reference"] else "(peer)" if _is_peer(system)
                              else "met" if s.get("met") else "**not met**"])
     first = runs[0]
     recs = first["recordings"]

@@ -15,15 +15,19 @@ from edgeq.errors import RecipeError
 from edgeq.spec.recipe import apply_overrides, load_recipe
 
 
-@pytest.fixture(scope="module")
-def model():
+def _whisper(d_model: int):
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
     config = WhisperConfig(vocab_size=300, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=3,
-                           num_mel_bins=80, d_model=64, encoder_layers=2, decoder_layers=2,
-                           encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=128,
-                           decoder_ffn_dim=128, max_source_positions=1500, max_target_positions=32)
+                           num_mel_bins=80, d_model=d_model, encoder_layers=2, decoder_layers=2,
+                           encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=2 * d_model,
+                           decoder_ffn_dim=2 * d_model, max_source_positions=1500, max_target_positions=32)
     return WhisperForConditionalGeneration(config)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _whisper(64)
 
 
 def plan_for(model, recipe: str, *sets: str) -> dict:
@@ -98,14 +102,8 @@ def test_the_shipped_4bit_decoder_recipe_plans_blocks_of_64_and_keeps_its_8bit_l
     # onnx-int8-dynamic-int4-decoder: 4-bit decoder layers in blocks of 64 (a greedy loop on long audio
     # with blocks of 128, recipes/onnx-int8-dynamic-int4-decoder.toml), the last layer's feed-forward
     # 8-bit in blocks of 128, and the tied table (weights.group_size) in blocks of 128.
-    from transformers import WhisperConfig, WhisperForConditionalGeneration
-
-    model = WhisperForConditionalGeneration(WhisperConfig(  # d_model 128: blocks of 128 divide every layer's inputs
-        vocab_size=300, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=3, num_mel_bins=80,
-        d_model=128, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
-        encoder_ffn_dim=256, decoder_ffn_dim=256, max_source_positions=1500, max_target_positions=32))
     recipe = load_recipe("onnx-int8-dynamic-int4-decoder")
-    plan = quantization_plan(model, recipe)
+    plan = quantization_plan(_whisper(128), recipe)  # d_model 128: blocks of 128 divide every layer's inputs
     decoder = {n: (w.format, w.group_size) for n, w in plan.items() if n.startswith("model.decoder.")}
     assert {decoder.pop(f"model.decoder.layers.1.{fc}") for fc in ("fc1", "fc2")} == {("int8", 128)}
     assert set(decoder.values()) == {("int4", 64)}
