@@ -54,7 +54,7 @@ def _allocation(path: Path) -> dict:
 
     recipe = read_manifest(path).recipe
     quantization = json.loads((path / LAYOUT_FILE).read_text())["quantization"]
-    return {"table": f"{recipe.modules.embeddings}/{recipe.weights.group_size}",
+    return {"table": f"{recipe.modules.embeddings}/{recipe.table_group_size}",
             "linears": quantization.get("layers_per_format", {f"int{recipe.weights.bits}-b{recipe.weights.group_size}": -1})}
 
 

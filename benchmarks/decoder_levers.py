@@ -10,7 +10,8 @@ bundles run them against the alternative.
   against one product per layer over all heads at once: keys [F, H*Dh] times a block-diagonal
   query [H*Dh, H], and values [H*Dh, F] times the probabilities [F, H] (the same sums, each head's
   column zero outside its block). Why asked: each head's product has one column, and the kernels
-  work on 8 to 16 at a time.
+  work on 8 to 16 at a time. Also per head with the values transposed (read in place on the left,
+  not packed on the right at every call) or the keys transposed (the query one row on the left).
 * weights: the step's Linear layers (q, k, v, o and cross q, o at d x d; fc1, fc2) as the bundles
   hold them, 8-bit MatMulNBits in blocks of 128 with int8 activations (accuracy_level 4), against
   DynamicQuantizeMatMul with 7-bit per-channel weights, the uint8 x int8 kind an AVX2 CPU can run
@@ -103,13 +104,50 @@ def cross_graphs(heads: int, head_dim: int, frames: int, layers: int, signed: bo
     for i in range(layers):
         feed[f"k{i}"] = np.ascontiguousarray(keys[i].transpose(1, 0, 2).reshape(frames, hd))  # [F, H*Dh]
         feed[f"v{i}"] = np.ascontiguousarray(values[i].transpose(0, 2, 1).reshape(hd, frames))  # [H*Dh, F]
-    return {"per head (as built)": per_head, "one per layer, block-diagonal": (_model(nodes, inputs, outputs, zeros), feed)}
+    block_diagonal = (_model(nodes, inputs, outputs, zeros), feed)
+
+    # Per head, the values transposed: V^T [H, Dh, F] times the probabilities [H, F, 1]. The values
+    # become the left operand, which MLAS reads in place; as the right one (as built) they are a
+    # runtime B matrix that ONNX Runtime packs on every call (keys are already on the left).
+    nodes, inputs, outputs = [], [], []
+    for i in range(layers):
+        inputs += [_info(f"k{i}", TensorProto.UINT8, [heads, frames, head_dim]),
+                   _info(f"vt{i}", TensorProto.UINT8, [heads, head_dim, frames])]
+        nodes += [helper.make_node("MatMulInteger", [f"k{i}", "q", "zp128", q_zero], [f"scores{i}"]),
+                  helper.make_node("MatMulInteger", [f"vt{i}", "pt", "zp128", "zp0"], [f"mixed{i}"])]
+        outputs += [_info(f"scores{i}", TensorProto.INT32, None), _info(f"mixed{i}", TensorProto.INT32, None)]
+    inputs += [_info("q", q_type, [heads, head_dim, 1]), _info("pt", TensorProto.UINT8, [heads, frames, 1])]
+    feed = {**{f"k{i}": k for i, k in enumerate(keys)},
+            **{f"vt{i}": np.ascontiguousarray(v.transpose(0, 2, 1)) for i, v in enumerate(values)},
+            "q": query, "pt": np.ascontiguousarray(probs.transpose(0, 2, 1))}
+    values_left = (_model(nodes, inputs, outputs, zeros), feed)
+
+    # Per head, the keys transposed: the query [H, 1, Dh] times K^T [H, Dh, F], so that both
+    # products have one row on the left and a wide runtime matrix on the right, as the values' has.
+    nodes, inputs, outputs = [], [], []
+    for i in range(layers):
+        inputs += [_info(f"kt{i}", TensorProto.UINT8, [heads, head_dim, frames]),
+                   _info(f"v{i}", TensorProto.UINT8, [heads, frames, head_dim])]
+        nodes += [helper.make_node("MatMulInteger", ["qr", f"kt{i}", q_zero, "zp128"], [f"scores{i}"]),
+                  helper.make_node("MatMulInteger", ["p", f"v{i}", "zp0", "zp128"], [f"mixed{i}"])]
+        outputs += [_info(f"scores{i}", TensorProto.INT32, None), _info(f"mixed{i}", TensorProto.INT32, None)]
+    inputs += [_info("qr", q_type, [heads, 1, head_dim]), _info("p", TensorProto.UINT8, [heads, 1, frames])]
+    feed = {**{f"kt{i}": np.ascontiguousarray(k.transpose(0, 2, 1)) for i, k in enumerate(keys)},
+            **{f"v{i}": v for i, v in enumerate(values)},
+            "qr": np.ascontiguousarray(query.transpose(0, 2, 1)), "p": probs}
+    keys_right = (_model(nodes, inputs, outputs, zeros), feed)
+    return {"per head (as built)": per_head, "one per layer, block-diagonal": block_diagonal,
+            "per head, values transposed": values_left, "per head, keys transposed": keys_right}
 
 
 def cross_per_head(outputs: dict, heads: int, head_dim: int) -> dict:
-    """The block-diagonal variant's outputs in the per-head layout: scores [H, F, 1], mixed [H, 1, Dh]."""
+    """A variant's outputs in the per-head layout: scores [H, F, 1], mixed [H, 1, Dh]."""
     out = {}
     for name, value in outputs.items():
+        if value.ndim == 3:  # per head: values transposed, mixed [H, Dh, 1]; keys transposed, scores [H, 1, F]
+            wrong = value.shape[1] == 1 if name.startswith("scores") else value.shape[2] == 1
+            out[name] = value.transpose(0, 2, 1) if wrong else value
+            continue
         if name.startswith("scores"):  # [F, H]
             out[name] = value.T[:, :, None]
         else:  # [H*Dh, H]: head h's block is rows h*Dh.., column h

@@ -58,7 +58,7 @@ def recipe_catalogue() -> str:
 
     return _table(["recipe", "library", "scheme", "weights", "granularity", "embeddings", "description"], [
         [f"`{r.name}`", BACKENDS[r.backend].library, r.scheme, r.weights.format, r.granularity_label,
-         r.modules.embeddings, r.description]
+         r.embeddings_label, r.description]
         for r in list_recipes()
     ])
 

@@ -137,7 +137,7 @@ def recipes(ctx) -> None:
     for r in list_recipes():
         table.add_row(*map(_esc, (
             r.name, BACKENDS[r.backend].library, r.scheme, r.weights.format, r.granularity_label,
-            r.modules.embeddings, r.description,
+            r.embeddings_label, r.description,
         )))
     _console().print(table)
 

@@ -22,15 +22,17 @@ def _run(model: bytes, feed: dict) -> dict:
 
 
 @pytest.mark.parametrize("signed", [True, False], ids=["vnni-codes", "portable-codes"])
-def test_one_product_per_layer_computes_each_heads_cross_attention_sums(signed):
+def test_every_cross_attention_layout_computes_each_heads_sums(signed):
     heads, head_dim = 3, 16
     made = levers.cross_graphs(heads, head_dim, frames=40, layers=2, signed=signed, rng=np.random.default_rng(1))
-    (per_head, one) = made.values()
+    (per_head, *others) = made.values()
     expected = _run(*per_head)
-    got = levers.cross_per_head(_run(*one), heads, head_dim)
-    assert expected.keys() == got.keys() and len(expected) == 4
-    for name in expected:
-        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+    assert len(others) == 3
+    for other in others:
+        got = levers.cross_per_head(_run(*other), heads, head_dim)
+        assert expected.keys() == got.keys() and len(expected) == 4
+        for name in expected:
+            np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
     assert any(np.abs(v).max() > 1000 for v in expected.values())  # sums of real size, not zeros
 
 

@@ -25,8 +25,9 @@ bound by memory traffic, which 4-bit blocks halve (onnx-int8-dynamic-int4-decode
 MatMulNBits blocks are `weights.group_size` wide (granularity "group" is required where they are
 used); `options.per_channel` and `options.reduce_range` apply to quantize_dynamic / QDQ weights.
 `modules.embeddings` stores the tied embedding / LM-head table once as float, int8 or int4
-blocks. `modules.encoder/decoder/include/exclude` select layers by their transformers names, as
-for every other backend; with scheme weight-only, `modules.overrides` give a layer its own
+blocks (of `modules.embeddings_group_size`, else `weights.group_size`).
+`modules.encoder/decoder/include/exclude` select layers by their transformers names, as for every
+other backend; with scheme weight-only, `modules.overrides` give a layer its own
 MatMulNBits format (int8/int4/int2) and block (what `--recipe auto` writes). `options.
 float16_storage` stores the float tensors left (convolutions, positional tables) as float16.
 """
@@ -271,7 +272,7 @@ def quantize_graphs(model, recipe, encoder, decoder, calibration):
     embeddings = recipe.modules.embeddings
     if embeddings != "float":
         table_bits = 4 if embeddings == "int4" else 8
-        info["tied_table"] = oq.quantize_tied_table(decoder, table_bits, w.group_size, opts.accuracy_level) or "float"
+        info["tied_table"] = oq.quantize_tied_table(decoder, table_bits, recipe.table_group_size, opts.accuracy_level) or "float"
     else:
         info["tied_table"] = "float"
     enc_nodes, dec_nodes = _planned_nodes(model, plan, encoder, decoder)

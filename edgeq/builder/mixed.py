@@ -52,7 +52,7 @@ BASE_RECIPE = "onnx-int4"
 # 6 Linears at int2 3.39 %. Above that, bundles with or without int4/256 read within 2 words.
 LINEAR_CHOICES = (("int8", 128), ("int4", 32), ("int4", 128), ("int4", 256), ("int2", 32))
 # The tied table is symmetric 4/8-bit blocks (onnx_quant.quantize_tied_table); its block is the
-# recipe's weights.group_size.
+# recipe's modules.embeddings_group_size.
 TABLE_CHOICES = (("int8", 128), ("int4", 32), ("int4", 64), ("int4", 128), ("int4", 256))
 
 
@@ -290,7 +290,7 @@ def allocate_with(result: Scan, budget_bytes: int, allowed=lambda c: True,
 
 
 def auto_recipe(chosen: dict[str, Choice], max_size_mb: float, base: Recipe | None = None) -> Recipe:
-    """An ordinary onnx recipe: the table's format sets embeddings and weights.group_size, the
+    """An ordinary onnx recipe: the table's choice sets modules.embeddings and its block, the
     commonest Linear choice the default weights, and one override per other Linear."""
     base = base or load_recipe(BASE_RECIPE)
     linears = {n: c for n, c in chosen.items() if n != TABLE}
@@ -298,16 +298,16 @@ def auto_recipe(chosen: dict[str, Choice], max_size_mb: float, base: Recipe | No
     for c in linears.values():
         counts[c] = counts.get(c, 0) + 1
     common = max(counts, key=lambda c: (counts[c], FORMAT_BITS[c[0]], -c[1]))
-    table = chosen.get(TABLE, (f"int{FORMAT_BITS[base.modules.embeddings]}", base.weights.group_size))
+    table = chosen.get(TABLE, (f"int{FORMAT_BITS[base.modules.embeddings]}", base.table_group_size))
     data = base.to_dict()
     data["name"] = f"auto-{max_size_mb:g}MB"
     data["description"] = (
         f"mixed precision from a sensitivity scan: table {table[0]}/{table[1]}, " +
         ", ".join(f"{counts[c]} Linear {c[0]}/{c[1]}" for c in sorted(counts, key=lambda c: (-FORMAT_BITS[c[0]], c[1]))))
-    data["weights"] = {**data["weights"], "format": common[0], "granularity": "group", "group_size": table[1]}
-    data["modules"] = {**data["modules"], "embeddings": table[0]}
+    data["weights"] = {**data["weights"], "format": common[0], "granularity": "group", "group_size": common[1]}
+    data["modules"] = {**data["modules"], "embeddings": table[0], "embeddings_group_size": table[1]}
     data["modules"]["overrides"] = {n: {"format": c[0], "granularity": "group", "group_size": c[1]}
-                                    for n, c in sorted(linears.items()) if c != (common[0], table[1])}
+                                    for n, c in sorted(linears.items()) if c != common}
     data["options"] = {**data["options"], "float16_storage": True}
     return recipe_from_dict(data, "auto recipe")
 

@@ -85,6 +85,11 @@ class ModuleSpec(_Strict):
     # The token embedding, tied to proj_out (the LM head): kept float or stored once as int8 rows
     # used by both (int4 blocks: onnx backend only).
     embeddings: Literal["float", "int8", "int4"] = "float"
+    # The onnx backend's table blocks (MatMulNBits, symmetric); unset, weights.group_size. A field of
+    # its own so that a recipe's Linear layers and its table can differ in block size without the
+    # table's block posing as the recipe's (onnx-int8-dynamic-int4-decoder: layers 64, table 128).
+    # Torch backends store the table per row and refuse it.
+    embeddings_group_size: Positive | None = None
     overrides: dict[str, WeightOverride] = field(default_factory=dict)  # fnmatch pattern -> weight spec
 
 
@@ -228,6 +233,12 @@ class Recipe(_Strict, kw_only=True):
             raise ValueError(f"scheme {self.scheme!r} keeps activations float")
         if self.modules.embeddings == "int4" and spec.runtime != "onnxruntime":
             raise ValueError("modules.embeddings 'int4' needs the onnx backend; use 'int8' or 'float'")
+        if self.modules.embeddings_group_size is not None:
+            if spec.runtime != "onnxruntime":
+                raise ValueError("modules.embeddings_group_size needs the onnx backend (torch backends "
+                                 "store the table per row)")
+            if self.modules.embeddings == "float":
+                raise ValueError("modules.embeddings_group_size needs modules.embeddings 'int8' or 'int4'")
         self.typed_options  # noqa: B018 - checked here, so a recipe with bad options never exists
 
     @property
@@ -248,6 +259,19 @@ class Recipe(_Strict, kw_only=True):
     @property
     def runtime(self) -> str:
         return BACKENDS[self.backend].runtime
+
+    @property
+    def table_group_size(self) -> int | None:
+        """The onnx backend's block size for the tied token table."""
+        return self.modules.embeddings_group_size or self.weights.group_size
+
+    @property
+    def embeddings_label(self) -> str:
+        """The table's format as the recipe tables show it: onnx blocks with their size."""
+        emb = self.modules.embeddings
+        if emb == "float" or self.runtime != "onnxruntime" or self.table_group_size is None:
+            return emb
+        return f"{emb} group {self.table_group_size}"
 
     @property
     def granularity_label(self) -> str:

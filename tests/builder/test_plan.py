@@ -101,10 +101,11 @@ def test_a_negative_index_resolved_to_a_pattern_already_there_keeps_first_match_
 def test_the_shipped_4bit_decoder_recipe_plans_blocks_of_64_and_keeps_its_8bit_layers_in_blocks_of_128():
     # onnx-int8-dynamic-int4-decoder: 4-bit decoder layers in blocks of 64 (a greedy loop on long audio
     # with blocks of 128, recipes/onnx-int8-dynamic-int4-decoder.toml), the last layer's feed-forward
-    # 8-bit in blocks of 128, and the tied table (weights.group_size) in blocks of 128.
+    # 8-bit in blocks of 128, and the tied table in blocks of 128 (modules.embeddings_group_size).
     recipe = load_recipe("onnx-int8-dynamic-int4-decoder")
     plan = quantization_plan(_whisper(128), recipe)  # d_model 128: blocks of 128 divide every layer's inputs
     decoder = {n: (w.format, w.group_size) for n, w in plan.items() if n.startswith("model.decoder.")}
     assert {decoder.pop(f"model.decoder.layers.1.{fc}") for fc in ("fc1", "fc2")} == {("int8", 128)}
     assert set(decoder.values()) == {("int4", 64)}
-    assert recipe.modules.embeddings == "int8" and recipe.weights.group_size == 128
+    assert recipe.modules.embeddings == "int8" and recipe.table_group_size == 128
+    assert recipe.granularity_label == "group 64" and recipe.embeddings_label == "int8 group 128"

@@ -114,6 +114,18 @@ def test_invalid_toml(tmp_path):
 
 
 
+def test_the_table_s_block_is_its_own_field_on_the_onnx_backend_only():
+    r = apply_overrides(load_recipe("onnx-int4"), ["modules.embeddings_group_size=64"])
+    assert r.table_group_size == 64 and r.weights.group_size == 32 and r.embeddings_label == "int4 group 64"
+    # unset, the table's block is the weights'
+    assert load_recipe("onnx-int4").table_group_size == 32
+    with pytest.raises(RecipeError, match="embeddings_group_size needs the onnx backend"):
+        apply_overrides(load_recipe("hqq-int4-g64"), ["modules.embeddings_group_size=64"])
+    with pytest.raises(RecipeError, match="embeddings_group_size needs modules.embeddings 'int8' or 'int4'"):
+        apply_overrides(load_recipe("onnx-int4"), ["modules.embeddings=float", "modules.embeddings_group_size=64"])
+    assert load_recipe("hqq-int4-g64").embeddings_label == "int8"  # torch backends: one scale per row
+
+
 def test_set_changes_values_validates_them_and_labels_the_name():
     r = apply_overrides(load_recipe("hqq-int4-g64"), ["weights.group_size=32", "modules.embeddings=float"])
     assert r.weights.group_size == 32 and r.modules.embeddings == "float"
