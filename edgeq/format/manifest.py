@@ -181,6 +181,10 @@ class Manifest(Schema, kw_only=True):
                 # lists every option, defaults included. Not damage.
                 from edgeq import __version__
 
+                if data.get("edgeq_version") == __version__:  # a newer checkout of the same version
+                    raise BundleError(
+                        f"{where}: {MANIFEST}: {problem}: written by a later build of edgeq {__version__} "
+                        "than this one, or edited; update this edgeq, or rebuild the bundle with it") from None
                 raise BundleError(
                     f"{where}: {MANIFEST}: {problem}: written by an edgeq that knows more than this one "
                     f"({__version__}; the bundle says edgeq {data.get('edgeq_version')}), or edited; "

@@ -186,9 +186,13 @@ def test_manifest_fields_are_checked_for_their_types(tmp_path):
         (lambda m: m.update(extra=1), r"unknown key 'extra'"),
         (lambda m: m["files"][WEIGHTS].update(sha256="x"), r"sha256.*the bundle is damaged, rebuild it"),
         # What a later edgeq writes (a new recipe option, a new value): not called damage.
-        (lambda m: m["recipe"]["options"].update(cross_kv_bits=8),
+        (lambda m: (m["recipe"]["options"].update(cross_kv_bits=8), m.update(edgeq_version="9.9.9")),
          r"recipe: options: unknown key 'cross_kv_bits': written by an edgeq that knows more than "
-         rf"this one \({V}; the bundle says edgeq [^)]+\), or edited; install that edgeq here, or rebuild"),
+         rf"this one \({V}; the bundle says edgeq 9.9.9\), or edited; install that edgeq here, or rebuild"),
+        # ... or a newer checkout of this very version, which no version number tells apart
+        (lambda m: (m["recipe"]["modules"].update(table_bits=8), m.update(edgeq_version=edgeq.__version__)),
+         rf"unknown key 'recipe.modules.table_bits': written by a later build of edgeq {V} than this one, "
+         r"or edited; update this edgeq, or rebuild the bundle with it"),
         (lambda m: m["recipe"].update(scheme="sparse"), r"recipe.scheme: 'sparse' is not allowed.*knows more than this"),
     ]:
         b = write_bundle(tmp_path / "b", _populate, force=True)
