@@ -2,7 +2,8 @@
 MatMulNBits as DynamicQuantizeMatMul with int8 weights per output channel, to measure that lever
 (benchmarks/decoder_levers.py, "weights") on whole decoder steps and on real speech before it was
 built into the product (options.decoder_int8 = "channels", which onnx-int8-dynamic sets: probe a
-bundle built with --set options.decoder_int8=blocks).
+bundle built with --set options.decoder_int8=blocks --set weights.granularity=group
+--set weights.group_size=128).
 
     python benchmarks/probe_dynamic_decoder.py BUNDLE OUT [--levels 63]
 

@@ -32,7 +32,8 @@ def test_the_probe_runs_the_same_decoder_step_with_dynamic_int8_weights(tiny_mod
 
     # The probe measured this lever before it was built in: it reads a decoder of 8-bit MatMulNBits,
     # which onnx-int8-dynamic now writes as per-channel int8 itself (options.decoder_int8).
-    blocks = apply_overrides(load_recipe("onnx-int8-dynamic"), ["options.decoder_int8=blocks"])
+    blocks = apply_overrides(load_recipe("onnx-int8-dynamic"), ["options.decoder_int8=blocks",
+                                                                "weights.granularity=group", "weights.group_size=128"])
     bundle = edgeq.build(blocks, model=str(tiny_model), out=tmp_path / "b", language="en").path
     out = tmp_path / "probe"
     counts = probe.probe(bundle, out, levels=63)

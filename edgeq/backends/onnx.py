@@ -195,10 +195,17 @@ def _check_recipe(recipe) -> None:
                           "activations per call, which only the int8 schemes do (dynamic, static); use 'blocks'")
     if recipe.typed_options.cross_kv == "int8" and _float16_graphs(recipe):
         raise RecipeError(f"recipe {recipe.name}: options.cross_kv = 'int8' needs float32 graphs, not float16 weights")
-    if recipe.scheme != "none" and w.granularity != "group" and _uses_nbits(recipe):
+    if w.granularity != "group" and _writes_linear_nbits(recipe):
         raise RecipeError(
             f"recipe {recipe.name}: ONNX MatMulNBits quantizes in blocks: set weights.granularity = "
             "'group' and weights.group_size (e.g. 32 for int4, 128 for int8)"
+            + (", or options.decoder_int8 = 'channels'" if recipe.scheme in ("dynamic", "static")
+               and w.format == "int8" else "")
+        )
+    if _uses_nbits(recipe) and recipe.modules.embeddings != "float" and recipe.table_group_size is None:
+        raise RecipeError(
+            f"recipe {recipe.name}: the tied table is stored in MatMulNBits blocks: set "
+            "modules.embeddings_group_size (e.g. 128 for int8, 32 for int4)"
         )
     if recipe.typed_options.accuracy_level != 4 and _writes_8bit_nbits(recipe):
         # MLAS has no float kernel for 8-bit MatMulNBits blocks (its 8-bit variants compute with int8
@@ -234,6 +241,12 @@ def _check_recipe(recipe) -> None:
             f"recipe {recipe.name}: ONNX MatMulNBits overrides take format {', '.join(NBITS_FORMATS)} "
             f"or float, not {', '.join(sorted(formats - set(NBITS_FORMATS)))}"
         )
+    for pattern, o in recipe.modules.overrides.items():
+        if o.format != "float" and _override_nbits(recipe, o.format) and (o.granularity or w.granularity) != "group":
+            raise RecipeError(
+                f"recipe {recipe.name}: modules.overrides.{pattern!r} is written as MatMulNBits blocks: give it "
+                "granularity = 'group' and a group_size"
+            )
 
 
 def _float16_graphs(recipe) -> bool:
@@ -242,6 +255,20 @@ def _float16_graphs(recipe) -> bool:
 
 def _uses_nbits(recipe) -> bool:
     return recipe.scheme in ("dynamic", "static", "weight-only")
+
+
+def _writes_linear_nbits(recipe) -> bool:
+    """Whether the recipe's own weight spec goes into MatMulNBits for Linear layers: weight-only
+    always; the int8 schemes' decoder unless its 8-bit layers run as DynamicQuantizeMatMul
+    (options.decoder_int8 = "channels", per channel: no blocks)."""
+    return _uses_nbits(recipe) and _override_nbits(recipe, recipe.weights.format)
+
+
+def _override_nbits(recipe, fmt: str) -> bool:
+    """Whether a Linear layer of format `fmt` becomes MatMulNBits (and so needs blocks)."""
+    if recipe.scheme == "weight-only":
+        return True
+    return fmt != "int8" or recipe.typed_options.decoder_int8 == "blocks"
 
 
 def _writes_8bit_nbits(recipe) -> bool:

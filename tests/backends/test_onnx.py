@@ -397,6 +397,7 @@ def test_decoder_layers_of_an_int8_scheme_take_their_own_width_and_encoder_layer
     # fc1 and fc2, as MatMulNBits (K, N) = (d_model, ffn) and (ffn, d_model), the rest 4-bit.
     import edgeq
     from edgeq.backends.onnx import _check_recipe
+    from edgeq.schema import replace
     from edgeq.spec.recipe import apply_overrides, load_recipe
 
     config = json.loads((Path(tiny_model) / "config.json").read_text())
@@ -411,7 +412,8 @@ def test_decoder_layers_of_an_int8_scheme_take_their_own_width_and_encoder_layer
     assert eight == sorted([(d, ffn), (ffn, d)])
     # Every decoder layer 4-bit but the first layer's self-attention queries, 8-bit: one more 8-bit node.
     # A pattern past the last layer matches nothing: said once, not once per look at the plan.
-    recipe = apply_overrides(load_recipe("onnx-int8-dynamic"), ["weights.format=int4",
+    recipe = apply_overrides(load_recipe("onnx-int8-dynamic"), [
+                             "weights.format=int4", "weights.granularity=group", "weights.group_size=32",
                              'modules.overrides."model.decoder.layers.0.self_attn.q_proj"={format="int8"}',
                              'modules.overrides."model.decoder.layers.-99.fc1"={format="int8"}'])
     with caplog.at_level(logging.WARNING, logger="edgeq"):
@@ -422,6 +424,18 @@ def test_decoder_layers_of_an_int8_scheme_take_their_own_width_and_encoder_layer
     encoder_layer = 'modules.overrides."model.encoder.layers.0.fc1"={format="int4"}'
     with pytest.raises(RecipeError, match=r"decoder's MatMulNBits only; name decoder layers .*model\.encoder\.layers\.0\.fc1"):
         _check_recipe(apply_overrides(load_recipe("onnx-int8-dynamic"), [encoder_layer]))
+    # onnx-int8-dynamic is per channel: a 4-bit layer, or 4-bit weights, need blocks named
+    four = 'modules.overrides."model.decoder.layers.0.fc1"={format="int4"}'
+    with pytest.raises(RecipeError, match=r"overrides.'model.decoder.layers.0.fc1' is written as MatMulNBits blocks"):
+        _check_recipe(apply_overrides(load_recipe("onnx-int8-dynamic"), [four]))
+    _check_recipe(apply_overrides(load_recipe("onnx-int8-dynamic"), [four[:-1] + ',granularity="group",group_size=32}']))
+    with pytest.raises(RecipeError, match="set weights.granularity = 'group'.*or options.decoder_int8 = 'channels'"):
+        _check_recipe(apply_overrides(load_recipe("onnx-int8-dynamic"), ["options.decoder_int8=blocks"]))
+    with pytest.raises(RecipeError, match="set weights.granularity = 'group'"):
+        _check_recipe(apply_overrides(load_recipe("onnx-int8-dynamic"), ["weights.format=int4"]))
+    with pytest.raises(RecipeError, match="tied table is stored in MatMulNBits blocks: set modules.embeddings_group_size"):
+        int8 = load_recipe("onnx-int8-dynamic")
+        _check_recipe(replace(int8, modules=replace(int8.modules, embeddings_group_size=None)))
     with pytest.raises(RecipeError, match="per-layer weight formats need MatMulNBits"):
         _check_recipe(apply_overrides(load_recipe("onnx-fp32"), ['modules.overrides."model.decoder.*"={format="int8"}']))
 
