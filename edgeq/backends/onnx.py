@@ -244,7 +244,7 @@ def _check_recipe(recipe) -> None:
     for pattern, o in recipe.modules.overrides.items():
         if o.format != "float" and _override_nbits(recipe, o.format) and (o.granularity or w.granularity) != "group":
             raise RecipeError(
-                f"recipe {recipe.name}: modules.overrides.{pattern!r} is written as MatMulNBits blocks: give it "
+                f'recipe {recipe.name}: modules.overrides."{pattern}" is written as MatMulNBits blocks: give it '
                 "granularity = 'group' and a group_size"
             )
 

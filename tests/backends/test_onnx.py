@@ -426,7 +426,7 @@ def test_decoder_layers_of_an_int8_scheme_take_their_own_width_and_encoder_layer
         _check_recipe(apply_overrides(load_recipe("onnx-int8-dynamic"), [encoder_layer]))
     # onnx-int8-dynamic is per channel: a 4-bit layer, or 4-bit weights, need blocks named
     four = 'modules.overrides."model.decoder.layers.0.fc1"={format="int4"}'
-    with pytest.raises(RecipeError, match=r"overrides.'model.decoder.layers.0.fc1' is written as MatMulNBits blocks"):
+    with pytest.raises(RecipeError, match=r'overrides."model.decoder.layers.0.fc1" is written as MatMulNBits blocks'):
         _check_recipe(apply_overrides(load_recipe("onnx-int8-dynamic"), [four]))
     _check_recipe(apply_overrides(load_recipe("onnx-int8-dynamic"), [four[:-1] + ',granularity="group",group_size=32}']))
     with pytest.raises(RecipeError, match="set weights.granularity = 'group'.*or options.decoder_int8 = 'channels'"):
