@@ -231,6 +231,7 @@ def _print_bundle_summary(bundle, headline: str) -> None:
     lines = [
         f"[bold green]{headline}[/] {_esc(bundle.path)}",
         f"  recipe     {_esc(m.recipe.name)} ({_esc(m.backend.library)} {_esc(m.backend.version or '')})",
+        f"  layers     {_esc(bundle.layers_summary())}",
         f"  source     {_esc(m.source.model)}",
         f"  weights    {_mb(size.reference_fp32_weights_bytes)} fp32 -> {_mb(size.weights_bytes)} "
         f"([bold]{size.reduction_pct or 0:.1f}% smaller[/])",

@@ -75,6 +75,7 @@ def test_build_transcribe_and_refuse_overwrite(tiny_model, audio_dir, tmp_path):
     # The summary states what the manifest holds, not a number of its own.
     assert f"{size['reduction_pct']:.1f}% smaller" in proc.stdout
     assert f"{size['bundle_bytes'] / 1e6:,.1f} MB in {len(manifest['files'])} files" in proc.stdout
+    assert "layers     not quantized (float32)" in proc.stdout
     assert_one_line_error(edgeq("build", "-r", "fp16", "-m", tiny_model, "-o", out),
                           r"already holds a bundle \(fp32\); pass --force")
     proc = edgeq("transcribe", out, audio_dir / "a_16k.wav", audio_dir / "b_44k_stereo.flac")

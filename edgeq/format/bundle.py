@@ -111,6 +111,38 @@ class Bundle:
             names += graph_files(self, read_layout(self))
         return names
 
+    def layers_summary(self) -> str:
+        """What the quantized layers are, in one line: an ONNX bundle's own record of its build
+        (onnx.json's quantization: each graph's operators, layers per format, the table's blocks),
+        else the recipe's spec (torch bundles: its scheme, weights and table)."""
+        if self.runtime == "onnxruntime":
+            from edgeq.format.layout import read_layout
+
+            q = read_layout(self).quantization
+            counts = q.get("decoder_layers_per_format") or q.get("layers_per_format")
+            detail = (", ".join(f"{k} x{v}" for k, v in counts.items()) if isinstance(counts, dict)
+                      else f"blocks of {q['block_size']}" if q.get("block_size") else "")
+            detail = f" ({detail})" if detail else ""
+            parts = []
+            if q.get("encoder") == q.get("decoder") == "MatMulNBits":  # weight-only: one spec for both
+                parts.append(f"encoder and decoder MatMulNBits {q.get('weights')}{detail}")
+            else:
+                if isinstance(q.get("encoder"), str):
+                    parts.append(f"encoder {q['encoder']}")
+                if isinstance(q.get("decoder"), str):
+                    parts.append(f"decoder {q['decoder']}{detail}")
+            table = q.get("tied_table")
+            if isinstance(table, dict) and {"bits", "block_size"} <= set(table):
+                parts.append(f"table int{table['bits']} blocks of {table['block_size']}")
+            if parts:
+                return "; ".join(parts)
+        r = self.recipe
+        if r.scheme == "none":
+            return f"not quantized ({r.weights.format})"
+        overrides = len(r.modules.overrides)
+        return (f"{r.scheme} {r.weights.format} {r.granularity_label}; table {r.embeddings_label}"
+                + (f"; {overrides} per-layer override{'s' * (overrides != 1)}" if overrides else ""))
+
     def extra_files(self) -> list[str]:
         """Files in the folder the manifest does not list (nothing loads them; `info` shows them)."""
         return sorted(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -314,6 +315,17 @@ def test_quantized_graphs_use_the_recipes_operators(bundles):
     assert ops["onnx-int8-dynamic-int4-decoder"][0] == ops["onnx-int8-dynamic"][0]
     enc, _ = _graphs(_get(bundles, "onnx-fp16"))
     assert any(t.data_type == 10 for t in enc.graph.initializer)  # FLOAT16 weights
+
+
+def test_the_layers_line_is_the_build_s_own_record(bundles):
+    # `edgeq info` / `edgeq build`'s "layers" line: onnx.json's quantization, what the build did
+    summary = {name: _get(bundles, name).layers_summary() for name in ONNX_RECIPES}
+    assert summary["onnx-fp32"] == "not quantized (float32)"
+    assert summary["onnx-int8-dynamic"] == ("encoder quantize_dynamic uint8 per-channel; decoder DynamicQuantizeMatMul "
+                                            "int8 per-channel, 7-bit codes; table int8 blocks of 128")
+    assert re.search(r"; decoder MatMulNBits 4-bit \(int4-b64 x\d+, int8-b128 x2\); table int8 blocks of 128$",
+                     summary["onnx-int8-dynamic-int4-decoder"]), summary["onnx-int8-dynamic-int4-decoder"]
+    assert summary["onnx-int4"].startswith("encoder and decoder MatMulNBits int4 (blocks of 32); table int4 blocks of")
 
 
 def test_an_int8_scheme_s_weights_format_is_its_decoder_s_and_its_encoder_stays_int8(bundles):

@@ -85,3 +85,8 @@ def test_manifest_describes_the_bundle(name, built):
                                "tokenizer.json", "recipe.toml"}
     assert m["size"]["bundle_bytes"] == sum(f["size"] for f in m["files"].values())
     assert m["requires"]["extra"]
+    # `edgeq info`'s layers line: a torch bundle's, from its recipe
+    r = bundle.recipe
+    expected = (f"not quantized ({r.weights.format})" if r.scheme == "none" else
+                f"{r.scheme} {r.weights.format} {r.granularity_label}; table {r.modules.embeddings}")
+    assert bundle.layers_summary().startswith(expected), bundle.layers_summary()
