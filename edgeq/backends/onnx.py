@@ -242,7 +242,7 @@ def _check_recipe(recipe) -> None:
             f"or float, not {', '.join(sorted(formats - set(NBITS_FORMATS)))}"
         )
     for pattern, o in recipe.modules.overrides.items():
-        if o.format != "float" and _override_nbits(recipe, o.format) and (o.granularity or w.granularity) != "group":
+        if o.format != "float" and _becomes_nbits(recipe, o.format) and (o.granularity or w.granularity) != "group":
             raise RecipeError(
                 f'recipe {recipe.name}: modules.overrides."{pattern}" is written as MatMulNBits blocks: give it '
                 "granularity = 'group' and a group_size"
@@ -261,11 +261,12 @@ def _writes_linear_nbits(recipe) -> bool:
     """Whether the recipe's own weight spec goes into MatMulNBits for Linear layers: weight-only
     always; the int8 schemes' decoder unless its 8-bit layers run as DynamicQuantizeMatMul
     (options.decoder_int8 = "channels", per channel: no blocks)."""
-    return _uses_nbits(recipe) and _override_nbits(recipe, recipe.weights.format)
+    return _uses_nbits(recipe) and _becomes_nbits(recipe, recipe.weights.format)
 
 
-def _override_nbits(recipe, fmt: str) -> bool:
-    """Whether a Linear layer of format `fmt` becomes MatMulNBits (and so needs blocks)."""
+def _becomes_nbits(recipe, fmt: str) -> bool:
+    """Whether a Linear layer of format `fmt` becomes MatMulNBits (and so needs blocks); otherwise,
+    in the int8 schemes with options.decoder_int8 = "channels", DynamicQuantizeMatMul per channel."""
     if recipe.scheme == "weight-only":
         return True
     return fmt != "int8" or recipe.typed_options.decoder_int8 == "blocks"
@@ -328,7 +329,8 @@ def quantize_graphs(model, recipe, encoder, decoder, calibration):
         # as the 8-bit one's. `modules.overrides` give single decoder layers another width.
         widths = {}
         if opts.decoder_int8 == "channels":
-            eight = {n for n, m in dec_nodes.items() if m is not None and plan[m].bits == 8}
+            # the layers _check_recipe let through without blocks: one rule for both (_becomes_nbits)
+            eight = {n for n, m in dec_nodes.items() if m is not None and not _becomes_nbits(recipe, plan[m].format)}
             decoder = oq.dynamic_int8(decoder, per_channel=True, reduce_range=True, only=sorted(eight), signed=True)
             dec_nodes = {n: m for n, m in dec_nodes.items() if n not in eight}
             if eight:
