@@ -273,10 +273,14 @@ def _becomes_nbits(recipe, fmt: str) -> bool:
 
 
 def _writes_8bit_nbits(recipe) -> bool:
-    """Whether the recipe writes any 8-bit MatMulNBits: its weights (weight-only, or the int8 schemes'
-    decoder), a per-layer override, or the tied token table (embeddings = "int8")."""
-    return _uses_nbits(recipe) and (recipe.weights.format == "int8" or recipe.modules.embeddings == "int8" or any(
-        o.format == "int8" for o in recipe.modules.overrides.values()))
+    """Whether the recipe writes any 8-bit MatMulNBits: its weights or a per-layer override where
+    they become MatMulNBits (_becomes_nbits: not the int8 schemes' 8-bit decoder layers under
+    options.decoder_int8 = "channels", which are DynamicQuantizeMatMul), or the tied token table
+    (embeddings = "int8", always blocks)."""
+    if not _uses_nbits(recipe):
+        return False
+    formats = [recipe.weights.format] + [o.format for o in recipe.modules.overrides.values()]
+    return recipe.modules.embeddings == "int8" or any(f == "int8" and _becomes_nbits(recipe, f) for f in formats)
 
 
 # --------------------------------------------------------------------------- quantization

@@ -134,6 +134,8 @@ class Bundle:
             table = q.get("tied_table")
             if isinstance(table, dict) and {"bits", "block_size"} <= set(table):
                 parts.append(f"table int{table['bits']} blocks of {table['block_size']}")
+            elif parts and self.recipe.modules.embeddings == "float":  # --set modules.embeddings=float
+                parts.append("table float")
             if parts:
                 return "; ".join(parts)
         r = self.recipe

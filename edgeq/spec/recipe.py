@@ -387,8 +387,20 @@ def apply_overrides(recipe: Recipe, assignments: list[str] | tuple[str, ...]) ->
         change = _parse_assignment(key, raw.strip(), item)
         _merge(data, change, item)
         labels.append(f"{key}={raw.strip()}")
+    _drop_table_blocks_of_a_float_table(data, [item.partition("=")[0] for item in assignments])
     data["name"] = f"{recipe.name}[{','.join(labels)}]"
     return recipe_from_dict(data, f"recipe {recipe.name} with --set")
+
+
+def _drop_table_blocks_of_a_float_table(data: dict[str, Any], keys: list[str]) -> None:
+    """`--set modules.embeddings=float` on a recipe that gives its quantized table a block size
+    (onnx-int8-dynamic: embeddings_group_size = 128) drops that size with the table's quantization,
+    instead of refusing the recipe for a block size of a float table; a size the user sets in the
+    same --set list stays, and is refused as before."""
+    modules = data.get("modules")
+    if isinstance(modules, dict) and modules.get("embeddings") == "float" and not any(
+            "embeddings_group_size" in k.replace(" ", "") for k in keys):
+        modules.pop("embeddings_group_size", None)
 
 
 def _parse_assignment(key: str, raw: str, item: str) -> dict[str, Any]:

@@ -765,7 +765,9 @@ def test_int8_cross_attention_needs_float32_graphs():
 
 
 @pytest.mark.parametrize("recipe, overrides", [
-    ("onnx-int8-dynamic", ["options.accuracy_level=1"]),  # the 8-bit decoder
+    ("onnx-int8-dynamic", ["options.accuracy_level=1"]),  # the table (its decoder is DynamicQuantizeMatMul)
+    ("onnx-int8-dynamic", ["modules.embeddings=float", "options.decoder_int8=blocks", "weights.granularity=group",
+                           "weights.group_size=128", "options.accuracy_level=1"]),  # the decoder in 8-bit blocks
     ("onnx-int8-dynamic-int4-decoder", ["options.accuracy_level=0"]),  # its 8-bit last feed-forward and table
     ("onnx-int4", ['modules.overrides."model.decoder.layers.0.fc1"={format="int8"}',  # one 8-bit layer
                    "options.accuracy_level=1"]),
@@ -778,6 +780,51 @@ def test_8bit_matmul_nbits_needs_int8_activations(recipe, overrides):
     with pytest.raises(RecipeError, match=r"accuracy_level = [01] with 8-bit MatMulNBits weights: .* use "
                                           r"options.accuracy_level = 4, or 4-bit weights$"):
         _check_recipe(apply_overrides(load_recipe(recipe), overrides))
+
+
+def test_no_8bit_matmul_nbits_no_accuracy_level_refusal():
+    from edgeq.backends.onnx import _check_recipe
+    from edgeq.spec.recipe import apply_overrides, load_recipe
+
+    # onnx-int8-dynamic with a float table writes no MatMulNBits at all: its decoder's 8-bit layers,
+    # an 8-bit override among them, are DynamicQuantizeMatMul (options.decoder_int8 = "channels"),
+    # which takes no accuracy level, so nothing is there to refuse.
+    _check_recipe(apply_overrides(load_recipe("onnx-int8-dynamic"), [
+        "modules.embeddings=float", "options.accuracy_level=1"]))
+    _check_recipe(apply_overrides(load_recipe("onnx-int8-dynamic"), [
+        "modules.embeddings=float", 'modules.overrides."model.decoder.layers.0.fc1"={format="int8"}',
+        "options.accuracy_level=0"]))
+
+
+def test_a_float_table_on_onnx_int8_dynamic_builds_from_the_command_line(tiny_model, audio_dir, torch_reference,
+                                                                         tmp_path):
+    # --set modules.embeddings=float drops the recipe's table block size (embeddings_group_size = 128)
+    # instead of refusing it, and with no 8-bit MatMulNBits left an accuracy level other than 4 is no
+    # reason to refuse either. The bundle has no MatMulNBits at all and transcribes like the others.
+    from helpers import assert_one_line_error
+    from helpers import edgeq as cli
+    from probe import probe
+
+    import edgeq
+    from edgeq.format.bundle import open_bundle
+
+    out = tmp_path / "float-table"
+    proc = cli("build", "-r", "onnx-int8-dynamic", "-m", tiny_model, "-o", out, "--language", "en",
+               "--set", "modules.embeddings=float", "--set", "options.accuracy_level=1")
+    assert proc.returncode == 0, proc.stderr
+    bundle = open_bundle(out)
+    assert bundle.layers_summary().endswith("decoder DynamicQuantizeMatMul int8 per-channel, 7-bit codes; table float")
+    enc, dec = _graphs(bundle)
+    assert not {"MatMulNBits", "GatherBlockQuantized"} & {n.op_type for n in [*enc.graph.node, *dec.graph.node]}
+    p = probe(edgeq.load(out, language="en"), str(audio_dir / "a_16k.wav"))
+    logits, ref = np.array(p["logits"]), np.array(torch_reference["logits"])
+    assert np.linalg.norm(logits - ref) / np.linalg.norm(ref) <= LOGITS_REL["onnx-int8-dynamic"]
+    assert p["tokens"][0] == torch_reference["tokens"][0]
+    # a block size set in the same --set list for a float table is still refused, in one line
+    proc = cli("build", "-r", "onnx-int8-dynamic", "-m", tiny_model, "-o", tmp_path / "no",
+               "--set", "modules.embeddings=float", "--set", "modules.embeddings_group_size=64")
+    assert_one_line_error(proc, r"embeddings_group_size needs modules.embeddings 'int8' or 'int4'$")
+    assert not (tmp_path / "no").exists()
 
 
 def test_4bit_matmul_nbits_may_compute_in_float():
