@@ -202,6 +202,14 @@ def _check_recipe(recipe) -> None:
             + (", or options.decoder_int8 = 'channels'" if recipe.scheme in ("dynamic", "static")
                and w.format == "int8" else "")
         )
+    if w.granularity == "group" and recipe.scheme in ("dynamic", "static") and not _writes_linear_nbits(recipe):
+        # The blocks would go unused, and the recipe table, the sweep and the layers line would call
+        # per-channel layers "group N" (onnx-int8-dynamic said group 128 until 98ad1a4).
+        raise RecipeError(
+            f"recipe {recipe.name}: weights.granularity = 'group' but with options.decoder_int8 = 'channels' the "
+            "8-bit Linear layers are per channel (DynamicQuantizeMatMul), no blocks: set weights.granularity = "
+            "'per-channel', or options.decoder_int8 = 'blocks' for 8-bit MatMulNBits blocks"
+        )
     if _uses_nbits(recipe) and recipe.modules.embeddings != "float" and recipe.table_group_size is None:
         raise RecipeError(
             f"recipe {recipe.name}: the tied table is stored in MatMulNBits blocks: set "

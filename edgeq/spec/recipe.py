@@ -378,7 +378,7 @@ def apply_overrides(recipe: Recipe, assignments: list[str] | tuple[str, ...]) ->
     if not assignments:
         return recipe
     data = recipe.to_dict()
-    labels = []
+    labels, given = [], set()
     for item in assignments:
         key, sep, raw = item.partition("=")
         key = key.strip()
@@ -387,20 +387,35 @@ def apply_overrides(recipe: Recipe, assignments: list[str] | tuple[str, ...]) ->
         change = _parse_assignment(key, raw.strip(), item)
         _merge(data, change, item)
         labels.append(f"{key}={raw.strip()}")
-    _drop_table_blocks_of_a_float_table(data, [item.partition("=")[0] for item in assignments])
+        given |= _leaf_paths(change)
+    _follow_coupled_fields(data, given, recipe.name)
     data["name"] = f"{recipe.name}[{','.join(labels)}]"
     return recipe_from_dict(data, f"recipe {recipe.name} with --set")
 
 
-def _drop_table_blocks_of_a_float_table(data: dict[str, Any], keys: list[str]) -> None:
-    """`--set modules.embeddings=float` on a recipe that gives its quantized table a block size
-    (onnx-int8-dynamic: embeddings_group_size = 128) drops that size with the table's quantization,
-    instead of refusing the recipe for a block size of a float table; a size the user sets in the
-    same --set list stays, and is refused as before."""
-    modules = data.get("modules")
-    if isinstance(modules, dict) and modules.get("embeddings") == "float" and not any(
-            "embeddings_group_size" in k.replace(" ", "") for k in keys):
+def _leaf_paths(change: dict[str, Any], prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    paths = set()
+    for key, value in change.items():
+        paths |= _leaf_paths(value, (*prefix, key)) if isinstance(value, dict) else {(*prefix, key)}
+    return paths
+
+
+def _follow_coupled_fields(data: dict[str, Any], given: set[tuple[str, ...]], name: str) -> None:
+    """A --set that takes away what a size belongs to takes the size with it, unless the same --set
+    list gives that size: `modules.embeddings=float` on a recipe with a table block size
+    (onnx-int8-dynamic: embeddings_group_size = 128), `weights.granularity=per-channel` on one with
+    groups (hqq-int4-g64: group_size = 64). A size given for the recipe's own per-channel or
+    per-tensor weights says which --set it lacks, rather than only that the pair is invalid."""
+    modules, weights = data.get("modules"), data.get("weights")
+    if (isinstance(modules, dict) and modules.get("embeddings") == "float"
+            and ("modules", "embeddings_group_size") not in given):
         modules.pop("embeddings_group_size", None)
+    if isinstance(weights, dict) and weights.get("granularity", "per-channel") != "group":
+        if ("weights", "group_size") not in given:
+            weights.pop("group_size", None)
+        elif ("weights", "granularity") not in given:
+            raise RecipeError(f"recipe {name} with --set: weights.group_size needs groups, and its weights are "
+                              f"{weights['granularity']}: add --set weights.granularity=group")
 
 
 def _parse_assignment(key: str, raw: str, item: str) -> dict[str, Any]:

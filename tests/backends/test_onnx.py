@@ -441,6 +441,11 @@ def test_decoder_layers_of_an_int8_scheme_take_their_own_width_and_encoder_layer
     with pytest.raises(RecipeError, match=r'overrides."model.decoder.layers.0.fc1" is written as MatMulNBits blocks'):
         _check_recipe(apply_overrides(load_recipe("onnx-int8-dynamic"), [four]))
     _check_recipe(apply_overrides(load_recipe("onnx-int8-dynamic"), [four[:-1] + ',granularity="group",group_size=32}']))
+    # groups that no layer would use: the label would call per-channel layers "group 64"
+    with pytest.raises(RecipeError, match="weights.granularity = 'group' but with options.decoder_int8 = 'channels' "
+                                          "the 8-bit Linear layers are per channel"):
+        _check_recipe(apply_overrides(load_recipe("onnx-int8-dynamic"), ["weights.granularity=group",
+                                                                         "weights.group_size=64"]))
     with pytest.raises(RecipeError, match="set weights.granularity = 'group'.*or options.decoder_int8 = 'channels'"):
         _check_recipe(apply_overrides(load_recipe("onnx-int8-dynamic"), ["options.decoder_int8=blocks"]))
     with pytest.raises(RecipeError, match="set weights.granularity = 'group'"):

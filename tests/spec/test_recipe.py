@@ -140,6 +140,25 @@ def test_set_changes_values_validates_them_and_labels_the_name():
         apply_overrides(load_recipe("fp32"), ["weights=1", "weights.format=int8"])
 
 
+def test_set_takes_a_size_away_with_what_it_belonged_to():
+    # a float table loses the recipe's table blocks; per-channel weights lose the recipe's groups
+    r = apply_overrides(load_recipe("onnx-int8-dynamic"), ["modules.embeddings=float"])
+    assert r.modules.embeddings == "float" and r.modules.embeddings_group_size is None
+    r = apply_overrides(load_recipe("onnx-int8-dynamic"), ['modules={embeddings="float"}'])
+    assert r.modules.embeddings_group_size is None
+    r = apply_overrides(load_recipe("hqq-int4-g64"), ["weights.granularity=per-channel"])
+    assert r.weights.granularity == "per-channel" and r.weights.group_size is None
+    # a size given in the same list stays, and the pair is refused as it is in a file
+    with pytest.raises(RecipeError, match="group_size is only allowed with granularity 'group'"):
+        apply_overrides(load_recipe("hqq-int4-g64"), ["weights.granularity=per-channel", "weights.group_size=32"])
+    # a group size for per-channel weights names the --set it lacks
+    with pytest.raises(RecipeError, match=r"weights.group_size needs groups, and its weights are per-channel: "
+                                          r"add --set weights.granularity=group$"):
+        apply_overrides(load_recipe("quanto-int8-dynamic"), ["weights.group_size=64"])
+    r = apply_overrides(load_recipe("quanto-int8-dynamic"), ["weights.group_size=64", "weights.granularity=group"])
+    assert (r.weights.granularity, r.weights.group_size) == ("group", 64)
+
+
 def test_set_can_add_a_table_the_recipe_did_not_have():
     r = apply_overrides(load_recipe("quanto-int8-dynamic"), ['modules.overrides."*fc2"={format="float"}'])
     assert r.modules.overrides["*fc2"].format == "float"
