@@ -18,6 +18,7 @@ every recording whole through edgeq's long-form path, with each --decodings:
               compare_systems --long runs for every system (peers included)
     default   edgeq's (openai-whisper's) defaults: temperature fallback when a window's text is
               repetitive or unlikely, conditioned on the previous text
+    unconditioned  the defaults but not conditioned on the previous text (temperature fallback kept)
 
 The float reference is the onnx-fp32 bundle of --model: the same runtime and loop, only the weights
 differ. --transformers adds the same float checkpoint through transformers' sequential long-form
@@ -78,7 +79,9 @@ def decoding_options(name: str):
         return replace(STUDY_OPTIONS, timestamps=True, condition_on_previous_text=False)
     if name == "default":
         return DecodeOptions()
-    raise SystemExit(f"--decodings: greedy or default, not {name!r}")
+    if name == "unconditioned":
+        return DecodeOptions(condition_on_previous_text=False)
+    raise SystemExit(f"--decodings: greedy, default or unconditioned, not {name!r}")
 
 
 def _row(label: str, k: int, joined, text: str, seconds: float, **extra) -> dict:

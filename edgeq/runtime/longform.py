@@ -63,8 +63,13 @@ RECHECK_MAX_DEPTH = 1  # a segment of a rechecked span is looked at once more, n
 FIT_MAX_COMPRESSION_RATIO = 2.4
 # A window decoded with the previous text as prompt at a mean log-probability below this (or above
 # temperature 0) is decoded again without it, and the likelier of the two kept. Whisper-base's
-# windows read -0.1 to -0.3 on speech-dev; openai-whisper's fallback acts only below -1.
-PROMPT_DOUBT_LOGPROB = -0.5
+# windows read -0.1 to -0.3 on speech-dev; openai-whisper's fallback acts only below -1. Was -0.5:
+# on a 5 min join (benchmarks/longform_wer.py, recording 4, int8 with AVX2 kernels) a prompted
+# window at -0.44 skipped an 11 s sentence and the next window repeated its end (WER 7.51 %;
+# decoded alone, 4.06 %), while the other 429 windows of those six joins (fp32, int8, 4-bit decoder;
+# AMX and AVX2 kernels) read -0.07 to -0.31, short last windows to -0.51. Pooled default-decoding
+# WER at -0.4: int8 4.20 -> 3.63 % with AVX2 kernels, every other bundle and kind of kernels the same.
+PROMPT_DOUBT_LOGPROB = -0.4
 GAP_EXCESS_S = 4.0  # still unexplained after the recheck: reported as a Gap
 DEFAULT_CHARS_PER_S = 15.0  # English read speech, until the recording has its own median
 DIGITAL_SILENCE = 1e-4  # peak amplitude (-80 dBFS) of a window that holds no sound at all
