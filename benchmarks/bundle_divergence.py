@@ -1,7 +1,8 @@
 """How far a quantized bundle's next-token distributions are from the float weights', token by token.
 
     python benchmarks/bundle_divergence.py --bundles B [B ...] [--reference FLOAT_BUNDLE]
-                                           [--datasets SPEC,...] [--cpu-mask avx2|vnni] [--out FILE]
+                                           [--datasets SPEC,...] [--prompt one-call|token-by-token]
+                                           [--cpu-mask avx2|vnni] [--out FILE]
 
 Why: a WER difference of a few tenths of a point is a handful of words on speech-dev, and which
 words flip is close to chance (benchmarks/longform_wer.py). This measures the damage itself, with
@@ -15,7 +16,8 @@ To find where a recipe loses accuracy, build it with one part left float and com
     edgeq build -r onnx-int8-dynamic -m ../shared/models/whisper-base -o /tmp/x-fc2 \\
         --set 'modules.exclude=["model.encoder.layers.*.fc2"]'
 The clips are padded to 30 s windows, prompted in English without timestamps; up to 224 tokens.
-Results are written after each bundle.
+The prompt is fed in one call, as edgeq's decoder feeds it (--prompt token-by-token: a token a
+call). Results are written after each bundle.
 """
 
 from __future__ import annotations
@@ -38,12 +40,16 @@ def features(datasets: list[str]) -> list[tuple[str, np.ndarray]]:
             for u in open_dataset(spec).utterances]
 
 
-def logits_along(transcriber, feats: np.ndarray, path: list[int] | None) -> tuple[list[int], np.ndarray]:
+def logits_along(transcriber, feats: np.ndarray, path: list[int] | None,
+                 prompt: str = "one-call") -> tuple[list[int], np.ndarray]:
     """The logits at each step of `path` (the prompt's last position first), or of this bundle's own
-    greedy decoding when `path` is None: (tokens, [steps, vocabulary])."""
+    greedy decoding when `path` is None: (tokens, [steps, vocabulary]). `prompt`: "one-call" feeds
+    the prompt in one call, as edgeq's decoder does; "token-by-token" a token a call."""
     engine, settings = transcriber.engine, transcriber.settings
     state = engine.start(engine.encode(feats))
-    logits, state = engine.step(state, settings.prompt("en", timestamps=False))
+    tokens = settings.prompt("en", timestamps=False)
+    for call in ([[t] for t in tokens] if prompt == "token-by-token" else [tokens]):
+        logits, state = engine.step(state, call)
     rows = [logits.reshape(-1, logits.shape[-1])[-1]]
     tokens = []
     for i in range(MAX_TOKENS if path is None else len(path)):
@@ -76,6 +82,9 @@ def main() -> None:
     ap.add_argument("--bundles", nargs="+", required=True)
     ap.add_argument("--reference", help="float bundle [the onnx-fp32 bundle of whisper-base, built into --cache]")
     ap.add_argument("--datasets", default=str(SPEECH_DEV), help="comma-separated dataset specs [speech-dev: its 24 clips]")
+    ap.add_argument("--prompt", choices=("one-call", "token-by-token"), default="one-call",
+                    help="feed the prompt in one call, as edgeq's decoder does, or a token a call (which "
+                         "moves a DynamicQuantizeMatMul decoder's numbers: docs/performance.md)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache", type=Path, default=Path("/tmp/edgeq-compare"))
     ap.add_argument("--out", help="results file [bundle_divergence.json, or bundle_divergence_cpuid_<mask>.json]")
@@ -101,6 +110,7 @@ def main() -> None:
                             else "bundle_divergence.json")
     data = {"env": {**fingerprint(), "cpuid_mask": args.cpu_mask}, "reference": str(reference),
             "datasets": args.datasets.split(","), "clips": len(clips), "steps": sum(len(r[1]) for r in ref),
+            "prompt": args.prompt,
             "bundles": {}}
     for path in args.bundles:
         try:
@@ -109,7 +119,7 @@ def main() -> None:
             raise SystemExit(f"error: {e}") from None
         kls, flips = [], []
         for (tokens, expected), (_, f) in zip(ref, clips):
-            got = logits_along(t, f, tokens)[1]
+            got = logits_along(t, f, tokens, args.prompt)[1]
             if got.shape != expected.shape:
                 raise SystemExit(f"error: {path} has {got.shape[-1]} tokens, the reference {expected.shape[-1]}: "
                                  "compare bundles of the same model (--reference)")
