@@ -202,13 +202,17 @@ def _check_recipe(recipe) -> None:
             + (", or options.decoder_int8 = 'channels'" if recipe.scheme in ("dynamic", "static")
                and w.format == "int8" else "")
         )
-    if w.granularity == "group" and recipe.scheme in ("dynamic", "static") and not _writes_linear_nbits(recipe):
-        # The blocks would go unused, and the recipe table, the sweep and the layers line would call
-        # per-channel layers "group N" (onnx-int8-dynamic said group 128 until 98ad1a4).
+    if (w.granularity == "group" and recipe.scheme in ("dynamic", "static") and not _writes_linear_nbits(recipe)
+            and (recipe.modules.embeddings == "float" or recipe.modules.embeddings_group_size is not None)):
+        # Blocks that nothing would be written in: the Linear layers are per channel and the table has
+        # its own block size (or none); the recipe table, the sweep and the layers line would call
+        # per-channel layers "group N" (onnx-int8-dynamic said group 128 until 98ad1a4). Where the
+        # table takes its blocks from weights.group_size (onnx-int8-static with --set
+        # options.decoder_int8=channels), the size is used and the recipe builds.
         raise RecipeError(
             f"recipe {recipe.name}: weights.granularity = 'group' but with options.decoder_int8 = 'channels' the "
-            "8-bit Linear layers are per channel (DynamicQuantizeMatMul), no blocks: set weights.granularity = "
-            "'per-channel', or options.decoder_int8 = 'blocks' for 8-bit MatMulNBits blocks"
+            "8-bit Linear layers are per channel (DynamicQuantizeMatMul), and no block is written in that size: "
+            "set weights.granularity = 'per-channel', or options.decoder_int8 = 'blocks' for 8-bit MatMulNBits blocks"
         )
     if _uses_nbits(recipe) and recipe.modules.embeddings != "float" and recipe.table_group_size is None:
         raise RecipeError(
