@@ -202,13 +202,9 @@ def _check_recipe(recipe) -> None:
             + (", or options.decoder_int8 = 'channels'" if recipe.scheme in ("dynamic", "static")
                and w.format == "int8" else "")
         )
-    if (w.granularity == "group" and recipe.scheme in ("dynamic", "static") and not _writes_linear_nbits(recipe)
-            and (recipe.modules.embeddings == "float" or recipe.modules.embeddings_group_size is not None)):
-        # Blocks that nothing would be written in: the Linear layers are per channel and the table has
-        # its own block size (or none); the recipe table, the sweep and the layers line would call
-        # per-channel layers "group N" (onnx-int8-dynamic said group 128 until 98ad1a4). Where the
-        # table takes its blocks from weights.group_size (onnx-int8-static with --set
-        # options.decoder_int8=channels), the size is used and the recipe builds.
+    if w.granularity == "group" and recipe.scheme in ("dynamic", "static") and not _weights_blocks_used(recipe):
+        # Blocks that nothing would be written in: the recipe table, the sweep and the layers line
+        # would call per-channel layers "group N" (onnx-int8-dynamic said group 128 until 98ad1a4).
         raise RecipeError(
             f"recipe {recipe.name}: weights.granularity = 'group' but with options.decoder_int8 = 'channels' the "
             "8-bit Linear layers are per channel (DynamicQuantizeMatMul), and no block is written in that size: "
@@ -274,6 +270,18 @@ def _writes_linear_nbits(recipe) -> bool:
     always; the int8 schemes' decoder unless its 8-bit layers run as DynamicQuantizeMatMul
     (options.decoder_int8 = "channels", per channel: no blocks)."""
     return _uses_nbits(recipe) and _becomes_nbits(recipe, recipe.weights.format)
+
+
+def _weights_blocks_used(recipe) -> bool:
+    """Whether anything is written in blocks of weights.group_size: Linear layers of the recipe's own
+    spec, a per-layer override that becomes MatMulNBits without a group_size of its own (it takes the
+    weights'), or the tied table without modules.embeddings_group_size (onnx-int8-static with --set
+    options.decoder_int8=channels)."""
+    m = recipe.modules
+    return (_writes_linear_nbits(recipe)
+            or any(o.format != "float" and _becomes_nbits(recipe, o.format) and o.group_size is None
+                   for o in m.overrides.values())
+            or (m.embeddings != "float" and m.embeddings_group_size is None))
 
 
 def _becomes_nbits(recipe, fmt: str) -> bool:

@@ -410,12 +410,13 @@ def _follow_coupled_fields(data: dict[str, Any], given: set[tuple[str, ...]], na
     if (isinstance(modules, dict) and modules.get("embeddings") == "float"
             and ("modules", "embeddings_group_size") not in given):
         modules.pop("embeddings_group_size", None)
-    if isinstance(weights, dict) and weights.get("granularity", "per-channel") != "group":
+    granularity = weights.get("granularity", "per-channel") if isinstance(weights, dict) else "group"
+    if granularity != "group":
         if ("weights", "group_size") not in given:
             weights.pop("group_size", None)
         elif ("weights", "granularity") not in given:
             raise RecipeError(f"recipe {name} with --set: weights.group_size needs groups, and its weights are "
-                              f"{weights['granularity']}: add --set weights.granularity=group")
+                              f"{granularity}: add --set weights.granularity=group")
 
 
 def _parse_assignment(key: str, raw: str, item: str) -> dict[str, Any]:

@@ -446,6 +446,9 @@ def test_decoder_layers_of_an_int8_scheme_take_their_own_width_and_encoder_layer
                                           "the 8-bit Linear layers are per channel"):
         _check_recipe(apply_overrides(load_recipe("onnx-int8-dynamic"), ["weights.granularity=group",
                                                                          "weights.group_size=64"]))
+    # ... but an override that becomes MatMulNBits without a size of its own is written in them
+    _check_recipe(apply_overrides(load_recipe("onnx-int8-dynamic"), ["weights.granularity=group", "weights.group_size=32",
+                                                                     four]))
     with pytest.raises(RecipeError, match="set weights.granularity = 'group'.*or options.decoder_int8 = 'channels'"):
         _check_recipe(apply_overrides(load_recipe("onnx-int8-dynamic"), ["options.decoder_int8=blocks"]))
     with pytest.raises(RecipeError, match="set weights.granularity = 'group'"):

@@ -447,7 +447,7 @@ def test_a_loud_span_between_two_segments_is_decoded_alone():
 @pytest.mark.parametrize("rivals", [
     {5: 9.7, 6: 9.7},  # two other tokens nearly as likely at every step: about -0.9
     # one rival: about -0.45, what whisper-base int8 read on the window that skipped an 11 s sentence
-    # (longform_wer.py recording 4, AVX2 kernels; its other windows -0.07 to -0.39)
+    # (longform_wer.py recording 4, AVX2 kernels; the other windows -0.07 to -0.31, short last ones to -0.51)
     {5: 10.0 + math.log(math.exp(0.45) - 1)},
 ])
 def test_a_window_the_previous_text_leads_astray_is_decoded_again_without_it(monkeypatch, rivals):
