@@ -1,7 +1,7 @@
 """One ONNX bundle's decoder step against another's, in one process, round after round.
 
     python benchmarks/decoder_step.py BUNDLE [BUNDLE ...] [--steps 220] [--rounds 3] [--window full]
-        [--threads 2] [--spinning off|decoder] [--cpu-mask avx2|vnni] [--out decoder_step.json]
+        [--threads 2] [--spinning off|decoder] [--cpu-mask avx2|vnni] [--profile] [--out decoder_step.json]
 
 Each round encodes one window of real speech (speech-dev's first clip; --window full pads it to
 30 s, as long audio is decoded, fit encodes the clip alone) with every bundle in turn, then
@@ -12,11 +12,20 @@ of steps with the same cache lengths. Reports per bundle and round the median st
 steps and over the last 50 (the longest cache), and the logits' largest difference from the first
 bundle's: bundles of one checkpoint that differ only in how they run should agree to rounding.
 Writes benchmarks/results/decoder_step.json (--out) after every round.
+
+--profile: after the rounds, each bundle is loaded once more with ONNX Runtime's profiler on
+(EDGEQ_ORT_PROFILE) and decodes the same steps; its decoder session's operator times are summed by
+operator type, per step (the "operators" section). The profiler slows the step, so read shares
+from it, and the step's time from the rounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import json
+import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,6 +53,37 @@ def run(transcriber, features: np.ndarray, steps: int) -> tuple[np.ndarray, np.n
     return np.array(times), np.stack(seen)
 
 
+def operator_split(bundle: str, features: np.ndarray, steps: int, threads: int, spinning: str) -> dict:
+    """ONNX Runtime's profile of one decode of `steps` steps through `bundle`: per operator type, ms per
+    step and nodes per step, of the decoder graph and of the head graph (the projection onto the
+    token table, a session of its own where the bundle has it), with the profiled step's median."""
+    import edgeq
+
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["EDGEQ_ORT_PROFILE"] = f"{tmp}/ort"
+        try:
+            t = edgeq.load(bundle, threads=threads, language="en", spinning=spinning)
+        finally:
+            del os.environ["EDGEQ_ORT_PROFILE"]
+        times, _ = run(t, features, steps)
+        engine = t.engine
+        graphs = {"decoder": engine._decoder, "head": engine._head}
+        events = {name: json.loads(Path(s.end_profiling()).read_text()) for name, s in graphs.items() if s is not None}
+        engine._encoder.end_profiling()  # its file too is written now, inside tmp
+    split = {"profiled_ms_per_step": 1e3 * float(np.median(times))}
+    for name, evs in events.items():
+        runs = sum(e.get("cat") == "Session" and e["name"] == "model_run" for e in evs)
+        ms, nodes = collections.Counter(), collections.Counter()
+        for e in evs:
+            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+                ms[e["args"]["op_name"]] += e["dur"] / 1e3 / runs
+                nodes[e["args"]["op_name"]] += 1 / runs
+        split[name] = {"runs": runs, "kernel_ms_per_step": sum(ms.values()),
+                       "by_operator": {op: {"ms_per_step": v, "nodes_per_step": round(nodes[op], 2)}
+                                       for op, v in ms.most_common()}}
+    return split
+
+
 def main() -> None:
     import edgeq
     from edgeq.bench.env import fingerprint
@@ -60,6 +100,8 @@ def main() -> None:
                     help="the decoder's idle threads spin between operators (the x86 targets' setting) or sleep")
     ap.add_argument("--dataset", type=Path, default=SPEECH_DEV)
     add_cpu_mask_option(ap)
+    ap.add_argument("--profile", action="store_true",
+                    help="then one profiled decode per bundle: where a step's time goes, by operator type")
     ap.add_argument("--out", default="decoder_step.json")
     args = ap.parse_args()
     run_masked(args.cpu_mask)
@@ -84,6 +126,17 @@ def main() -> None:
             results["rows"].append(row)
             print(f"round {r}  {Path(bundle).name:40s} {row['ms_per_step']:6.2f} ms/step "
                   f"(last 50: {row['ms_per_step_last50']:6.2f})  logits vs first {diff:.1e}", flush=True)
+        write_json(args.out, results)
+    if args.profile:
+        results["operators"] = {}
+        for bundle in args.bundles:
+            split = results["operators"][bundle] = operator_split(bundle, features, args.steps, args.threads,
+                                                                  args.spinning)
+            dec = split["decoder"]
+            top = ", ".join(f"{op} {v['ms_per_step']:.2f}" for op, v in list(dec["by_operator"].items())[:5])
+            head = f", head {split['head']['kernel_ms_per_step']:.2f} ms" if "head" in split else ""
+            print(f"profiled {Path(bundle).name:40s} {split['profiled_ms_per_step']:6.2f} ms/step; decoder operators "
+                  f"{dec['kernel_ms_per_step']:.2f} ms ({top}){head}", flush=True)
         write_json(args.out, results)
 
 

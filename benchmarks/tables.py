@@ -346,6 +346,28 @@ def cpu_limits(name: str = "cpu_limits.json") -> str | None:
               f"read one thread; decoder steps sleeping; machine: {machine(d['env'])}\n")
 
 
+def decoder_ops(name: str, top: int = 8) -> str | None:
+    """benchmarks/decoder_step.py --profile: per bundle, the step's time from the rounds and where a
+    profiled step's time goes by operator type (the decoder graph's costliest, and the head's)."""
+    d = _load(name)
+    if not d or "operators" not in d:
+        return None
+    rows = []
+    for bundle, split in d["operators"].items():
+        steps = [r["ms_per_step"] for r in d["rows"] if r["bundle"] == bundle]
+        dec = split["decoder"]
+        ops = ", ".join(f"{op} {v['ms_per_step']:.2f} ({v['nodes_per_step']:.0f})"
+                        for op, v in list(dec["by_operator"].items())[:top])
+        rows.append([f"`{Path(bundle).name}`", f"{median(steps):.2f} ({min(steps):.2f}–{max(steps):.2f})",
+                     f"{split['profiled_ms_per_step']:.2f}", f"{dec['kernel_ms_per_step']:.2f}",
+                     _f(split.get("head", {}).get("kernel_ms_per_step"), ".2f"), ops])
+    return (_table(["bundle", "ms per step (median over rounds, min–max)", "profiled ms per step",
+                    "decoder operators ms", "head ms", "costliest operator types, ms per step (nodes)"], rows)
+            + f"\n{d['steps']} steps after the prompt, window {d['window']}, {d['threads']} threads, decoder threads "
+              f"{'spinning' if d['spinning'] == 'decoder' else 'sleeping'}; {len(steps)} rounds; machine: "
+              f"{machine(d['env'])}\n")
+
+
 def encoder_ops(name: str, top: int = 6) -> str | None:
     """benchmarks/encoder_ops.py: a bundle's encoder per window, its wall time and its costliest operators."""
     d = _load(name)
@@ -606,6 +628,17 @@ TABLES = {
        (lambda name=f"compare_systems_{kernels}_channels{run}.json", wer=tag != "_SMALL": compare(name, wer=wer))
        for label, kernels in (("AMX", "amx"), ("VNNI", "cpuid_vnni"), ("AVX2", "cpuid_avx2"))
        for tag, run in (("", ""), ("_FIT", "_fit"), ("_SMALL", "_whisper-small-random"))},
+    # the AMD EPYC (Zen 4) of 2026-12-07: its own AVX-512 VNNI kernels, and AVX2's with CPUID masked
+    **{f"COMPARE_EPYC_{label}{tag}_TABLE":
+       (lambda name=f"compare_systems_epyc_{kernels}{run}.json", wer=tag == "": compare(name, wer=wer))
+       for label, kernels in (("VNNI", "vnni"), ("AVX2", "cpuid_avx2"))
+       for tag, run in (("", ""), ("_SMALL", "_whisper-small-random"))},
+    "CPU_LIMITS_EPYC": lambda: cpu_limits("cpu_limits_epyc_vnni.json"),
+    "CPU_LIMITS_EPYC_SMALL": lambda: cpu_limits("cpu_limits_epyc_vnni_whisper-small-random.json"),
+    "DECODER_OPS_EPYC_SMALL": lambda: decoder_ops("decoder_step_epyc_vnni_small.json"),
+    "COMPARE_EPYC_VNNI_LONG_TABLE": lambda: compare("compare_systems_epyc_vnni_long.json"),
+    "COMPARE_EPYC_VNNI_FIT_SMALL_TABLE": lambda: compare("compare_systems_epyc_vnni_fit_whisper-small-random.json",
+                                                         wer=False),
     "GOAL_TABLE": goal,
     "AUTO_TABLE": auto_front,
     "CPU_LIMITS": cpu_limits,
@@ -619,6 +652,7 @@ TABLES = {
     # are the bundles of then; only the peer is shown from it)
     "LONGFORM_WER_TABLE": lambda: longform_wer(("longform_wer_cpuid_avx2.json", "longform_wer_cpuid_vnni.json",
                                                 "longform_wer_amx.json"), peer_runs=("longform_wer_amx_b128.json",)),
+    "LONGFORM_WER_EPYC_TABLE": lambda: longform_wer(("longform_wer_epyc_vnni.json",)),
     "SPINNING_TABLE": spinning,
 }
 

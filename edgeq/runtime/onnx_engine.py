@@ -191,6 +191,13 @@ def _options(ort, threads: int | None, spin: bool, prepack: bool = True, arena: 
     options.add_session_config_entry("session.force_spinning_stop", "1")
     if not prepack:  # the bundle's layout says so (recipe option encoder_prepack)
         options.add_session_config_entry("session.disable_prepacking", "1")
+    # Diagnosis only (benchmarks/decoder_step.py --profile): ONNX Runtime times every operator of
+    # every run into PREFIX_<date>.json. It slows a whisper-small decoder step by about a third, so
+    # no timing but the per-operator split is to be read from such a run.
+    profile = os.environ.get("EDGEQ_ORT_PROFILE")
+    if profile:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile
     return options
 
 
