@@ -75,6 +75,20 @@ def run_masked(mask: str | None) -> None:
     os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
 
+def median_run_ms(session, feeds: dict, runs: int, warmup: int = 20) -> float:
+    """An ONNX Runtime session's median time of one run, in ms, over `runs` after `warmup`."""
+    import time
+
+    for _ in range(warmup):
+        session.run(None, feeds)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        session.run(None, feeds)
+        times.append(time.perf_counter() - t)
+    return 1e3 * sorted(times)[len(times) // 2]
+
+
 def results_path(name: str) -> Path:
     """A bare file name lives in benchmarks/results; a path (with a folder) is taken as given."""
     return RESULTS / name if Path(name).name == name else Path(name)

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-from _common import add_cpu_mask_option, run_masked, write_json
+from _common import add_cpu_mask_option, median_run_ms, run_masked, write_json
 
 SHAPE = (1, 12, 1, 64)  # one token's keys of one layer, whisper-small's 12 heads of 64
 CHAINS = (100, 600)
@@ -59,14 +58,7 @@ def run_ms(model, threads: int, spinning: bool) -> float:
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).random(SHAPE, dtype=np.float32)
-    for _ in range(50):
-        session.run(None, {"x": x})
-    times = []
-    for _ in range(RUNS):
-        t = time.perf_counter()
-        session.run(None, {"x": x})
-        times.append(time.perf_counter() - t)
-    return 1e3 * float(np.median(times))
+    return median_run_ms(session, {"x": x}, RUNS, warmup=50)
 
 
 def decoder_nodes(bundle: Path, threads: int) -> dict:
