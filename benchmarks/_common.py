@@ -77,6 +77,7 @@ def run_masked(mask: str | None) -> None:
 
 def median_run_ms(session, feeds: dict, runs: int, warmup: int = 20) -> float:
     """An ONNX Runtime session's median time of one run, in ms, over `runs` after `warmup`."""
+    import statistics
     import time
 
     for _ in range(warmup):
@@ -86,7 +87,27 @@ def median_run_ms(session, feeds: dict, runs: int, warmup: int = 20) -> float:
         t = time.perf_counter()
         session.run(None, feeds)
         times.append(time.perf_counter() - t)
-    return 1e3 * sorted(times)[len(times) // 2]
+    return 1e3 * statistics.median(times)
+
+
+def optimized_op_counts(model: Path, threads: int | None = None) -> dict[str, int]:
+    """The nodes of the ONNX graph at `model` as ONNX Runtime's CPU provider runs them (after its
+    optimizations and fusions), by op type, the commonest first."""
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = threads
+        so.log_severity_level = 3  # not the warning that the saved graph is for this CPU: it is only counted
+        so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+        graph = onnx.load(so.optimized_model_filepath, load_external_data=False).graph
+    counts: dict[str, int] = {}
+    for node in graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def results_path(name: str) -> Path:

@@ -17,11 +17,10 @@ Writes benchmarks/results/node_overhead.json (--out).
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
 import numpy as np
-from _common import add_cpu_mask_option, median_run_ms, run_masked, write_json
+from _common import add_cpu_mask_option, median_run_ms, optimized_op_counts, run_masked, write_json
 
 SHAPE = (1, 12, 1, 64)  # one token's keys of one layer, whisper-small's 12 heads of 64
 CHAINS = (100, 600)
@@ -63,21 +62,9 @@ def run_ms(model, threads: int, spinning: bool) -> float:
 
 def decoder_nodes(bundle: Path, threads: int) -> dict:
     """The decoder graph's nodes as ONNX Runtime runs them (after its optimizations), by op type."""
-    import onnx
-    import onnxruntime as ort
-
     from edgeq.format.layout import DECODER_ONNX
 
-    with tempfile.TemporaryDirectory() as tmp:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.optimized_model_filepath = str(Path(tmp) / "decoder.opt.onnx")
-        ort.InferenceSession(str(bundle / DECODER_ONNX), so, providers=["CPUExecutionProvider"])
-        graph = onnx.load(so.optimized_model_filepath, load_external_data=False).graph
-    counts: dict[str, int] = {}
-    for node in graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+    return optimized_op_counts(bundle / DECODER_ONNX, threads)
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from _common import add_cpu_mask_option, median_run_ms, run_masked, write_json
+from _common import add_cpu_mask_option, median_run_ms, optimized_op_counts, run_masked, write_json
 
 RUNS = 300
 
@@ -77,21 +77,6 @@ def session(path: Path, threads: int):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def ops_after_optimization(path: Path) -> dict[str, int]:
-    import onnx
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory() as tmp:
-        so = ort.SessionOptions()
-        so.log_severity_level = 3  # not the warning that the saved graph is for this CPU: it is only read here
-        so.optimized_model_filepath = f"{tmp}/opt.onnx"
-        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        counts: dict[str, int] = {}
-        for n in onnx.load(f"{tmp}/opt.onnx").graph.node:
-            counts[n.op_type] = counts.get(n.op_type, 0) + 1
-    return counts
-
-
 def main() -> None:
     from edgeq.bench.env import fingerprint
 
@@ -114,7 +99,7 @@ def main() -> None:
         sessions = {name: session(p, args.threads) for name, p in paths.items()}
         outputs = {name: s.run(None, {"x": x})[0] for name, s in sessions.items()}
         for name, p in paths.items():
-            results["graphs"][name] = {"ops": ops_after_optimization(p)}
+            results["graphs"][name] = {"ops": optimized_op_counts(p)}
     # the same weights, quantized per output channel either way: the sums agree to rounding
     results["max_rel_diff"] = float(np.abs(outputs["fused"] - outputs["three"]).max() / np.abs(outputs["three"]).max())
     for r in range(args.rounds):
