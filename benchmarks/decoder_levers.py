@@ -11,7 +11,8 @@ bundles run them against the alternative.
   query [H*Dh, H], and values [H*Dh, F] times the probabilities [F, H] (the same sums, each head's
   column zero outside its block). Why asked: each head's product has one column, and the kernels
   work on 8 to 16 at a time. Also per head with the values transposed (read in place on the left,
-  not packed on the right at every call) or the keys transposed (the query one row on the left).
+  not packed on the right at every call) or the keys transposed (the query one row on the left),
+  and where the CPU has VNNI the keys transposed as int8 with a uint8 query (its fast pairing).
 * weights: the step's Linear layers (q, k, v, o and cross q, o at d x d; fc1, fc2) as the bundles
   hold them, 8-bit MatMulNBits in blocks of 128 with int8 activations (accuracy_level 4), against
   DynamicQuantizeMatMul with 7-bit per-channel weights, the uint8 x int8 kind an AVX2 CPU can run
@@ -136,8 +137,26 @@ def cross_graphs(heads: int, head_dim: int, frames: int, layers: int, signed: bo
             **{f"v{i}": v for i, v in enumerate(values)},
             "qr": np.ascontiguousarray(query.transpose(0, 2, 1)), "p": probs}
     keys_right = (_model(nodes, inputs, outputs, zeros), feed)
-    return {"per head (as built)": per_head, "one per layer, block-diagonal": block_diagonal,
+    made = {"per head (as built)": per_head, "one per layer, block-diagonal": block_diagonal,
             "per head, values transposed": values_left, "per head, keys transposed": keys_right}
+    if signed:
+        # The keys transposed with VNNI's own pairing: the query uint8 around 128 on the left, the
+        # keys int8 (their codes less 128) on the right, uint8 x int8 (`vpdpbusd`); the layout above
+        # keeps the bundle's int8 query and uint8 keys, which has no fast kernel. The same sums.
+        nodes, inputs = [], []
+        for i in range(layers):
+            inputs += [_info(f"kt{i}", TensorProto.INT8, [heads, head_dim, frames]),
+                       _info(f"v{i}", TensorProto.UINT8, [heads, frames, head_dim])]
+            nodes += [helper.make_node("MatMulInteger", ["qr", f"kt{i}", "zp128", "zp0_s8"], [f"scores{i}"]),
+                      helper.make_node("MatMulInteger", ["p", f"v{i}", "zp0", "zp128"], [f"mixed{i}"])]
+        inputs += [_info("qr", TensorProto.UINT8, [heads, 1, head_dim]), _info("p", TensorProto.UINT8, [heads, 1, frames])]
+        # C order: ONNX Runtime copies a strided numpy input on every call (astype keeps a transpose's strides)
+        feed = {**{f"kt{i}": np.ascontiguousarray((k.transpose(0, 2, 1).astype(np.int16) - 128).astype(np.int8))
+                   for i, k in enumerate(keys)},
+                **{f"v{i}": v for i, v in enumerate(values)},
+                "qr": np.ascontiguousarray((query.transpose(0, 2, 1).astype(np.int16) + 128).astype(np.uint8)), "p": probs}
+        made["per head, keys transposed, uint8 query"] = (_model(nodes, inputs, outputs, zeros), feed)
+    return made
 
 
 def cross_per_head(outputs: dict, heads: int, head_dim: int) -> dict:

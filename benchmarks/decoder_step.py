@@ -1,7 +1,8 @@
 """One ONNX bundle's decoder step against another's, in one process, round after round.
 
     python benchmarks/decoder_step.py BUNDLE [BUNDLE ...] [--steps 220] [--rounds 3] [--window full]
-        [--threads 2] [--spinning off|decoder] [--cpu-mask avx2|vnni] [--profile] [--out decoder_step.json]
+        [--threads 2] [--spinning off|decoder] [--cpu-mask avx2|vnni] [--profile] [--bindings]
+        [--out decoder_step.json]
 
 Each round encodes one window of real speech (speech-dev's first clip; --window full pads it to
 30 s, as long audio is decoded, fit encodes the clip alone) with every bundle in turn, then
@@ -17,6 +18,12 @@ Writes benchmarks/results/decoder_step.json (--out) after every round.
 (EDGEQ_ORT_PROFILE) and decodes the same steps; its decoder session's operator times are summed by
 operator type, per step (the "operators" section). The profiler slows the step, so read shares
 from it, and the step's time from the rounds.
+
+--bindings: then, per bundle and round, one decode whose steps alternate between the engine's two
+ways of binding a step's inputs and outputs: "held" (one binding per decode, made at its first step,
+OnnxEngine._step_held) and "fresh" (a new binding every step, everything bound again), the first
+step of a round taking turns. Alternating step by step, a slow phase of a shared machine slows both
+alike (the "bindings" section: each way's median step per round, and whether their logits agreed).
 """
 
 from __future__ import annotations
@@ -51,6 +58,35 @@ def run(transcriber, features: np.ndarray, steps: int) -> tuple[np.ndarray, np.n
         times.append(time.perf_counter() - start)
         seen.append(logits)
     return np.array(times), np.stack(seen)
+
+
+def binding_split(transcriber, features: np.ndarray, steps: int, first: int) -> dict:
+    """One decode of `steps` fixed tokens whose steps alternate between the held binding and a fresh
+    one (the state's held binding taken away for that step), `first` (0: fresh, 1: held) first.
+    Returns each way's median step in ms, and whether the logits equal those of an all-fresh decode."""
+    engine, prompt = transcriber.engine, transcriber.settings.prompt("en")
+    encoded = engine.encode(features)
+
+    def decode(alternate: bool):
+        state = engine.start(encoded)
+        held = state[4]
+        if held is None:
+            raise SystemExit("this bundle's decoder has no held binding (a GPU, or no head graph of fixed shapes)")
+        logits, state = engine.step(state[:4] + (None,), prompt)
+        times, seen = {"fresh": [], "held": []}, [logits]
+        for i in range(steps):
+            way = "held" if alternate and (i + first) % 2 else "fresh"
+            state = state[:4] + (held if way == "held" else None,)
+            start = time.perf_counter()
+            logits, state = engine.step(state, [1000 + i % 1000])
+            times[way].append(time.perf_counter() - start)
+            seen.append(logits)
+        return times, np.stack(seen)
+
+    times, logits = decode(True)
+    _, fresh = decode(False)
+    return {**{f"{way}_ms_per_step": 1e3 * float(np.median(t)) for way, t in times.items()},
+            "logits_identical": bool(np.array_equal(logits, fresh))}
 
 
 def operator_split(bundle: str, features: np.ndarray, steps: int, threads: int, spinning: str) -> dict:
@@ -102,6 +138,8 @@ def main() -> None:
     add_cpu_mask_option(ap)
     ap.add_argument("--profile", action="store_true",
                     help="then one profiled decode per bundle: where a step's time goes, by operator type")
+    ap.add_argument("--bindings", action="store_true",
+                    help="then each round, steps alternating between a binding held for the decode and a fresh one")
     ap.add_argument("--out", default="decoder_step.json")
     args = ap.parse_args()
     run_masked(args.cpu_mask)
@@ -127,6 +165,15 @@ def main() -> None:
             print(f"round {r}  {Path(bundle).name:40s} {row['ms_per_step']:6.2f} ms/step "
                   f"(last 50: {row['ms_per_step_last50']:6.2f})  logits vs first {diff:.1e}", flush=True)
         write_json(args.out, results)
+    if args.bindings:
+        results["bindings"] = []
+        for r in range(args.rounds):
+            for bundle, t in loaded.items():
+                row = {"round": r, "bundle": bundle, **binding_split(t, features, args.steps, first=r % 2)}
+                results["bindings"].append(row)
+                print(f"round {r}  {Path(bundle).name:40s} held {row['held_ms_per_step']:6.2f}  fresh "
+                      f"{row['fresh_ms_per_step']:6.2f} ms/step  logits identical: {row['logits_identical']}", flush=True)
+            write_json(args.out, results)
     if args.profile:
         results["operators"] = {}
         for bundle in args.bundles:

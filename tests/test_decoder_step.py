@@ -13,7 +13,7 @@ import edgeq
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 try:
-    from decoder_step import operator_split
+    from decoder_step import binding_split, operator_split
 finally:
     sys.path.remove(str(REPO / "benchmarks"))
 
@@ -33,3 +33,13 @@ def test_the_profile_splits_every_step_of_the_decoder_by_operator(tiny_model, tm
         assert split["head"]["runs"] == 7
     assert "EDGEQ_ORT_PROFILE" not in os.environ
     assert not list(Path.cwd().glob("onnxruntime_profile_*.json"))
+
+
+def test_the_binding_split_times_both_ways_and_checks_their_logits(tiny_model, tmp_path):
+    # --bindings: steps alternating between the held binding and a fresh one, against an all-fresh decode
+    bundle = edgeq.build("onnx-int8-dynamic", model=str(tiny_model), out=tmp_path / "b", language="en").path
+    features = np.random.default_rng(0).standard_normal((80, 3000)).astype(np.float32)
+    t = edgeq.load(bundle, threads=1, language="en")
+    row = binding_split(t, features, steps=6, first=1)
+    assert row["held_ms_per_step"] > 0 and row["fresh_ms_per_step"] > 0
+    assert row["logits_identical"] is True

@@ -261,6 +261,49 @@ def test_a_bundle_whose_decoder_makes_the_logits_itself_still_loads(name, bundle
     assert tokens[0] == tokens[1]
 
 
+def test_a_decode_binds_once_and_steps_as_a_fresh_binding_would(bundles, audio_dir):
+    # OnnxEngine._step_held reuses one binding per decode, writing only the token ids and the cache
+    # length into arrays it bound once. The same steps through a fresh binding each (the state's
+    # held binding taken away) must give the same logits: after a prompt of several tokens, after a
+    # fork (its own binding, over its own buffers), and on another thread (its own head buffer).
+    import threading
+
+    import edgeq
+    from edgeq.runtime.audio import load_audio
+    from edgeq.runtime.features import log_mel_spectrogram
+
+    t = edgeq.load(_get(bundles, "onnx-int8-dynamic").path, language="en")
+    engine, prompt = t.engine, t.settings.prompt("en")
+    features = log_mel_spectrogram(load_audio(audio_dir / "a_16k.wav"))
+    encoded = engine.encode(features)
+
+    def decode(held: bool) -> list[np.ndarray]:
+        def step(state, tokens):
+            return engine.step(state if held else state[:4] + (None,), tokens)
+
+        state = engine.start(encoded)
+        assert state[4] is not None  # a CPU bundle with a head graph: the held path is the one taken
+        seen = []
+        for tokens in (prompt, [100], [101], prompt[:2], [102]):  # a second prompt-length call rebinds the ids
+            logits, state = step(state, tokens)
+            seen.append(logits)
+        branch = engine.fork(state)
+        assert branch[4] is not state[4]
+        for token in (103, 104):
+            logits, branch = step(branch, [token])
+            seen.append(logits)
+        box = []
+        thread = threading.Thread(target=lambda: box.append(step(state, [105])))
+        thread.start()
+        thread.join()
+        seen.append(box[0][0])
+        logits, _ = step(box[0][1], [106])  # back on this thread, after the other's head buffer
+        return seen + [logits]
+
+    for a, b in zip(decode(True), decode(False), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_decodes_in_two_threads_sharing_one_engine_keep_their_own_logits(bundles, audio_dir):
     """The head's buffers, bound once, are per thread (onnx_engine._head_buffers): two decodes of
     different audio, stepping at once on one loaded bundle, get the logits each gets alone."""
@@ -761,7 +804,7 @@ def test_a_shared_self_cache_is_not_overrun():
     engine = OnnxEngine.__new__(OnnxEngine)
     engine._buffer_shape = (1, 2, 8, 4)
     with pytest.raises(ValueError, match="holds 8 positions; 9 asked"):
-        engine.step(({}, (), 7, None), [1, 2])
+        engine.step(({}, (), 7, None, None), [1, 2])
 
 
 def test_int8_cross_attention_needs_float32_graphs():
