@@ -642,3 +642,29 @@ def test_a_segment_ends_where_the_audio_ends():
     engine = FittingEngine(follow([[ts(0), 1, 2, ts(6.5)]]))
     r = transcribe(engine, 5.0, DecodeOptions(temperatures=(0.0,)))
     assert [(s.start, s.end, s.text) for s in r.segments] == [(0.0, 5.0, "w1 w2")]
+
+
+def test_a_timestamp_is_forced_exactly_when_all_of_them_outweigh_the_likeliest_text_token():
+    # ApplyTimestampRules' last rule, compared on the logits (the log-softmax normalizer cancels):
+    # the timestamps' pooled probability against the best text token's, on each side of the line.
+    d = WindowDecoder(SETTINGS, DecodeOptions())
+    sampled = [ts(0.0), 5]  # inside a segment: text and timestamps are both allowed
+    for margin, forced in ((0.01, True), (-0.01, False)):
+        logits = np.full(VOCAB, -30.0, np.float32)
+        logits[7] = 2.0  # the best text token
+        allowed = np.arange(ts(0.02), ts(0.42))  # 20 timestamps after the segment's start
+        logits[allowed] = 2.0 - math.log(len(allowed)) + margin  # pooled: 2.0 + margin
+        out = d.filter_logits(logits, sampled)
+        assert np.all(np.isneginf(out[:TS0])) == forced, margin
+        assert np.isfinite(out[allowed]).all()
+    # ... and it decides as openai-whisper's log-probability form does, on random logits
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        logits = rng.normal(0, 3, VOCAB).astype(np.float32)
+        logits[TS0:] += rng.uniform(-8, 2)
+        out = d.filter_logits(logits, sampled)
+        x = logits.astype(np.float64)
+        x[EOT + 1:TS0] = -np.inf  # the specials between, suppressed
+        x[TS0:ts(0.02)] = -np.inf  # no timestamp before the segment's start
+        logprobs = x - np.logaddexp.reduce(x)
+        assert np.all(np.isneginf(out[:TS0])) == (np.logaddexp.reduce(logprobs[TS0:]) > logprobs[:TS0].max())
