@@ -389,8 +389,9 @@ class _HeldBinding:
     the next token and the cache length into them and binds nothing again."""
 
     def __init__(self):
-        self.binding = None
+        self.binding = self.ort = None  # made by bind(), at the decode's first step
         self.one_token = np.zeros((1, 1), np.int64)
+        self.one_value = None  # the OrtValue over one_token
         self.length = np.zeros((), np.int64)
         self.ids = None  # the OrtValue bound as input_ids now (the one-token array's, or a prompt's)
         self.hidden = None  # the head buffer bound as the hidden state now (each thread has its own)
