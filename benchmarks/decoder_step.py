@@ -47,12 +47,20 @@ def first_clip(dataset: Path) -> Path:
     return clips[0]
 
 
-def run(transcriber, features: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
+def run(transcriber, features: np.ndarray, steps: int, fresh=None) -> tuple[np.ndarray, np.ndarray]:
+    """`fresh(i)`: whether step i (-1: the prompt) goes through a fresh binding, the state's held
+    one taken away for that step (--bindings); None: every step as the engine makes it."""
     engine, settings = transcriber.engine, transcriber.settings
     state = engine.start(engine.encode(features))
-    logits, state = engine.step(state, settings.prompt("en"))
+    held = state[4]
+
+    def way(state, i):
+        return state if fresh is None else state[:4] + (None if fresh(i) else held,)
+
+    logits, state = engine.step(way(state, -1), settings.prompt("en"))
     times, seen = [], [logits]
     for i in range(steps):
+        state = way(state, i)
         start = time.perf_counter()
         logits, state = engine.step(state, [1000 + i % 1000])  # ordinary text tokens
         times.append(time.perf_counter() - start)
@@ -62,31 +70,16 @@ def run(transcriber, features: np.ndarray, steps: int) -> tuple[np.ndarray, np.n
 
 def binding_split(transcriber, features: np.ndarray, steps: int, first: int) -> dict:
     """One decode of `steps` fixed tokens whose steps alternate between the held binding and a fresh
-    one (the state's held binding taken away for that step), `first` (0: fresh, 1: held) first.
-    Returns each way's median step in ms, and whether the logits equal those of an all-fresh decode."""
-    engine, prompt = transcriber.engine, transcriber.settings.prompt("en")
-    encoded = engine.encode(features)
-
-    def decode(alternate: bool):
-        state = engine.start(encoded)
-        held = state[4]
-        if held is None:
-            raise SystemExit("this bundle's decoder has no held binding (a GPU, or no head graph of fixed shapes)")
-        logits, state = engine.step(state[:4] + (None,), prompt)
-        times, seen = {"fresh": [], "held": []}, [logits]
-        for i in range(steps):
-            way = "held" if alternate and (i + first) % 2 else "fresh"
-            state = state[:4] + (held if way == "held" else None,)
-            start = time.perf_counter()
-            logits, state = engine.step(state, [1000 + i % 1000])
-            times[way].append(time.perf_counter() - start)
-            seen.append(logits)
-        return times, np.stack(seen)
-
-    times, logits = decode(True)
-    _, fresh = decode(False)
-    return {**{f"{way}_ms_per_step": 1e3 * float(np.median(t)) for way, t in times.items()},
-            "logits_identical": bool(np.array_equal(logits, fresh))}
+    one, `first` (0: fresh, 1: held) first. Returns each way's median step in ms, and whether the
+    logits equal those of a decode with every step fresh."""
+    if transcriber.engine._held() is None:
+        raise SystemExit("this bundle's decoder has no held binding (a GPU, or no head graph of fixed shapes)")
+    fresh = [(i + first) % 2 == 0 for i in range(steps)]
+    times, logits = run(transcriber, features, steps, fresh=lambda i: i < 0 or fresh[i])
+    _, all_fresh = run(transcriber, features, steps, fresh=lambda i: True)
+    return {"held_ms_per_step": 1e3 * float(np.median(times[~np.array(fresh)])),
+            "fresh_ms_per_step": 1e3 * float(np.median(times[np.array(fresh)])),
+            "logits_identical": bool(np.array_equal(logits, all_fresh))}
 
 
 def operator_split(bundle: str, features: np.ndarray, steps: int, threads: int, spinning: str) -> dict:
